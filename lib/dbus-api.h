@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The D-Bus contract between qtrimd and its clients. The README's "D-Bus API" section and
+ * org.qtrim1.xml describe it for people; this header is the one place code takes names from.
+ */
+#pragma once
+
+#define QTRIM_BUS_NAME        "org.qtrim1"
+#define QTRIM_MANAGER_PATH    "/org/qtrim1"
+#define QTRIM_MANAGER_IFACE   "org.qtrim1.Manager"
+#define QTRIM_JOB_IFACE       "org.qtrim1.Job"
+#define QTRIM_JOB_PATH_PREFIX "/org/qtrim1/job"
+
+/* One guest filesystem: name ("p1", "p5", "disk"), fstype ("" if unknown), offset and size in
+ * bytes within the virtual disk, bytes FITRIM reported, state ("found", "trimmed", "skipped",
+ * "failed") and a one-line message (why it was skipped or failed). */
+#define QTRIM_FS_SIGNATURE        "(sstttss)"
+#define QTRIM_FS_ARRAY_SIGNATURE  "a" QTRIM_FS_SIGNATURE
+/* Time spent per phase: phase name, microseconds. */
+#define QTRIM_PHASE_TIME_SIGNATURE "a(st)"
+
+/* Shrink() options (a{sv}). */
+#define QTRIM_OPT_CONVERT "convert" /* b: convert to a compact copy after the trim (default true) */
+
+/* Job.State values. */
+#define QTRIM_STATE_QUEUED   "queued"
+#define QTRIM_STATE_RUNNING  "running"
+#define QTRIM_STATE_DONE     "done"
+#define QTRIM_STATE_FAILED   "failed"
+#define QTRIM_STATE_CANCELED "canceled"

@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * qtrim's typed errors: what a caller can branch on. Each code has exactly one D-Bus error name
+ * (org.qtrim1.Error.*); the table lives in error.c and is the only place the two are paired.
+ * Engine functions return a negative errno for the caller's control flow and describe the
+ * failure for the user in a struct qt_error.
+ */
+#pragma once
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+enum qt_error_code {
+        QT_OK = 0,
+        QT_ERR_FAILED,         /* anything not listed below; the message says what */
+        QT_ERR_INVALID_ARGS,   /* malformed request (options of the wrong type, unknown keys) */
+        QT_ERR_NOT_ABSOLUTE,   /* image path is relative */
+        QT_ERR_NOT_FOUND,      /* image path does not exist */
+        QT_ERR_NOT_REGULAR,    /* a directory, device node, FIFO, socket */
+        QT_ERR_NOT_AN_IMAGE,   /* qemu-img cannot read it as a disk image */
+        QT_ERR_UNSUPPORTED,    /* an image format or feature qtrim does not handle */
+        QT_ERR_IN_USE,         /* another process holds qemu's lock on the image */
+        QT_ERR_ENCRYPTED,      /* encrypted image: qtrim has no key and will not ask */
+        QT_ERR_CORRUPT,        /* qcow2 marked corrupt or failing qemu-img check */
+        QT_ERR_ALREADY_RUNNING,/* a job for the same image is queued or running */
+        QT_ERR_TOO_MANY,       /* a limit on jobs or pending requests was reached */
+        QT_ERR_NO_SPACE,       /* not enough room for the converted copy */
+        QT_ERR_CANCELED,       /* the job was cancelled */
+        QT_ERR_NO_SUCH_JOB,    /* Cancel() or a lookup named a job that does not exist */
+        _QT_ERR_MAX,
+};
+
+#define QT_ERROR_MESSAGE_MAX 512
+
+struct qt_error {
+        enum qt_error_code code;
+        char message[QT_ERROR_MESSAGE_MAX];
+};
+
+/* The D-Bus error name of a code, e.g. "org.qtrim1.Error.ImageInUse". */
+const char *qt_error_dbus_name(enum qt_error_code code);
+/* The code for a D-Bus error name; QT_ERR_FAILED for names not in the table. */
+enum qt_error_code qt_error_from_dbus_name(const char *name);
+
+/* Records the first failure only: later calls keep what was already said, so the error the user
+ * sees is the cause, not a consequence. Returns -err (a negative errno) for tail calls. */
+int qt_error_set(struct qt_error *e, enum qt_error_code code, int err, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+bool qt_error_is_set(const struct qt_error *e);

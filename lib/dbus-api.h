@@ -14,13 +14,14 @@
 /* One guest filesystem: name ("p1", "p5", "disk"), fstype ("" if unknown), offset and size in
  * bytes within the virtual disk, bytes FITRIM reported, state ("found", "trimmed", "skipped",
  * "failed") and a one-line message (why it was skipped or failed). */
-#define QTRIM_FS_SIGNATURE        "(sstttss)"
-#define QTRIM_FS_ARRAY_SIGNATURE  "a" QTRIM_FS_SIGNATURE
+#define QTRIM_FS_SIGNATURE       "(sstttss)"
+#define QTRIM_FS_ARRAY_SIGNATURE "a" QTRIM_FS_SIGNATURE
 /* Time spent per phase: phase name, microseconds. */
 #define QTRIM_PHASE_TIME_SIGNATURE "a(st)"
 
 /* Shrink() options (a{sv}). */
-#define QTRIM_OPT_CONVERT "convert" /* b: convert to a compact copy after the trim (default true) */
+#define QTRIM_OPT_CONVERT "convert" /* b: convert to a compact copy after the trim (default true)  \
+                                     */
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

@@ -8,22 +8,22 @@
 #define PREFIX "org.qtrim1.Error."
 
 static const char *const dbus_names[_QT_ERR_MAX] = {
-        [QT_OK] = "",
-        [QT_ERR_FAILED] = PREFIX "Failed",
-        [QT_ERR_INVALID_ARGS] = "org.freedesktop.DBus.Error.InvalidArgs",
-        [QT_ERR_NOT_ABSOLUTE] = PREFIX "NotAbsolute",
-        [QT_ERR_NOT_FOUND] = PREFIX "NotFound",
-        [QT_ERR_NOT_REGULAR] = PREFIX "NotRegularFile",
-        [QT_ERR_NOT_AN_IMAGE] = PREFIX "NotAnImage",
-        [QT_ERR_UNSUPPORTED] = PREFIX "Unsupported",
-        [QT_ERR_IN_USE] = PREFIX "ImageInUse",
-        [QT_ERR_ENCRYPTED] = PREFIX "Encrypted",
-        [QT_ERR_CORRUPT] = PREFIX "Corrupt",
-        [QT_ERR_ALREADY_RUNNING] = PREFIX "AlreadyRunning",
-        [QT_ERR_TOO_MANY] = PREFIX "TooManyJobs",
-        [QT_ERR_NO_SPACE] = PREFIX "NoSpace",
-        [QT_ERR_CANCELED] = PREFIX "Canceled",
-        [QT_ERR_NO_SUCH_JOB] = PREFIX "NoSuchJob",
+    [QT_OK] = "",
+    [QT_ERR_FAILED] = PREFIX "Failed",
+    [QT_ERR_INVALID_ARGS] = "org.freedesktop.DBus.Error.InvalidArgs",
+    [QT_ERR_NOT_ABSOLUTE] = PREFIX "NotAbsolute",
+    [QT_ERR_NOT_FOUND] = PREFIX "NotFound",
+    [QT_ERR_NOT_REGULAR] = PREFIX "NotRegularFile",
+    [QT_ERR_NOT_AN_IMAGE] = PREFIX "NotAnImage",
+    [QT_ERR_UNSUPPORTED] = PREFIX "Unsupported",
+    [QT_ERR_IN_USE] = PREFIX "ImageInUse",
+    [QT_ERR_ENCRYPTED] = PREFIX "Encrypted",
+    [QT_ERR_CORRUPT] = PREFIX "Corrupt",
+    [QT_ERR_ALREADY_RUNNING] = PREFIX "AlreadyRunning",
+    [QT_ERR_TOO_MANY] = PREFIX "TooManyJobs",
+    [QT_ERR_NO_SPACE] = PREFIX "NoSpace",
+    [QT_ERR_CANCELED] = PREFIX "Canceled",
+    [QT_ERR_NO_SUCH_JOB] = PREFIX "NoSuchJob",
 };
 
 const char *qt_error_dbus_name(enum qt_error_code code)

@@ -12,21 +12,21 @@
 
 enum qt_error_code {
         QT_OK = 0,
-        QT_ERR_FAILED,         /* anything not listed below; the message says what */
-        QT_ERR_INVALID_ARGS,   /* malformed request (options of the wrong type, unknown keys) */
-        QT_ERR_NOT_ABSOLUTE,   /* image path is relative */
-        QT_ERR_NOT_FOUND,      /* image path does not exist */
-        QT_ERR_NOT_REGULAR,    /* a directory, device node, FIFO, socket */
-        QT_ERR_NOT_AN_IMAGE,   /* qemu-img cannot read it as a disk image */
-        QT_ERR_UNSUPPORTED,    /* an image format or feature qtrim does not handle */
-        QT_ERR_IN_USE,         /* another process holds qemu's lock on the image */
-        QT_ERR_ENCRYPTED,      /* encrypted image: qtrim has no key and will not ask */
-        QT_ERR_CORRUPT,        /* qcow2 marked corrupt or failing qemu-img check */
-        QT_ERR_ALREADY_RUNNING,/* a job for the same image is queued or running */
-        QT_ERR_TOO_MANY,       /* a limit on jobs or pending requests was reached */
-        QT_ERR_NO_SPACE,       /* not enough room for the converted copy */
-        QT_ERR_CANCELED,       /* the job was cancelled */
-        QT_ERR_NO_SUCH_JOB,    /* Cancel() or a lookup named a job that does not exist */
+        QT_ERR_FAILED,          /* anything not listed below; the message says what */
+        QT_ERR_INVALID_ARGS,    /* malformed request (options of the wrong type, unknown keys) */
+        QT_ERR_NOT_ABSOLUTE,    /* image path is relative */
+        QT_ERR_NOT_FOUND,       /* image path does not exist */
+        QT_ERR_NOT_REGULAR,     /* a directory, device node, FIFO, socket */
+        QT_ERR_NOT_AN_IMAGE,    /* qemu-img cannot read it as a disk image */
+        QT_ERR_UNSUPPORTED,     /* an image format or feature qtrim does not handle */
+        QT_ERR_IN_USE,          /* another process holds qemu's lock on the image */
+        QT_ERR_ENCRYPTED,       /* encrypted image: qtrim has no key and will not ask */
+        QT_ERR_CORRUPT,         /* qcow2 marked corrupt or failing qemu-img check */
+        QT_ERR_ALREADY_RUNNING, /* a job for the same image is queued or running */
+        QT_ERR_TOO_MANY,        /* a limit on jobs or pending requests was reached */
+        QT_ERR_NO_SPACE,        /* not enough room for the converted copy */
+        QT_ERR_CANCELED,        /* the job was cancelled */
+        QT_ERR_NO_SUCH_JOB,     /* Cancel() or a lookup named a job that does not exist */
         _QT_ERR_MAX,
 };
 
@@ -45,5 +45,5 @@ enum qt_error_code qt_error_from_dbus_name(const char *name);
 /* Records the first failure only: later calls keep what was already said, so the error the user
  * sees is the cause, not a consequence. Returns -err (a negative errno) for tail calls. */
 int qt_error_set(struct qt_error *e, enum qt_error_code code, int err, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 bool qt_error_is_set(const struct qt_error *e);

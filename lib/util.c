@@ -32,12 +32,15 @@ char *format_duration(char buf[FORMAT_DURATION_MAX], uint64_t usec)
         else if (s < 60)
                 snprintf(buf, FORMAT_DURATION_MAX, "%" PRIu64 " s", s);
         else if (s < 3600)
-                snprintf(buf, FORMAT_DURATION_MAX, "%" PRIu64 " min %02" PRIu64 " s", s / 60, s % 60);
+                snprintf(buf, FORMAT_DURATION_MAX, "%" PRIu64 " min %02" PRIu64 " s", s / 60,
+                         s % 60);
         else
                 snprintf(buf, FORMAT_DURATION_MAX, "%" PRIu64 " h %02" PRIu64 " min", s / 3600,
                          (s % 3600) / 60);
         return buf;
 }
+
+volatile sig_atomic_t qt_cancel_requested;
 
 uint64_t now_usec(void)
 {

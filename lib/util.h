@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_(f)     __attribute__((cleanup(f)))
 #define _cleanup_free_   _cleanup_(freep)
 #define _cleanup_close_  _cleanup_(closep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
@@ -33,17 +33,17 @@ static inline void fclosep(FILE **f)
 }
 
 /* Hands a cleanup-owned pointer over to the caller. */
-#define TAKE_PTR(p)                                                                               \
-        ({                                                                                        \
-                __typeof__(p) _taken = (p);                                                       \
-                (p) = NULL;                                                                       \
-                _taken;                                                                           \
+#define TAKE_PTR(p)                                                                                \
+        ({                                                                                         \
+                __typeof__(p) _taken = (p);                                                        \
+                (p) = NULL;                                                                        \
+                _taken;                                                                            \
         })
-#define TAKE_FD(fd)                                                                               \
-        ({                                                                                        \
-                int _taken = (fd);                                                                \
-                (fd) = -1;                                                                        \
-                _taken;                                                                           \
+#define TAKE_FD(fd)                                                                                \
+        ({                                                                                         \
+                int _taken = (fd);                                                                 \
+                (fd) = -1;                                                                         \
+                _taken;                                                                            \
         })
 
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
@@ -62,3 +62,8 @@ int parse_u64(const char *s, uint64_t *ret);
 
 /* Writes all of buf, retrying on EINTR and short writes. */
 int write_all(int fd, const void *buf, size_t len);
+
+#include <signal.h>
+/* Set by the worker's SIGTERM handler (Cancel(), or the daemon's death); long steps poll it
+ * and stop at the next safe point. */
+extern volatile sig_atomic_t qt_cancel_requested;

@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "job.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dbus-api.h"
+#include "util.h"
+
+static const char *const state_names[] = {
+    [JOB_QUEUED] = QTRIM_STATE_QUEUED,     [JOB_RUNNING] = QTRIM_STATE_RUNNING,
+    [JOB_DONE] = QTRIM_STATE_DONE,         [JOB_FAILED] = QTRIM_STATE_FAILED,
+    [JOB_CANCELED] = QTRIM_STATE_CANCELED,
+};
+
+const char *job_state_name(enum job_state state)
+{
+        return state_names[state];
+}
+
+static void emit_changed(struct job *j, const char *property)
+{
+        if (property)
+                sd_bus_emit_properties_changed(j->manager->bus, j->path, QTRIM_JOB_IFACE, property,
+                                               NULL);
+}
+
+int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid, bool convert,
+            const struct qt_report *probed, struct job **ret)
+{
+        struct job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->manager = m;
+        j->id = ++m->next_job_id;
+        j->dev = dev;
+        j->ino = ino;
+        j->uid = uid;
+        j->convert = convert;
+        j->state = JOB_QUEUED;
+        j->report = *probed;
+        j->report.finished = false;
+        j->report.phase = QT_PHASE_QUEUED;
+        j->report.progress = 0;
+        j->image = strdup(image);
+        if (!j->image || asprintf(&j->path, QTRIM_JOB_PATH_PREFIX "/%u", j->id) < 0) {
+                free(j->image);
+                free(j);
+                return -ENOMEM;
+        }
+
+        struct job **tail = &m->jobs;
+        while (*tail)
+                tail = &(*tail)->next;
+        *tail = j;
+        m->n_jobs++;
+        sd_bus_emit_signal(m->bus, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "JobNew", "uos", j->id,
+                           j->path, j->image);
+        *ret = j;
+        return 0;
+}
+
+static void log_result(const struct job *j)
+{
+        char before[FORMAT_BYTES_MAX], after[FORMAT_BYTES_MAX], trimmed[FORMAT_BYTES_MAX],
+            took[FORMAT_DURATION_MAX];
+        const struct qt_report *r = &j->report;
+        if (j->state == JOB_DONE)
+                fprintf(stderr, "%s: %s → %s allocated, %s trimmed in %s%s%s\n", j->image,
+                        format_bytes(before, r->bytes_before), format_bytes(after, r->bytes_after),
+                        format_bytes(trimmed, r->bytes_trimmed),
+                        format_duration(took, now_usec() - j->started_usec),
+                        r->message[0] ? "; " : "", r->message);
+        else
+                fprintf(stderr, "%s: %s: %s\n", j->image, job_state_name(j->state),
+                        r->error.message);
+        for (size_t i = 0; i < r->n_fs; i++)
+                if (strcmp(r->fs[i].state, "skipped") == 0 || strcmp(r->fs[i].state, "failed") == 0)
+                        fprintf(stderr, "%s: %s (%s): %s: %s\n", j->image, r->fs[i].name,
+                                r->fs[i].fstype[0] ? r->fs[i].fstype : "unknown", r->fs[i].state,
+                                r->fs[i].message);
+}
+
+/* The end of a job: publish the final state, say JobRemoved, drop the object. */
+static void job_finish(struct job *j, enum job_state state)
+{
+        struct manager *m = j->manager;
+        j->state = state;
+        if (state == JOB_CANCELED && !qt_error_is_set(&j->report.error))
+                qt_error_set(&j->report.error, QT_ERR_CANCELED, ECANCELED, "canceled");
+        j->report.phase = QT_PHASE_DONE;
+        if (state == JOB_DONE)
+                j->report.progress = 1.0;
+        log_result(j);
+
+        sd_bus_emit_properties_changed_strv(m->bus, j->path, QTRIM_JOB_IFACE, NULL);
+        sd_bus_emit_signal(m->bus, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "JobRemoved", "uoss",
+                           j->id, j->path, j->image, job_state_name(state));
+
+        for (struct job **p = &m->jobs; *p; p = &(*p)->next)
+                if (*p == j) {
+                        *p = j->next;
+                        break;
+                }
+        m->n_jobs--;
+        if (j->worker)
+                m->n_running--;
+        job_free(j);
+        manager_dispatch_queue(m);
+        manager_check_exit(m);
+}
+
+static void on_worker_change(struct worker *w, const char *property, void *userdata)
+{
+        struct job *j = userdata;
+        /* The worker's report is the job's, from its first line on (the probe's facts stay). */
+        j->report = *worker_report(w);
+        emit_changed(j, property);
+        if (property && strcmp(property, "Error") == 0)
+                emit_changed(j, "ErrorMessage");
+}
+
+static void on_worker_exit(struct worker *w, void *userdata)
+{
+        struct job *j = userdata;
+        j->report = *worker_report(w);
+        enum job_state state = JOB_DONE;
+        if (j->report.error.code == QT_ERR_CANCELED || j->cancel_requested)
+                state = JOB_CANCELED;
+        else if (qt_error_is_set(&j->report.error))
+                state = JOB_FAILED;
+        job_finish(j, state);
+}
+
+static const struct worker_callbacks job_worker_callbacks = {
+    .on_change = on_worker_change,
+    .on_exit = on_worker_exit,
+};
+
+int job_start(struct job *j)
+{
+        struct qt_shrink_request req = {
+            .kind = QT_JOB_SHRINK,
+            .image = j->image,
+            .convert = j->convert,
+            .scratch_dir = j->manager->scratch_dir,
+        };
+        int r = worker_start(j->manager->event, &req, &job_worker_callbacks, j, &j->worker);
+        if (r < 0) {
+                qt_error_set(&j->report.error, QT_ERR_FAILED, r, "cannot start a worker: %s",
+                             strerror(-r));
+                job_finish(j, JOB_FAILED);
+                return r;
+        }
+        j->manager->n_running++;
+        j->state = JOB_RUNNING;
+        j->started_usec = now_usec();
+        emit_changed(j, "State");
+        return 0;
+}
+
+void job_cancel(struct job *j)
+{
+        if (j->state == JOB_QUEUED) {
+                job_finish(j, JOB_CANCELED);
+                return;
+        }
+        j->cancel_requested = true;
+        worker_cancel(j->worker);
+}
+
+struct job *job_find_by_file(struct manager *m, dev_t dev, ino_t ino)
+{
+        for (struct job *j = m->jobs; j; j = j->next)
+                if (j->dev == dev && j->ino == ino)
+                        return j;
+        return NULL;
+}
+
+void job_free(struct job *j)
+{
+        if (!j)
+                return;
+        worker_free(j->worker);
+        free(j->image);
+        free(j->path);
+        free(j);
+}
+
+/* D-Bus */
+
+static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        struct job *j = userdata;
+        uid_t uid;
+        sd_bus_creds *creds = NULL;
+        int r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, &uid);
+        sd_bus_creds_unref(creds);
+        if (r < 0)
+                return r;
+        if (uid != 0 && uid != j->uid)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                        "only root or the job's owner may cancel it");
+        job_cancel(j);
+        return sd_bus_reply_method_return(msg, NULL);
+}
+
+static int get_state(sd_bus *bus, const char *path, const char *interface, const char *property,
+                     sd_bus_message *reply, void *userdata, sd_bus_error *error)
+{
+        return sd_bus_message_append(reply, "s", job_state_name(((struct job *)userdata)->state));
+}
+
+static int get_phase(sd_bus *bus, const char *path, const char *interface, const char *property,
+                     sd_bus_message *reply, void *userdata, sd_bus_error *error)
+{
+        return sd_bus_message_append(reply, "s",
+                                     qt_phase_name(((struct job *)userdata)->report.phase));
+}
+
+/* For char arrays inside struct qt_report (sd-bus's default getter wants a char *). */
+static int get_chars(sd_bus *bus, const char *path, const char *interface, const char *property,
+                     sd_bus_message *reply, void *userdata, sd_bus_error *error)
+{
+        return sd_bus_message_append(reply, "s", (const char *)userdata);
+}
+
+/* For bools (sd-bus's default getter reads an int). */
+static int get_bool(sd_bus *bus, const char *path, const char *interface, const char *property,
+                    sd_bus_message *reply, void *userdata, sd_bus_error *error)
+{
+        return sd_bus_message_append(reply, "b", (int)*(bool *)userdata);
+}
+
+static int get_error_name(sd_bus *bus, const char *path, const char *interface,
+                          const char *property, sd_bus_message *reply, void *userdata,
+                          sd_bus_error *error)
+{
+        const struct qt_error *e = &((struct job *)userdata)->report.error;
+        return sd_bus_message_append(reply, "s",
+                                     qt_error_is_set(e) ? qt_error_dbus_name(e->code) : "");
+}
+
+static int get_filesystems(sd_bus *bus, const char *path, const char *interface,
+                           const char *property, sd_bus_message *reply, void *userdata,
+                           sd_bus_error *error)
+{
+        const struct qt_report *rep = &((struct job *)userdata)->report;
+        int r = sd_bus_message_open_container(reply, 'a', QTRIM_FS_SIGNATURE);
+        for (size_t i = 0; r >= 0 && i < rep->n_fs; i++) {
+                const struct qt_fs_result *fs = &rep->fs[i];
+                r = sd_bus_message_append(reply, QTRIM_FS_SIGNATURE, fs->name, fs->fstype,
+                                          fs->offset, fs->size, fs->trimmed, fs->state,
+                                          fs->message);
+        }
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+static int get_phase_times(sd_bus *bus, const char *path, const char *interface,
+                           const char *property, sd_bus_message *reply, void *userdata,
+                           sd_bus_error *error)
+{
+        const struct qt_report *rep = &((struct job *)userdata)->report;
+        int r = sd_bus_message_open_container(reply, 'a', "(st)");
+        for (int p = QT_PHASE_INSPECT; r >= 0 && p < QT_PHASE_DONE; p++)
+                if (rep->phase_usec[p] > 0)
+                        r = sd_bus_message_append(reply, "(st)", qt_phase_name(p),
+                                                  rep->phase_usec[p]);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+#define REPORT(member) offsetof(struct job, report) + offsetof(struct qt_report, member)
+#define CHANGE         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE
+#define CONST          SD_BUS_VTABLE_PROPERTY_CONST
+
+const sd_bus_vtable job_vtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("Id", "u", NULL, offsetof(struct job, id), CONST),
+    SD_BUS_PROPERTY("Image", "s", NULL, offsetof(struct job, image), CONST),
+    SD_BUS_PROPERTY("State", "s", get_state, 0, CHANGE),
+    SD_BUS_PROPERTY("Phase", "s", get_phase, 0, CHANGE),
+    SD_BUS_PROPERTY("Progress", "d", NULL, REPORT(progress), CHANGE),
+    SD_BUS_PROPERTY("StartedByUID", "u", NULL, offsetof(struct job, uid), CONST),
+    SD_BUS_PROPERTY("Convert", "b", get_bool, offsetof(struct job, convert), CONST),
+    SD_BUS_PROPERTY("Format", "s", get_chars, REPORT(format), CHANGE),
+    SD_BUS_PROPERTY("VirtualSize", "t", NULL, REPORT(virtual_size), CHANGE),
+    SD_BUS_PROPERTY("BytesBefore", "t", NULL, REPORT(bytes_before), CHANGE),
+    SD_BUS_PROPERTY("BytesAfter", "t", NULL, REPORT(bytes_after), CHANGE),
+    SD_BUS_PROPERTY("BytesTrimmed", "t", NULL, REPORT(bytes_trimmed), CHANGE),
+    SD_BUS_PROPERTY("Converted", "b", get_bool, REPORT(converted), CHANGE),
+    SD_BUS_PROPERTY("Message", "s", get_chars, REPORT(message), CHANGE),
+    SD_BUS_PROPERTY("Filesystems", QTRIM_FS_ARRAY_SIGNATURE, get_filesystems, 0, CHANGE),
+    SD_BUS_PROPERTY("PhaseTimes", QTRIM_PHASE_TIME_SIGNATURE, get_phase_times, 0, CHANGE),
+    SD_BUS_PROPERTY("Error", "s", get_error_name, 0, CHANGE),
+    SD_BUS_PROPERTY("ErrorMessage", "s", get_chars, REPORT(error.message), CHANGE),
+    SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_VTABLE_END,
+};
+
+int job_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
+                    void **ret_found, sd_bus_error *error)
+{
+        struct manager *m = userdata;
+        for (struct job *j = m->jobs; j; j = j->next)
+                if (strcmp(j->path, path) == 0) {
+                        *ret_found = j;
+                        return 1;
+                }
+        return 0;
+}
+
+int job_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes,
+                        sd_bus_error *error)
+{
+        struct manager *m = userdata;
+        char **nodes = calloc(m->n_jobs + 1, sizeof(char *));
+        if (!nodes)
+                return -ENOMEM;
+        size_t n = 0;
+        for (struct job *j = m->jobs; j; j = j->next)
+                if (!(nodes[n++] = strdup(j->path))) {
+                        for (size_t i = 0; i < n; i++)
+                                free(nodes[i]);
+                        free(nodes);
+                        return -ENOMEM;
+                }
+        *ret_nodes = nodes;
+        return 0;
+}

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* A shrink job: the org.qtrim1.Job object at /org/qtrim1/job/N, its place in the queue, and the
+ * worker that runs it. */
+#pragma once
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "manager.h"
+#include "report.h"
+#include "worker.h"
+
+enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELED };
+
+struct job {
+        struct manager *manager;
+        struct job *next;
+        unsigned id;
+        char *path;
+        char *image;
+        dev_t dev; /* identity of the image, so the same file is never worked on twice at once */
+        ino_t ino;
+        uid_t uid;
+        bool convert;
+        enum job_state state;
+        bool cancel_requested;
+        struct qt_report report; /* what the daemon publishes; the worker's lines update it */
+        struct worker *worker;
+        uint64_t started_usec;
+};
+
+/* Creates a queued job and its bus object, sends JobNew. The manager owns it from then on. */
+int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid, bool convert,
+            const struct qt_report *probed, struct job **ret);
+int job_start(struct job *j);
+/* Cancel(): a queued job ends at once, a running one once its worker has torn down. */
+void job_cancel(struct job *j);
+struct job *job_find_by_file(struct manager *m, dev_t dev, ino_t ino);
+const char *job_state_name(enum job_state state);
+void job_free(struct job *j);
+
+extern const sd_bus_vtable job_vtable[];
+int job_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
+                    void **ret_found, sd_bus_error *error);
+int job_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes,
+                        sd_bus_error *error);

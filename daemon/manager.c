@@ -1,0 +1,317 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * org.qtrim1.Manager. Every method has the same shape: read the arguments, validate, authorize,
+ * act, reply. Shrink and Inspect reply only once a worker has looked at the image (a "request"),
+ * so a bad image is refused with a typed error before any job exists.
+ */
+#include "manager.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "config.h"
+#include "dbus-api.h"
+#include "error.h"
+#include "image.h"
+#include "job.h"
+#include "util.h"
+#include "worker.h"
+
+/* A Shrink or Inspect call waiting for its worker. */
+struct request {
+        struct manager *manager;
+        struct request *next;
+        sd_bus_message *call;
+        enum qt_job_kind kind;
+        char *image;
+        dev_t dev;
+        ino_t ino;
+        uid_t uid;
+        bool convert;
+        struct worker *worker;
+};
+
+static int reply_qt_error(sd_bus_message *call, const struct qt_error *e)
+{
+        return sd_bus_reply_method_errorf(call, qt_error_dbus_name(e->code), "%s", e->message);
+}
+
+static void request_free(struct request *q)
+{
+        struct manager *m = q->manager;
+        for (struct request **p = &m->requests; *p; p = &(*p)->next)
+                if (*p == q) {
+                        *p = q->next;
+                        m->n_requests--;
+                        break;
+                }
+        worker_free(q->worker);
+        sd_bus_message_unref(q->call);
+        free(q->image);
+        free(q);
+}
+
+static int reply_inspect(sd_bus_message *call, const struct qt_report *rep)
+{
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r = sd_bus_message_new_method_return(call, &reply);
+        if (r >= 0)
+                r = sd_bus_message_append(
+                    reply, "a{sv}", 10, "Format", "s", rep->format, "VirtualSize", "t",
+                    rep->virtual_size, "AllocatedBytes", "t", rep->bytes_before, "ApparentSize",
+                    "t", rep->apparent_before, "ClusterSize", "t", rep->cluster_size, "BackingFile",
+                    "s", rep->backing_file, "BackingFormat", "s", rep->backing_format, "Snapshots",
+                    "u", rep->snapshots, "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s",
+                    rep->partition_table);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', QTRIM_FS_SIGNATURE);
+        for (size_t i = 0; r >= 0 && i < rep->n_fs; i++) {
+                const struct qt_fs_result *fs = &rep->fs[i];
+                r = sd_bus_message_append(reply, QTRIM_FS_SIGNATURE, fs->name, fs->fstype,
+                                          fs->offset, fs->size, fs->trimmed, fs->state,
+                                          fs->message);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r >= 0)
+                r = sd_bus_send(NULL, reply, NULL);
+        return r;
+}
+
+/* The probe passed: queue the job, unless the same image got one meanwhile. */
+static int reply_shrink(struct request *q, const struct qt_report *rep)
+{
+        struct manager *m = q->manager;
+        struct job *j;
+        if (job_find_by_file(m, q->dev, q->ino))
+                return sd_bus_reply_method_errorf(q->call,
+                                                  qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
+                                                  "%s already has a job", q->image);
+        if (m->n_jobs >= MAX_JOBS)
+                return sd_bus_reply_method_errorf(q->call, qt_error_dbus_name(QT_ERR_TOO_MANY),
+                                                  "too many jobs (%u); try again later", MAX_JOBS);
+        int r = job_new(m, q->image, q->dev, q->ino, q->uid, q->convert, rep, &j);
+        if (r < 0)
+                return sd_bus_reply_method_errno(q->call, r, NULL);
+        r = sd_bus_reply_method_return(q->call, "o", j->path);
+        manager_dispatch_queue(m);
+        return r;
+}
+
+static void on_request_exit(struct worker *w, void *userdata)
+{
+        struct request *q = userdata;
+        struct manager *m = q->manager;
+        const struct qt_report *rep = worker_report(w);
+
+        if (qt_error_is_set(&rep->error))
+                reply_qt_error(q->call, &rep->error);
+        else if (q->kind == QT_JOB_INSPECT)
+                reply_inspect(q->call, rep);
+        else
+                reply_shrink(q, rep);
+        request_free(q);
+        manager_check_exit(m);
+}
+
+static const struct worker_callbacks request_worker_callbacks = {.on_exit = on_request_exit};
+
+static int sender_uid(sd_bus_message *msg, uid_t *ret)
+{
+        sd_bus_creds *creds = NULL;
+        int r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, ret);
+        sd_bus_creds_unref(creds);
+        return r;
+}
+
+static bool request_pending_for(struct manager *m, dev_t dev, ino_t ino)
+{
+        for (struct request *q = m->requests; q; q = q->next)
+                if (q->kind == QT_JOB_PROBE && q->dev == dev && q->ino == ino)
+                        return true;
+        return false;
+}
+
+/* Validates the image path and starts the worker that will answer the call. */
+static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
+                         const char *image, bool convert, sd_bus_error *error)
+{
+        struct qt_error e = {};
+        struct stat st;
+        uid_t uid;
+        int r = sender_uid(call, &uid);
+        if (r < 0)
+                return r;
+        /* Until polkit support lands, only root may make qtrimd mount and write images. */
+        if (uid != 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                        "only root may shrink or inspect images");
+        if (qt_image_check_path(image, &st, &e) < 0)
+                return sd_bus_error_set(error, qt_error_dbus_name(e.code), e.message);
+        if (kind == QT_JOB_PROBE && (job_find_by_file(m, st.st_dev, st.st_ino) ||
+                                     request_pending_for(m, st.st_dev, st.st_ino)))
+                return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
+                                         "%s already has a job", image);
+        if (m->n_requests >= MAX_REQUESTS)
+                return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
+                                         "too many requests in progress (%u); try again later",
+                                         MAX_REQUESTS);
+
+        struct request *q = calloc(1, sizeof(*q));
+        char *copy = strdup(image);
+        if (!q || !copy) {
+                free(q);
+                free(copy);
+                return -ENOMEM;
+        }
+        *q = (struct request){.manager = m,
+                              .call = sd_bus_message_ref(call),
+                              .kind = kind,
+                              .image = copy,
+                              .dev = st.st_dev,
+                              .ino = st.st_ino,
+                              .uid = uid,
+                              .convert = convert,
+                              .next = m->requests};
+        m->requests = q;
+        m->n_requests++;
+
+        struct qt_shrink_request req = {
+            .kind = kind, .image = image, .scratch_dir = m->scratch_dir};
+        r = worker_start(m->event, &req, &request_worker_callbacks, q, &q->worker);
+        if (r < 0) {
+                request_free(q);
+                return r;
+        }
+        return 1; /* the reply comes when the worker is done */
+}
+
+/* Shrink options: only known keys, each with its own type. */
+static int read_shrink_options(sd_bus_message *msg, bool *convert, sd_bus_error *error)
+{
+        int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(msg, 'e', "sv")) > 0) {
+                const char *key;
+                r = sd_bus_message_read(msg, "s", &key);
+                if (r < 0)
+                        return r;
+                if (strcmp(key, QTRIM_OPT_CONVERT) != 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "unknown option \"%.64s\"", key);
+                int b;
+                r = sd_bus_message_read(msg, "v", "b", &b);
+                if (r < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "option \"%s\" must be a boolean", key);
+                *convert = b;
+                r = sd_bus_message_exit_container(msg);
+                if (r < 0)
+                        return r;
+        }
+        if (r < 0)
+                return r;
+        return sd_bus_message_exit_container(msg);
+}
+
+static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        const char *image;
+        bool convert = true;
+        int r = sd_bus_message_read(msg, "s", &image);
+        if (r < 0)
+                return r;
+        r = read_shrink_options(msg, &convert, error);
+        if (r < 0)
+                return r;
+        return start_request(userdata, msg, QT_JOB_PROBE, image, convert, error);
+}
+
+static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        const char *image;
+        int r = sd_bus_message_read(msg, "s", &image);
+        if (r < 0)
+                return r;
+        return start_request(userdata, msg, QT_JOB_INSPECT, image, false, error);
+}
+
+static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        struct manager *m = userdata;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r = sd_bus_message_new_method_return(msg, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(usso)");
+        for (struct job *j = m->jobs; r >= 0 && j; j = j->next)
+                r = sd_bus_message_append(reply, "(usso)", j->id, j->image,
+                                          job_state_name(j->state), j->path);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
+                       sd_bus_message *reply, void *userdata, sd_bus_error *error)
+{
+        return sd_bus_message_append(reply, "s", QTRIM_VERSION);
+}
+
+static const sd_bus_vtable manager_vtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_PROPERTY("Version", "s", get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("MaxParallelJobs", "u", NULL, offsetof(struct manager, max_parallel_jobs),
+                    SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_METHOD_WITH_ARGS("Shrink", SD_BUS_ARGS("s", image, "a{sv}", options),
+                            SD_BUS_RESULT("o", job), method_shrink, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("s", image),
+                            SD_BUS_RESULT("a{sv}", info, QTRIM_FS_ARRAY_SIGNATURE, filesystems),
+                            method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(usso)", jobs),
+                            method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_SIGNAL_WITH_ARGS("JobNew", SD_BUS_ARGS("u", id, "o", job, "s", image), 0),
+    SD_BUS_SIGNAL_WITH_ARGS("JobRemoved", SD_BUS_ARGS("u", id, "o", job, "s", image, "s", result),
+                            0),
+    SD_BUS_VTABLE_END,
+};
+
+int manager_add_bus_objects(struct manager *m)
+{
+        int r = sd_bus_add_object_vtable(m->bus, NULL, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE,
+                                         manager_vtable, m);
+        if (r >= 0)
+                r = sd_bus_add_fallback_vtable(m->bus, NULL, QTRIM_JOB_PATH_PREFIX, QTRIM_JOB_IFACE,
+                                               job_vtable, job_object_find, m);
+        if (r >= 0)
+                r = sd_bus_add_node_enumerator(m->bus, NULL, QTRIM_JOB_PATH_PREFIX,
+                                               job_node_enumerator, m);
+        if (r >= 0)
+                r = sd_bus_add_object_manager(m->bus, NULL, QTRIM_MANAGER_PATH);
+        return r;
+}
+
+void manager_dispatch_queue(struct manager *m)
+{
+        for (struct job *j = m->jobs; j && !m->exiting; j = j->next)
+                if (m->n_running >= m->max_parallel_jobs)
+                        break;
+                else if (j->state == JOB_QUEUED) {
+                        job_start(j);
+                        /* job_start may have failed and freed j: the list changed, look again */
+                        manager_dispatch_queue(m);
+                        return;
+                }
+}
+
+void manager_check_exit(struct manager *m)
+{
+        if (m->exiting && m->n_running == 0 && m->n_requests == 0)
+                sd_event_exit(m->event, 0);
+}

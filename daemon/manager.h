@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* qtrimd's state: the bus, the event loop, the jobs, and requests still being checked. */
+#pragma once
+
+#include <stdbool.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+struct job;
+struct request;
+
+/* Limits on what callers can make the daemon hold. */
+#define MAX_JOBS     64 /* queued + running */
+#define MAX_REQUESTS 32 /* Shrink/Inspect calls whose image is still being checked */
+
+struct manager {
+        sd_event *event;
+        sd_bus *bus;
+        unsigned max_parallel_jobs;
+        char *scratch_dir;
+
+        struct job *jobs; /* in the order they were queued */
+        unsigned n_jobs, n_running, next_job_id;
+        struct request *requests;
+        unsigned n_requests;
+        bool exiting;
+};
+
+int manager_add_bus_objects(struct manager *m);
+/* Starts queued jobs while fewer than max_parallel_jobs run. */
+void manager_dispatch_queue(struct manager *m);
+/* Called when a job or request ends: at exit, the loop stops once nothing is left. */
+void manager_check_exit(struct manager *m);

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#include "config.h"
+#include "util.h"
+
+#define REPORT_FD 3
+/* A line is never longer than this; a worker that sends longer is broken. */
+#define LINE_MAX_BYTES (QT_REPORT_STRING_MAX + 1024)
+
+struct worker {
+        struct qt_report report;
+        const struct worker_callbacks *cb;
+        void *userdata;
+        pid_t pid;
+        int fd;
+        sd_event_source *io, *child;
+        bool eof, exited;
+        int exit_status; /* as waitid's si_code/si_status say: exit code, or 128 + signal */
+        char buf[LINE_MAX_BYTES];
+        size_t len;
+};
+
+static void on_sigterm(int sig)
+{
+        qt_cancel_requested = 1;
+}
+
+/* In the child: become a worker and never return. */
+_Noreturn static void run_child(const struct qt_shrink_request *req, int report_fd, pid_t parent)
+{
+        /* Die with qtrimd, but through the cancel path so nothing stays attached. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+                _exit(1);
+
+        struct sigaction sa = {.sa_handler = on_sigterm};
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        sa.sa_handler = SIG_DFL;
+        sigaction(SIGCHLD, &sa, NULL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+
+        /* Only the report pipe and the standard streams: not the bus connection, whose owner
+         * must be able to go away without us. */
+        if (dup2(report_fd, REPORT_FD) < 0)
+                _exit(1);
+        close_range(REPORT_FD + 1, ~0U, 0);
+        fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC);
+
+        struct qt_reporter rep = {.fd = REPORT_FD};
+        int r = qt_shrink_run(req, &rep);
+        _exit(r < 0 ? 1 : 0);
+}
+
+static void maybe_finish(struct worker *w)
+{
+        if (!w->eof || !w->exited)
+                return;
+        if (!w->report.finished && !qt_error_is_set(&w->report.error))
+                qt_error_set(&w->report.error, QT_ERR_FAILED, EIO,
+                             "the worker died unexpectedly (status %d)", w->exit_status);
+        else if (!qt_error_is_set(&w->report.error) && w->exit_status != 0)
+                qt_error_set(&w->report.error, QT_ERR_FAILED, EIO, "the worker failed (status %d)",
+                             w->exit_status);
+        w->cb->on_exit(w, w->userdata);
+}
+
+static void apply_lines(struct worker *w)
+{
+        char *start = w->buf, *nl;
+        while ((nl = memchr(start, '\n', w->len - (size_t)(start - w->buf)))) {
+                *nl = '\0';
+                const char *property = NULL;
+                if (qt_report_apply_line(&w->report, start, &property) < 0)
+                        fprintf(stderr, "qtrimd: ignoring a malformed line from worker %d\n",
+                                (int)w->pid);
+                else if (w->cb->on_change)
+                        w->cb->on_change(w, property, w->userdata);
+                start = nl + 1;
+        }
+        w->len -= (size_t)(start - w->buf);
+        memmove(w->buf, start, w->len);
+        if (w->len == sizeof(w->buf)) /* no newline in a full buffer: drop it */
+                w->len = 0;
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+        struct worker *w = userdata;
+        ssize_t n = read(fd, w->buf + w->len, sizeof(w->buf) - w->len);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
+        if (n > 0) {
+                w->len += (size_t)n;
+                apply_lines(w);
+                return 0;
+        }
+        w->io = sd_event_source_disable_unref(w->io);
+        w->eof = true;
+        maybe_finish(w);
+        return 0;
+}
+
+static int on_child(sd_event_source *s, const siginfo_t *si, void *userdata)
+{
+        struct worker *w = userdata;
+        w->exit_status = si->si_code == CLD_EXITED ? si->si_status : 128 + si->si_status;
+        w->exited = true;
+        w->pid = 0;
+        maybe_finish(w);
+        return 0;
+}
+
+int worker_start(sd_event *event, const struct qt_shrink_request *req,
+                 const struct worker_callbacks *cb, void *userdata, struct worker **ret)
+{
+        int pipe_fds[2];
+        struct worker *w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        w->cb = cb;
+        w->userdata = userdata;
+        w->fd = -1;
+        if (pipe2(pipe_fds, O_CLOEXEC) < 0) {
+                free(w);
+                return -errno;
+        }
+        pid_t parent = getpid();
+        w->pid = fork();
+        if (w->pid < 0) {
+                int r = -errno;
+                close(pipe_fds[0]);
+                close(pipe_fds[1]);
+                free(w);
+                return r;
+        }
+        if (w->pid == 0)
+                run_child(req, pipe_fds[1], parent);
+        close(pipe_fds[1]);
+        w->fd = pipe_fds[0];
+        fcntl(w->fd, F_SETFL, O_NONBLOCK);
+
+        int r = sd_event_add_io(event, &w->io, w->fd, EPOLLIN, on_io, w);
+        if (r >= 0)
+                r = sd_event_add_child(event, &w->child, w->pid, WEXITED, on_child, w);
+        if (r < 0) {
+                kill(w->pid, SIGKILL);
+                waitpid(w->pid, NULL, 0);
+                w->pid = 0;
+                worker_free(w);
+                return r;
+        }
+        *ret = w;
+        return 0;
+}
+
+void worker_cancel(struct worker *w)
+{
+        if (w && w->pid > 0)
+                kill(w->pid, SIGTERM);
+}
+
+const struct qt_report *worker_report(const struct worker *w)
+{
+        return &w->report;
+}
+
+struct worker *worker_free(struct worker *w)
+{
+        if (!w)
+                return NULL;
+        /* Only at daemon exit can a worker still run here; it cleans up after itself. */
+        if (w->pid > 0)
+                kill(w->pid, SIGTERM);
+        sd_event_source_disable_unref(w->io);
+        sd_event_source_disable_unref(w->child);
+        closep(&w->fd);
+        free(w);
+        return NULL;
+}

@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "convert.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+
+#include "command.h"
+#include "util.h"
+
+const char *qt_convert_refusal(const char *image, const struct qt_image_info *info,
+                               uint64_t needed_bytes)
+{
+        if (info->snapshots > 0)
+                return "not converted: the image has internal snapshots, which a copy would drop";
+        if (info->backing_file[0] && !info->backing_format[0])
+                return "not converted: the backing file's format is not recorded in the image";
+
+        _cleanup_free_ char *copy = strdup(image);
+        struct statvfs sv;
+        if (!copy || statvfs(dirname(copy), &sv) < 0)
+                return "not converted: cannot tell the free space beside the image";
+        if ((uint64_t)sv.f_bavail * sv.f_frsize < needed_bytes)
+                return "not converted: not enough free space beside the image for the copy";
+        return NULL;
+}
+
+/* "-o" for the copy: the source's qcow2 creation options, so the copy is the same kind of image. */
+static void qcow2_options(const struct qt_image_info *info, char *buf, size_t size)
+{
+        int n = snprintf(buf, size, "cluster_size=%llu", (unsigned long long)info->cluster_size);
+        if (info->compat[0])
+                n += snprintf(buf + n, size - (size_t)n, ",compat=%s", info->compat);
+        if (info->refcount_bits)
+                n += snprintf(buf + n, size - (size_t)n, ",refcount_bits=%u", info->refcount_bits);
+        /* These need compat 1.1; a 0.10 image has none of them. */
+        if (strcmp(info->compat, "0.10") != 0) {
+                n +=
+                    snprintf(buf + n, size - (size_t)n, ",lazy_refcounts=%s,extended_l2=%s",
+                             info->lazy_refcounts ? "on" : "off", info->extended_l2 ? "on" : "off");
+                if (info->compression_type[0])
+                        snprintf(buf + n, size - (size_t)n, ",compression_type=%s",
+                                 info->compression_type);
+        }
+}
+
+struct convert_progress {
+        qt_progress_fn fn;
+        void *userdata;
+};
+
+/* qemu-img -p redraws "    (12.34/100%)". */
+static void on_convert_line(const char *line, void *userdata)
+{
+        struct convert_progress *p = userdata;
+        double percent;
+        if (p->fn && sscanf(line, " (%lf/100%%)", &percent) == 1)
+                p->fn(percent / 100.0, p->userdata);
+}
+
+int qt_convert_image(const char *image, const struct qt_image_info *info, char ret_tmp[PATH_MAX],
+                     qt_progress_fn progress, void *userdata, struct qt_error *e)
+{
+        _cleanup_free_ char *dir_copy = strdup(image), *base_copy = strdup(image);
+        if (!dir_copy || !base_copy)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        snprintf(ret_tmp, PATH_MAX, "%s/.%s.qtrim-XXXXXX", dirname(dir_copy), basename(base_copy));
+        int fd = mkostemp(ret_tmp, O_CLOEXEC);
+        if (fd < 0) {
+                int r = qt_error_set(e, errno == ENOSPC ? QT_ERR_NO_SPACE : QT_ERR_FAILED, errno,
+                                     "cannot create a temporary file beside %s: %m", image);
+                ret_tmp[0] = '\0';
+                return r;
+        }
+        close(fd);
+
+        char options[512] = "";
+        char *argv[24] = {"qemu-img", "convert",           "-p", "-f", (char *)info->format,
+                          "-O",       (char *)info->format};
+        size_t n = 7;
+        if (strcmp(info->format, "qcow2") == 0) {
+                qcow2_options(info, options, sizeof(options));
+                argv[n++] = "-o";
+                argv[n++] = options;
+                if (info->bitmaps > 0)
+                        argv[n++] = "--bitmaps";
+        }
+        if (info->backing_file[0]) {
+                /* Only what the image itself holds is copied; the backing chain stays shared. */
+                argv[n++] = "-B";
+                argv[n++] = (char *)info->backing_file;
+                argv[n++] = "-F";
+                argv[n++] = (char *)info->backing_format;
+        }
+        argv[n++] = (char *)image;
+        argv[n++] = ret_tmp;
+        argv[n] = NULL;
+
+        struct convert_progress p = {progress, userdata};
+        struct qt_command c = {.argv = argv, .on_line = on_convert_line, .userdata = &p};
+        int r = qt_command_run(&c);
+        if (r == -ECANCELED)
+                qt_error_set(e, QT_ERR_CANCELED, ECANCELED, "canceled");
+        else if (r < 0)
+                qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img convert: %s", strerror(-r));
+        else if (c.status != 0)
+                r = qt_error_set(e, strstr(c.err, "No space") ? QT_ERR_NO_SPACE : QT_ERR_FAILED,
+                                 EIO, "qemu-img convert failed: %s", c.err);
+        qt_command_done(&c);
+        if (r < 0) {
+                unlink(ret_tmp);
+                ret_tmp[0] = '\0';
+        }
+        return r;
+}
+
+/* The copy must be the same disk, in the same format, over the same backing file. */
+static int check_copy(const char *tmp, const struct qt_image_info *info, struct qt_error *e)
+{
+        char *check_argv[] = {"qemu-img",           "check",     "-q", "-f",
+                              (char *)info->format, (char *)tmp, NULL};
+        char *info_argv[] = {"qemu-img",  "info", "--output=json", "-f", (char *)info->format,
+                             (char *)tmp, NULL};
+        struct qt_command c = {.argv = info_argv};
+        struct qt_image_info copy;
+        int r = qt_command_run(&c);
+        if (r >= 0 && c.status != 0)
+                r = qt_error_set(e, QT_ERR_FAILED, EIO, "qemu-img info on the copy failed: %s",
+                                 c.err);
+        if (r >= 0)
+                r = qt_image_parse_info(c.out, &copy, e);
+        qt_command_done(&c);
+        if (r < 0)
+                return r;
+        if (copy.virtual_size != info->virtual_size ||
+            strcmp(copy.backing_file, info->backing_file) != 0)
+                return qt_error_set(
+                    e, QT_ERR_FAILED, EIO,
+                    "the copy differs from the image (virtual size or backing file)");
+        if (strcmp(info->format, "qcow2") != 0)
+                return 0;
+
+        c = (struct qt_command){.argv = check_argv};
+        r = qt_command_run(&c);
+        if (r >= 0 && c.status != 0)
+                r = qt_error_set(e, QT_ERR_FAILED, EIO, "qemu-img check of the copy failed: %s",
+                                 c.err);
+        qt_command_done(&c);
+        return r;
+}
+
+static int copy_xattrs(int from, int to, struct qt_error *e)
+{
+        ssize_t len = flistxattr(from, NULL, 0);
+        if (len <= 0)
+                return 0;
+        _cleanup_free_ char *names = malloc((size_t)len);
+        if (!names)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        len = flistxattr(from, names, (size_t)len);
+        for (char *name = names; len > 0 && name < names + len; name += strlen(name) + 1) {
+                ssize_t vlen = fgetxattr(from, name, NULL, 0);
+                if (vlen < 0)
+                        continue;
+                _cleanup_free_ char *value = malloc((size_t)vlen + 1);
+                if (!value)
+                        return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+                vlen = fgetxattr(from, name, value, (size_t)vlen);
+                if (vlen >= 0 && fsetxattr(to, name, value, (size_t)vlen, 0) < 0 &&
+                    errno != ENOTSUP)
+                        return qt_error_set(e, QT_ERR_FAILED, errno,
+                                            "cannot copy extended attribute %s: %m", name);
+        }
+        return 0;
+}
+
+int qt_replace_image(const char *image, int image_fd, const char *tmp,
+                     const struct qt_image_info *info, struct qt_error *e)
+{
+        int r = check_copy(tmp, info, e);
+        if (r < 0)
+                return r;
+
+        struct stat orig, now;
+        if (fstat(image_fd, &orig) < 0 || stat(image, &now) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot stat %s: %m", image);
+        if (orig.st_dev != now.st_dev || orig.st_ino != now.st_ino)
+                return qt_error_set(e, QT_ERR_FAILED, ESTALE,
+                                    "%s was replaced by another file while qtrim worked on it",
+                                    image);
+
+        _cleanup_close_ int fd = open(tmp, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open %s: %m", tmp);
+        /* chown first: it clears set-id bits that chmod then puts back. */
+        if (fchown(fd, orig.st_uid, orig.st_gid) < 0 || fchmod(fd, orig.st_mode & 07777) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot set owner and mode of %s: %m",
+                                    tmp);
+        r = copy_xattrs(image_fd, fd, e);
+        if (r < 0)
+                return r;
+        if (fsync(fd) < 0)
+                return qt_error_set(e, errno == ENOSPC ? QT_ERR_NO_SPACE : QT_ERR_FAILED, errno,
+                                    "cannot sync %s: %m", tmp);
+
+        _cleanup_free_ char *dir_copy = strdup(image);
+        if (!dir_copy)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        _cleanup_close_ int dir_fd = open(dirname(dir_copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno,
+                                    "cannot open the image's directory: %m");
+        if (rename(tmp, image) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot rename the copy over %s: %m",
+                                    image);
+        /* The rename is done; a failed directory sync only weakens durability, not the result. */
+        (void)fsync(dir_fd);
+        return 0;
+}

@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "image.h"
+
+#include <blkid.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "command.h"
+#include "util.h"
+
+/* qemu's file-posix lock protocol: byte 100 + n is held by whoever uses permission n, byte
+ * 200 + n by whoever does not let others use it. Permission 1 is "write". */
+#define QEMU_LOCK_SHARED_BASE 200
+#define QEMU_PERM_WRITE_BIT   1
+
+int qt_image_check_path(const char *path, struct stat *ret_st, struct qt_error *e)
+{
+        if (!path || path[0] != '/')
+                return qt_error_set(e, QT_ERR_NOT_ABSOLUTE, EINVAL,
+                                    "image path must be absolute: %s", path ? path : "");
+        if (stat(path, ret_st) < 0) {
+                int r = errno;
+                if (r == ENOENT || r == ENOTDIR)
+                        return qt_error_set(e, QT_ERR_NOT_FOUND, r, "no such file: %s", path);
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot stat %s: %s", path, strerror(r));
+        }
+        if (S_ISDIR(ret_st->st_mode))
+                return qt_error_set(e, QT_ERR_NOT_REGULAR, EISDIR, "%s is a directory", path);
+        if (!S_ISREG(ret_st->st_mode))
+                return qt_error_set(e, QT_ERR_NOT_REGULAR, EINVAL,
+                                    "%s is not a regular file (device node, FIFO or socket)", path);
+        return 0;
+}
+
+static const char *get_str(struct json_object *o, const char *key)
+{
+        struct json_object *v;
+        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+                return NULL;
+        return json_object_get_string(v);
+}
+
+static bool get_bool(struct json_object *o, const char *key)
+{
+        struct json_object *v;
+        return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_boolean) &&
+               json_object_get_boolean(v);
+}
+
+static uint64_t get_u64(struct json_object *o, const char *key)
+{
+        struct json_object *v;
+        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+                return 0;
+        int64_t i = json_object_get_int64(v);
+        return i > 0 ? (uint64_t)i : 0;
+}
+
+static unsigned get_array_len(struct json_object *o, const char *key)
+{
+        struct json_object *v;
+        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_array))
+                return 0;
+        return (unsigned)json_object_array_length(v);
+}
+
+static void copy_str(char *dst, size_t size, const char *src)
+{
+        snprintf(dst, size, "%s", src ? src : "");
+}
+
+int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_error *e)
+{
+        enum json_tokener_error jerr;
+        struct json_object *root = json_tokener_parse_verbose(json, &jerr);
+        int r = 0;
+
+        *ret = (struct qt_image_info){};
+        if (!root || !json_object_is_type(root, json_type_object)) {
+                r = qt_error_set(e, QT_ERR_FAILED, EBADMSG, "cannot parse qemu-img info output: %s",
+                                 root ? "not an object" : json_tokener_error_desc(jerr));
+                goto out;
+        }
+        const char *format = get_str(root, "format");
+        if (!format) {
+                r = qt_error_set(e, QT_ERR_FAILED, EBADMSG, "qemu-img info names no format");
+                goto out;
+        }
+        copy_str(ret->format, sizeof(ret->format), format);
+        ret->virtual_size = get_u64(root, "virtual-size");
+        ret->cluster_size = get_u64(root, "cluster-size");
+        copy_str(ret->backing_file, sizeof(ret->backing_file), get_str(root, "backing-filename"));
+        copy_str(ret->backing_format, sizeof(ret->backing_format),
+                 get_str(root, "backing-filename-format"));
+        ret->snapshots = get_array_len(root, "snapshots");
+        ret->encrypted = get_bool(root, "encrypted");
+
+        struct json_object *specific, *data;
+        if (json_object_object_get_ex(root, "format-specific", &specific) &&
+            json_object_is_type(specific, json_type_object) &&
+            json_object_object_get_ex(specific, "data", &data) &&
+            json_object_is_type(data, json_type_object)) {
+                copy_str(ret->compat, sizeof(ret->compat), get_str(data, "compat"));
+                copy_str(ret->compression_type, sizeof(ret->compression_type),
+                         get_str(data, "compression-type"));
+                ret->lazy_refcounts = get_bool(data, "lazy-refcounts");
+                ret->extended_l2 = get_bool(data, "extended-l2");
+                ret->refcount_bits = (unsigned)get_u64(data, "refcount-bits");
+                ret->corrupt = get_bool(data, "corrupt");
+                ret->bitmaps = get_array_len(data, "bitmaps");
+                ret->has_data_file = get_str(data, "data-file") != NULL;
+                if (json_object_object_get_ex(data, "encrypt", &specific))
+                        ret->encrypted = true;
+        }
+out:
+        json_object_put(root);
+        return r;
+}
+
+/* qemu-img says why it could not open an image only in words; these are its words. */
+static int classify_open_failure(const char *path, const char *msg, struct qt_error *e)
+{
+        if (strstr(msg, "lock") && strstr(msg, "another process"))
+                return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
+                                    "%s is in use: another process (a running VM?) holds "
+                                    "qemu's lock on it",
+                                    path);
+        if (strstr(msg, "corrupt") || strstr(msg, "backing file"))
+                return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "%s", msg);
+        if (strstr(msg, "encrypt"))
+                return qt_error_set(e, QT_ERR_ENCRYPTED, EPERM, "%s", msg);
+        return qt_error_set(e, QT_ERR_NOT_AN_IMAGE, EINVAL, "%s is not a readable disk image: %s",
+                            path, msg);
+}
+
+/* A raw file is whatever qemu-img cannot name otherwise; require a partition table or a
+ * filesystem, so a text file or random data is refused rather than "shrunk". */
+static int check_raw_content(const char *path, struct qt_error *e)
+{
+        blkid_probe pr = blkid_new_probe_from_filename(path);
+        if (!pr)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot read %s: %m", path);
+        blkid_probe_enable_partitions(pr, 1);
+        blkid_probe_enable_superblocks(pr, 1);
+        int r = blkid_do_safeprobe(pr);
+        blkid_free_probe(pr);
+        /* 1: nothing found; -2: more than one signature, which is still a disk. */
+        if (r == 1 || r == -1)
+                return qt_error_set(
+                    e, QT_ERR_NOT_AN_IMAGE, EINVAL,
+                    "%s is not a disk image: no partition table or filesystem found", path);
+        return 0;
+}
+
+/* With force_share, qemu-img reads without asking for qemu's lock ("-U"): for read-only looks. */
+#define SHARE_ARG(force_share) ((force_share) ? "-U" : "-q")
+
+static int check_qcow2_consistency(const char *path, bool force_share, struct qt_error *e)
+{
+        char *argv[] = {"qemu-img", "check", "-q",         SHARE_ARG(force_share),
+                        "-f",       "qcow2", (char *)path, NULL};
+        struct qt_command c = {.argv = argv};
+        int r = qt_command_run(&c);
+        if (r < 0) {
+                qt_command_done(&c);
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img check: %s",
+                                    strerror(-r));
+        }
+        /* 0: clean; 3: leaked clusters only, harmless and dropped by the convert. */
+        if (c.status == 0 || c.status == 3)
+                r = 0;
+        else if (c.status == 2)
+                r = qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "%s is corrupt (qemu-img check): %s",
+                                 path, c.err[0] ? c.err : "errors found");
+        else
+                r = classify_open_failure(path, c.err, e);
+        qt_command_done(&c);
+        return r;
+}
+
+int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret,
+                   struct qt_error *e)
+{
+        char *argv[] = {"qemu-img", "info", "--output=json", (char *)path, NULL, NULL};
+        if (force_share)
+                argv[3] = "-U", argv[4] = (char *)path;
+        struct qt_command c = {.argv = argv};
+        int r = qt_command_run(&c);
+        if (r < 0) {
+                qt_command_done(&c);
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img: %s", strerror(-r));
+        }
+        if (c.status != 0)
+                r = classify_open_failure(path, c.err, e);
+        else
+                r = qt_image_parse_info(c.out, ret, e);
+        qt_command_done(&c);
+        if (r < 0)
+                return r;
+
+        if (strcmp(ret->format, "luks") == 0 || ret->encrypted)
+                return qt_error_set(e, QT_ERR_ENCRYPTED, EPERM,
+                                    "%s is encrypted; qtrim cannot read encrypted images", path);
+        if (strcmp(ret->format, "qcow2") != 0 && strcmp(ret->format, "raw") != 0)
+                return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                    "%s is a %s image; qtrim handles qcow2 and raw", path,
+                                    ret->format);
+        if (ret->has_data_file)
+                return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                    "%s keeps its data in an external data file, which qtrim does "
+                                    "not handle",
+                                    path);
+        if (ret->corrupt)
+                return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN,
+                                    "%s is marked corrupt; repair it with qemu-img check -r first",
+                                    path);
+        if (strcmp(ret->format, "raw") == 0)
+                return check_raw_content(path, e);
+        return check_qcow2_consistency(path, force_share, e);
+}
+
+uint64_t qt_file_allocated(const struct stat *st)
+{
+        return (uint64_t)st->st_blocks * 512u;
+}
+
+int qt_image_lock_writers_out(const char *path, struct qt_error *e)
+{
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open %s: %m", path);
+        struct flock fl = {
+            .l_type = F_RDLCK,
+            .l_whence = SEEK_SET,
+            .l_start = QEMU_LOCK_SHARED_BASE + QEMU_PERM_WRITE_BIT,
+            .l_len = 1,
+        };
+        if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+                return qt_error_set(e, QT_ERR_IN_USE, errno, "cannot lock %s against writers: %m",
+                                    path);
+        return TAKE_FD(fd);
+}

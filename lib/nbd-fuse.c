@@ -1,0 +1,309 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#define FUSE_USE_VERSION 35
+
+#include "nbd-fuse.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <libnbd.h>
+#include <limits.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+
+#include "util.h"
+
+#define DISK_NAME "disk"
+/* NBD requests carry 32-bit lengths; trim and zero in pieces well below that. */
+#define MAX_TRIM_REQUEST (1ULL << 30)
+
+struct qt_nbd_fuse {
+        struct nbd_handle *nbd;
+        struct fuse *fuse;
+        pthread_t thread;
+        bool serving;
+        bool read_only;
+        uint64_t size;
+        char mountpoint[PATH_MAX];
+        char disk_path[PATH_MAX];
+};
+
+static struct qt_nbd_fuse *bridge(void)
+{
+        return fuse_get_context()->private_data;
+}
+
+/* libnbd sets errno and keeps a message; FUSE wants -errno. */
+static int nbd_errno(void)
+{
+        int err = nbd_get_errno();
+        return err > 0 ? -err : -EIO;
+}
+
+static bool is_disk(const char *path)
+{
+        return strcmp(path, "/" DISK_NAME) == 0;
+}
+
+static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+        *st = (struct stat){.st_uid = 0, .st_gid = 0, .st_nlink = 1};
+        if (strcmp(path, "/") == 0) {
+                st->st_mode = S_IFDIR | 0700;
+                st->st_nlink = 2;
+                return 0;
+        }
+        if (!is_disk(path))
+                return -ENOENT;
+        st->st_mode = S_IFREG | (bridge()->read_only ? 0400 : 0600);
+        st->st_size = (off_t)bridge()->size;
+        return 0;
+}
+
+static int op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
+                      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+        if (strcmp(path, "/") != 0)
+                return -ENOTDIR;
+        fill(buf, ".", NULL, 0, 0);
+        fill(buf, "..", NULL, 0, 0);
+        fill(buf, DISK_NAME, NULL, 0, 0);
+        return 0;
+}
+
+static int op_open(const char *path, struct fuse_file_info *fi)
+{
+        if (!is_disk(path))
+                return -ENOENT;
+        if (bridge()->read_only && (fi->flags & O_ACCMODE) != O_RDONLY)
+                return -EROFS;
+        /* No page cache for the disk: the loop device above has its own, and dirty pages of a
+         * FUSE file under a loop device are how the reclaim deadlock starts. */
+        fi->direct_io = 1;
+        fi->keep_cache = 0;
+        return 0;
+}
+
+static int op_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi)
+{
+        struct qt_nbd_fuse *b = bridge();
+        if ((uint64_t)off >= b->size)
+                return 0;
+        if ((uint64_t)off + len > b->size)
+                len = (size_t)(b->size - (uint64_t)off);
+        if (nbd_pread(b->nbd, buf, len, (uint64_t)off, 0) < 0)
+                return nbd_errno();
+        return (int)len;
+}
+
+static int op_write(const char *path, const char *buf, size_t len, off_t off,
+                    struct fuse_file_info *fi)
+{
+        struct qt_nbd_fuse *b = bridge();
+        if ((uint64_t)off + len > b->size)
+                return -ENOSPC;
+        if (nbd_pwrite(b->nbd, buf, len, (uint64_t)off, 0) < 0)
+                return nbd_errno();
+        return (int)len;
+}
+
+static int op_flush(const char *path, struct fuse_file_info *fi)
+{
+        if (bridge()->read_only)
+                return 0;
+        return nbd_flush(bridge()->nbd, 0) < 0 ? nbd_errno() : 0;
+}
+
+static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+        return op_flush(path, fi);
+}
+
+/* The loop device turns a discard into PUNCH_HOLE and write-zeroes into ZERO_RANGE. */
+static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
+{
+        struct qt_nbd_fuse *b = bridge();
+        bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+        bool zero = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+
+        if (!punch && !zero)
+                return -EOPNOTSUPP;
+        if (off < 0 || len < 0 || (uint64_t)off > b->size)
+                return -EINVAL;
+        uint64_t pos = (uint64_t)off, end = (uint64_t)off + (uint64_t)len;
+        if (end > b->size)
+                end = b->size;
+        while (pos < end) {
+                uint64_t n = end - pos < MAX_TRIM_REQUEST ? end - pos : MAX_TRIM_REQUEST;
+                int r = punch ? nbd_trim(b->nbd, n, pos, 0) : nbd_zero(b->nbd, n, pos, 0);
+                if (r < 0)
+                        return nbd_errno();
+                pos += n;
+        }
+        return 0;
+}
+
+static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+        cfg->direct_io = 1;
+        cfg->attr_timeout = 3600;
+        cfg->entry_timeout = 3600;
+        return fuse_get_context()->private_data;
+}
+
+static const struct fuse_operations operations = {
+    .init = op_init,
+    .getattr = op_getattr,
+    .readdir = op_readdir,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .fsync = op_fsync,
+    .fallocate = op_fallocate,
+};
+
+static void *serve(void *userdata)
+{
+        struct qt_nbd_fuse *b = userdata;
+        /* This thread does I/O for a block device the kernel may write back to while reclaiming
+         * memory; it must not wait on that reclaim itself. */
+        prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
+        fuse_loop(b->fuse);
+        return NULL;
+}
+
+static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *format,
+                          struct qt_error *e)
+{
+        /* No --persistent: qemu-nbd must exit when its one client goes, so a killed worker
+         * leaves no server holding the image. Inspecting reads without taking qemu's lock
+         * (qemu-nbd has no --force-share; file.locking=off is the same for reading). */
+        char opts[PATH_MAX * 2 + 128];
+        char *argv[8] = {"qemu-nbd"};
+        size_t n = 1;
+        if (b->read_only) {
+                int k = snprintf(opts, sizeof(opts),
+                                 "driver=%s,file.driver=file,file.locking=off,"
+                                 "file.filename=",
+                                 format);
+                /* In qemu's option syntax a comma in a value is written twice. */
+                for (const char *p = image; *p && (size_t)k + 3 < sizeof(opts); p++) {
+                        if (*p == ',')
+                                opts[k++] = ',';
+                        opts[k++] = *p;
+                }
+                opts[k] = '\0';
+                argv[n++] = "--read-only";
+                argv[n++] = "--image-opts";
+                argv[n++] = opts;
+        } else {
+                argv[n++] = "--format";
+                argv[n++] = (char *)format;
+                argv[n++] = "--discard=unmap";
+                argv[n++] = (char *)image;
+        }
+        argv[n] = NULL;
+
+        b->nbd = nbd_create();
+        if (!b->nbd)
+                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "libnbd: %s",
+                                    nbd_get_error());
+        if (nbd_connect_systemd_socket_activation(b->nbd, argv) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(),
+                                    "cannot start qemu-nbd on %s: %s", image, nbd_get_error());
+        int64_t size = nbd_get_size(b->nbd);
+        if (size < 0)
+                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "qemu-nbd: %s",
+                                    nbd_get_error());
+        b->size = (uint64_t)size;
+        if (!b->read_only && nbd_can_trim(b->nbd) != 1)
+                return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                    "qemu-nbd offers no trim for %s", image);
+        return 0;
+}
+
+static int mount_bridge(struct qt_nbd_fuse *b, struct qt_error *e)
+{
+        char *argv[] = {"qtrim", "-o", "subtype=qtrim,fsname=qtrim", NULL};
+        struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+
+        b->fuse = fuse_new(&args, &operations, sizeof(operations), b);
+        fuse_opt_free_args(&args);
+        if (!b->fuse)
+                return qt_error_set(e, QT_ERR_FAILED, EIO, "cannot set up the FUSE bridge");
+        if (fuse_mount(b->fuse, b->mountpoint) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, EIO, "cannot mount the FUSE bridge on %s",
+                                    b->mountpoint);
+        int r = pthread_create(&b->thread, NULL, serve, b);
+        if (r != 0) {
+                fuse_unmount(b->fuse);
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot start the FUSE thread: %s",
+                                    strerror(r));
+        }
+        b->serving = true;
+        return 0;
+}
+
+int qt_nbd_fuse_attach(const char *image, const char *format, bool read_only,
+                       const char *mountpoint, struct qt_nbd_fuse **ret, struct qt_error *e)
+{
+        struct qt_nbd_fuse *b = calloc(1, sizeof(*b));
+        if (!b)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        b->read_only = read_only;
+        snprintf(b->mountpoint, sizeof(b->mountpoint), "%s", mountpoint);
+        snprintf(b->disk_path, sizeof(b->disk_path), "%s/" DISK_NAME, mountpoint);
+
+        int r = start_qemu_nbd(b, image, format, e);
+        if (r >= 0)
+                r = mount_bridge(b, e);
+        if (r < 0) {
+                qt_nbd_fuse_detach(b, NULL);
+                return r;
+        }
+        *ret = b;
+        return 0;
+}
+
+const char *qt_nbd_fuse_disk_path(const struct qt_nbd_fuse *b)
+{
+        return b->disk_path;
+}
+
+uint64_t qt_nbd_fuse_size(const struct qt_nbd_fuse *b)
+{
+        return b->size;
+}
+
+int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e)
+{
+        int r = 0;
+        if (!b)
+                return 0;
+        if (b->serving) {
+                /* Unmounting aborts the connection: the FUSE thread's read returns and its loop
+                 * ends. Lazily, so a straggling opener cannot keep qemu-nbd alive. */
+                if (umount2(b->mountpoint, MNT_DETACH) < 0)
+                        r = qt_error_set(e, QT_ERR_FAILED, errno, "cannot unmount %s: %m",
+                                         b->mountpoint);
+                fuse_exit(b->fuse);
+                pthread_join(b->thread, NULL);
+        }
+        if (b->fuse)
+                fuse_destroy(b->fuse);
+        if (b->nbd) {
+                if (!b->read_only && nbd_aio_is_ready(b->nbd) && nbd_flush(b->nbd, 0) < 0)
+                        r = qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(),
+                                         "flushing the image failed: %s", nbd_get_error());
+                if (nbd_aio_is_ready(b->nbd))
+                        nbd_shutdown(b->nbd, 0);
+                nbd_close(b->nbd);
+        }
+        free(b);
+        return r;
+}

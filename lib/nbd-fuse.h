@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The fuse attach path: qemu-nbd --discard=unmap started by libnbd (socket activation), its
+ * export served by libfuse3 as one file, <mountpoint>/disk, on which loop devices can sit.
+ * Works wherever FUSE and loop devices exist; needs no nbd kernel module.
+ *
+ * Threading: one FUSE thread serves the file (reads, writes, flush, fallocate → NBD trim/zero)
+ * while the caller's thread sets up loop devices and mounts on top. libnbd handles are
+ * thread-safe; nothing else is shared.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+struct qt_nbd_fuse;
+
+/* Starts qemu-nbd on image (format "qcow2" or "raw"), mounts the bridge on mountpoint (an
+ * existing directory, in the caller's private mount namespace). */
+int qt_nbd_fuse_attach(const char *image, const char *format, bool read_only,
+                       const char *mountpoint, struct qt_nbd_fuse **ret, struct qt_error *e);
+
+/* Path of the disk file, e.g. "/run/qtrim/mnt/fuse/disk". */
+const char *qt_nbd_fuse_disk_path(const struct qt_nbd_fuse *b);
+uint64_t qt_nbd_fuse_size(const struct qt_nbd_fuse *b);
+
+/* Unmounts the bridge, flushes and stops qemu-nbd. Everything on top (loop devices) must be
+ * gone already. Frees b whatever happens; NULL-safe. */
+int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e);

@@ -1,0 +1,320 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "report.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+static const char *const phase_names[_QT_PHASE_MAX] = {
+    [QT_PHASE_QUEUED] = "queued",     [QT_PHASE_INSPECT] = "inspect", [QT_PHASE_ATTACH] = "attach",
+    [QT_PHASE_DISCOVER] = "discover", [QT_PHASE_TRIM] = "trim",       [QT_PHASE_DETACH] = "detach",
+    [QT_PHASE_CONVERT] = "convert",   [QT_PHASE_REPLACE] = "replace", [QT_PHASE_DONE] = "done",
+};
+
+/* Share of the progress bar per phase (sums to 1). Trim and convert are where time goes. */
+static const double phase_weight[_QT_PHASE_MAX] = {
+    [QT_PHASE_INSPECT] = 0.02, [QT_PHASE_ATTACH] = 0.03, [QT_PHASE_DISCOVER] = 0.02,
+    [QT_PHASE_TRIM] = 0.45,    [QT_PHASE_DETACH] = 0.03, [QT_PHASE_CONVERT] = 0.43,
+    [QT_PHASE_REPLACE] = 0.02,
+};
+
+const char *qt_phase_name(enum qt_phase phase)
+{
+        return (unsigned)phase < _QT_PHASE_MAX ? phase_names[phase] : "unknown";
+}
+
+static int phase_from_name(const char *s)
+{
+        for (int p = 0; p < _QT_PHASE_MAX; p++)
+                if (strcmp(s, phase_names[p]) == 0)
+                        return p;
+        return -EINVAL;
+}
+
+double qt_phase_progress_start(enum qt_phase phase)
+{
+        double sum = 0;
+        for (int p = 0; p < (int)phase && p < _QT_PHASE_MAX; p++)
+                sum += phase_weight[p];
+        return sum;
+}
+
+double qt_phase_progress_span(enum qt_phase phase)
+{
+        return (unsigned)phase < _QT_PHASE_MAX ? phase_weight[phase] : 0;
+}
+
+enum field_type { FIELD_U64, FIELD_U32, FIELD_BOOL, FIELD_STR };
+
+struct field {
+        const char *key;      /* protocol key */
+        const char *property; /* Job property it changes, NULL if not exposed */
+        enum field_type type;
+        size_t offset, size;
+};
+
+#define FIELD(k, prop, t, member)                                                                  \
+        {                                                                                          \
+                k, prop, t, offsetof(struct qt_report, member),                                    \
+                    sizeof(((struct qt_report *)0)->member)                                        \
+        }
+
+static const struct field fields[] = {
+    FIELD("format", "Format", FIELD_STR, format),
+    FIELD("virtual-size", "VirtualSize", FIELD_U64, virtual_size),
+    FIELD("bytes-before", "BytesBefore", FIELD_U64, bytes_before),
+    FIELD("apparent-before", NULL, FIELD_U64, apparent_before),
+    FIELD("cluster-size", NULL, FIELD_U64, cluster_size),
+    FIELD("backing-file", NULL, FIELD_STR, backing_file),
+    FIELD("backing-format", NULL, FIELD_STR, backing_format),
+    FIELD("snapshots", NULL, FIELD_U32, snapshots),
+    FIELD("bitmaps", NULL, FIELD_U32, bitmaps),
+    FIELD("partition-table", NULL, FIELD_STR, partition_table),
+    FIELD("bytes-trimmed", "BytesTrimmed", FIELD_U64, bytes_trimmed),
+    FIELD("bytes-after", "BytesAfter", FIELD_U64, bytes_after),
+    FIELD("apparent-after", NULL, FIELD_U64, apparent_after),
+    FIELD("converted", "Converted", FIELD_BOOL, converted),
+    FIELD("message", "Message", FIELD_STR, message),
+};
+
+static const struct field *field_by_key(const char *key)
+{
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++)
+                if (strcmp(fields[i].key, key) == 0)
+                        return &fields[i];
+        return NULL;
+}
+
+/* Copies src into a fixed field, replacing the protocol's separators so any string round-trips
+ * as one field of one line. */
+static void copy_field(char *dst, size_t size, const char *src)
+{
+        size_t i = 0;
+        for (; src && src[i] && i + 1 < size; i++)
+                dst[i] = (src[i] == '\t' || src[i] == '\n') ? ' ' : src[i];
+        dst[i] = '\0';
+}
+
+static void set_field(struct qt_report *report, const struct field *f, uint64_t value,
+                      const char *str)
+{
+        char *p = (char *)report + f->offset;
+        switch (f->type) {
+        case FIELD_U64:
+                *(uint64_t *)(void *)p = value;
+                break;
+        case FIELD_U32:
+                *(uint32_t *)(void *)p = value > UINT32_MAX ? UINT32_MAX : (uint32_t)value;
+                break;
+        case FIELD_BOOL:
+                *(bool *)p = value != 0;
+                break;
+        case FIELD_STR:
+                copy_field(p, f->size, str);
+                break;
+        }
+}
+
+static void emit_line(struct qt_reporter *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void emit_line(struct qt_reporter *r, const char *fmt, ...)
+{
+        if (r->fd < 0)
+                return;
+        char line[QT_REPORT_STRING_MAX + 512];
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+                return;
+        if ((size_t)n > sizeof(line) - 2)
+                n = sizeof(line) - 2;
+        line[n++] = '\n';
+        /* The daemon going away mid-job is handled by PDEATHSIG, not by write errors. */
+        (void)write_all(r->fd, line, (size_t)n);
+}
+
+void qt_emit_u64(struct qt_reporter *r, const char *key, uint64_t value)
+{
+        const struct field *f = field_by_key(key);
+        if (!f || f->type == FIELD_STR)
+                return;
+        set_field(&r->report, f, value, NULL);
+        emit_line(r, "%s\t%llu", key, (unsigned long long)value);
+}
+
+void qt_emit_str(struct qt_reporter *r, const char *key, const char *value)
+{
+        const struct field *f = field_by_key(key);
+        if (!f || f->type != FIELD_STR)
+                return;
+        set_field(&r->report, f, 0, value);
+        emit_line(r, "%s\t%s", key, (const char *)&r->report + f->offset);
+}
+
+void qt_emit_phase(struct qt_reporter *r, enum qt_phase phase)
+{
+        r->report.phase = phase;
+        r->report.progress = qt_phase_progress_start(phase);
+        emit_line(r, "phase\t%s", qt_phase_name(phase));
+}
+
+void qt_emit_progress(struct qt_reporter *r, double fraction)
+{
+        if (fraction < 0)
+                fraction = 0;
+        if (fraction > 1)
+                fraction = 1;
+        double overall = qt_phase_progress_start(r->report.phase) +
+                         fraction * qt_phase_progress_span(r->report.phase);
+        /* One line per whole percent at most: a bar does not need more, the bus should not get it.
+         */
+        if ((int)(overall * 100) == (int)(r->report.progress * 100))
+                return;
+        r->report.progress = overall;
+        emit_line(r, "progress\t%.4f", overall);
+}
+
+void qt_emit_phase_time(struct qt_reporter *r, enum qt_phase phase, uint64_t usec)
+{
+        r->report.phase_usec[phase] = usec;
+        emit_line(r, "phase-time\t%s\t%llu", qt_phase_name(phase), (unsigned long long)usec);
+}
+
+/* Replaces the record of the same name, or appends one. */
+static int upsert_fs(struct qt_report *report, const struct qt_fs_result *fs)
+{
+        for (size_t i = 0; i < report->n_fs; i++)
+                if (strcmp(report->fs[i].name, fs->name) == 0) {
+                        report->fs[i] = *fs;
+                        return 0;
+                }
+        if (report->n_fs >= QT_MAX_FILESYSTEMS)
+                return -E2BIG;
+        report->fs[report->n_fs++] = *fs;
+        return 0;
+}
+
+void qt_emit_fs(struct qt_reporter *r, const struct qt_fs_result *fs)
+{
+        if (upsert_fs(&r->report, fs) < 0)
+                return;
+        emit_line(r, "fs\t%s\t%s\t%llu\t%llu\t%llu\t%s\t%s", fs->name, fs->fstype,
+                  (unsigned long long)fs->offset, (unsigned long long)fs->size,
+                  (unsigned long long)fs->trimmed, fs->state, fs->message);
+}
+
+void qt_emit_error(struct qt_reporter *r, const struct qt_error *e)
+{
+        r->report.error = *e;
+        emit_line(r, "error\t%s\t%s", qt_error_dbus_name(e->code), e->message);
+}
+
+void qt_emit_end(struct qt_reporter *r)
+{
+        r->report.finished = true;
+        emit_line(r, "end");
+}
+
+/* Splits line in place at tabs into at most max fields; returns how many. */
+static size_t split_tabs(char *line, char **out, size_t max)
+{
+        size_t n = 0;
+        char *p = line;
+        while (n < max) {
+                out[n++] = p;
+                p = strchr(p, '\t');
+                if (!p)
+                        break;
+                *p++ = '\0';
+        }
+        return n;
+}
+
+static int apply_fs(struct qt_report *report, char **v, size_t n)
+{
+        struct qt_fs_result fs = {};
+        if (n != 8)
+                return -EBADMSG;
+        if (parse_u64(v[3], &fs.offset) < 0 || parse_u64(v[4], &fs.size) < 0 ||
+            parse_u64(v[5], &fs.trimmed) < 0)
+                return -EBADMSG;
+        copy_field(fs.name, sizeof(fs.name), v[1]);
+        copy_field(fs.fstype, sizeof(fs.fstype), v[2]);
+        copy_field(fs.state, sizeof(fs.state), v[6]);
+        copy_field(fs.message, sizeof(fs.message), v[7]);
+        return upsert_fs(report, &fs);
+}
+
+int qt_report_apply_line(struct qt_report *report, const char *line, const char **ret_property)
+{
+        char buf[QT_REPORT_STRING_MAX + 512];
+        char *v[9];
+        uint64_t u;
+
+        *ret_property = NULL;
+        if (report->finished)
+                return 0;
+        if (strlen(line) >= sizeof(buf))
+                return -EBADMSG;
+        strcpy(buf, line);
+        size_t n = split_tabs(buf, v, ELEMENTSOF(v));
+
+        if (strcmp(v[0], "end") == 0 && n == 1) {
+                report->finished = true;
+                return 0;
+        }
+        if (strcmp(v[0], "phase") == 0 && n == 2) {
+                int p = phase_from_name(v[1]);
+                if (p < 0)
+                        return -EBADMSG;
+                report->phase = p;
+                report->progress = qt_phase_progress_start(p);
+                *ret_property = "Phase";
+                return 0;
+        }
+        if (strcmp(v[0], "progress") == 0 && n == 2) {
+                char *end;
+                double d = strtod(v[1], &end);
+                if (*end || !(d >= 0 && d <= 1))
+                        return -EBADMSG;
+                report->progress = d;
+                *ret_property = "Progress";
+                return 0;
+        }
+        if (strcmp(v[0], "phase-time") == 0 && n == 3) {
+                int p = phase_from_name(v[1]);
+                if (p < 0 || parse_u64(v[2], &u) < 0)
+                        return -EBADMSG;
+                report->phase_usec[p] = u;
+                *ret_property = "PhaseTimes";
+                return 0;
+        }
+        if (strcmp(v[0], "fs") == 0) {
+                int r = apply_fs(report, v, n);
+                if (r < 0)
+                        return r;
+                *ret_property = "Filesystems";
+                return 0;
+        }
+        if (strcmp(v[0], "error") == 0 && n == 3) {
+                report->error.code = qt_error_from_dbus_name(v[1]);
+                copy_field(report->error.message, sizeof(report->error.message), v[2]);
+                *ret_property = "Error";
+                return 0;
+        }
+
+        const struct field *f = field_by_key(v[0]);
+        if (!f || n != 2)
+                return -EBADMSG;
+        if (f->type != FIELD_STR && parse_u64(v[1], &u) < 0)
+                return -EBADMSG;
+        set_field(report, f, f->type == FIELD_STR ? 0 : u, v[1]);
+        *ret_property = f->property;
+        return 0;
+}

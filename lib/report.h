@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * What a job has found and done so far, and the line protocol that carries it from the worker
+ * process to qtrimd. The worker emits one line per change ("key\tvalue\n"); the daemon applies
+ * each line to its own copy of struct qt_report and publishes the D-Bus property the field
+ * table names. One table describes every field, so the two sides cannot drift apart.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+enum qt_phase {
+        QT_PHASE_QUEUED,
+        QT_PHASE_INSPECT,
+        QT_PHASE_ATTACH,
+        QT_PHASE_DISCOVER,
+        QT_PHASE_TRIM,
+        QT_PHASE_DETACH,
+        QT_PHASE_CONVERT,
+        QT_PHASE_REPLACE,
+        QT_PHASE_DONE,
+        _QT_PHASE_MAX,
+};
+
+const char *qt_phase_name(enum qt_phase phase);
+
+#define QT_FS_NAME_MAX     16
+#define QT_FS_TYPE_MAX     32
+#define QT_FS_STATE_MAX    16
+#define QT_FS_MESSAGE_MAX  200
+#define QT_MAX_FILESYSTEMS 64
+
+struct qt_fs_result {
+        char name[QT_FS_NAME_MAX]; /* "p1", "p5", "disk" */
+        char fstype[QT_FS_TYPE_MAX];
+        uint64_t offset, size, trimmed;
+        char state[QT_FS_STATE_MAX]; /* "found", "trimmed", "skipped", "failed" */
+        char message[QT_FS_MESSAGE_MAX];
+};
+
+#define QT_REPORT_STRING_MAX 4096
+
+struct qt_report {
+        /* Inspect */
+        char format[16];
+        uint64_t virtual_size;
+        uint64_t bytes_before, apparent_before; /* host allocation and st_size */
+        uint64_t cluster_size;
+        char backing_file[QT_REPORT_STRING_MAX];
+        char backing_format[16];
+        uint32_t snapshots, bitmaps;
+        char partition_table[16];
+
+        /* Progress */
+        enum qt_phase phase;
+        double progress; /* 0..1 over the whole job */
+        uint64_t phase_usec[_QT_PHASE_MAX];
+
+        /* Outcome */
+        struct qt_fs_result fs[QT_MAX_FILESYSTEMS];
+        size_t n_fs;
+        uint64_t bytes_trimmed;
+        uint64_t bytes_after, apparent_after;
+        bool converted;
+        char message[QT_REPORT_STRING_MAX];
+        struct qt_error error;
+        bool finished; /* the worker said "end": anything after it is ignored */
+};
+
+/* Worker side: where events go. fd < 0 discards them (a report kept only in memory). */
+struct qt_reporter {
+        int fd;
+        struct qt_report report; /* the worker's own view, updated by every emit */
+};
+
+void qt_emit_phase(struct qt_reporter *r, enum qt_phase phase);
+void qt_emit_progress(struct qt_reporter *r, double fraction);
+void qt_emit_phase_time(struct qt_reporter *r, enum qt_phase phase, uint64_t usec);
+void qt_emit_fs(struct qt_reporter *r, const struct qt_fs_result *fs);
+void qt_emit_error(struct qt_reporter *r, const struct qt_error *e);
+void qt_emit_end(struct qt_reporter *r);
+/* The scalar fields, by protocol key ("bytes-before", "message", ...); see report.c's table. */
+void qt_emit_u64(struct qt_reporter *r, const char *key, uint64_t value);
+void qt_emit_str(struct qt_reporter *r, const char *key, const char *value);
+
+/* Daemon side. Applies one line (without its newline) to a report. Returns the D-Bus property
+ * the line changed (e.g. "BytesBefore"), NULL if none is exposed, or an error: -EBADMSG for a
+ * line that does not parse. The filesystem list changes "Filesystems". */
+int qt_report_apply_line(struct qt_report *report, const char *line, const char **ret_property);
+
+/* Overall progress at the start of a phase, so progress moves evenly across a job: the trim
+ * and convert phases take most of the time and most of the bar. */
+double qt_phase_progress_start(enum qt_phase phase);
+double qt_phase_progress_span(enum qt_phase phase);

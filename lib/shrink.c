@@ -1,0 +1,274 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "shrink.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include "convert.h"
+#include "discover.h"
+#include "image.h"
+#include "nbd-fuse.h"
+#include "trim.h"
+#include "util.h"
+
+struct shrink {
+        const struct qt_shrink_request *req;
+        struct qt_reporter *rep;
+        struct qt_error error;
+
+        struct qt_image_info info;
+        struct stat inspected; /* the image as inspected: what every later step must still see */
+        struct qt_nbd_fuse *bridge;
+        int image_lock_fd;  /* qemu's lock held against writers from attach to replace */
+        char tmp[PATH_MAX]; /* the compact copy while it exists */
+        size_t trim_index;  /* which filesystem the trim is on, for progress */
+};
+
+typedef int (*phase_fn)(struct shrink *s);
+
+/* Runs one phase: announces it, times it, and makes sure a failure carries a message. */
+static int run_phase(struct shrink *s, enum qt_phase phase, phase_fn fn)
+{
+        uint64_t start = now_usec();
+        qt_emit_phase(s->rep, phase);
+        int r = fn(s);
+        qt_emit_phase_time(s->rep, phase, now_usec() - start);
+        if (r < 0 && !qt_error_is_set(&s->error))
+                qt_error_set(&s->error, r == -ECANCELED ? QT_ERR_CANCELED : QT_ERR_FAILED, r,
+                             "%s failed: %s", qt_phase_name(phase), strerror(-r));
+        return r;
+}
+
+static int scratch_path(const struct shrink *s, const char *name, char buf[PATH_MAX])
+{
+        int n = snprintf(buf, PATH_MAX, "%s/%s", s->req->scratch_dir, name);
+        return n < PATH_MAX ? 0 : -ENAMETOOLONG;
+}
+
+/* 1. Inspect: refuse early what must not be touched. */
+static int inspect(struct shrink *s)
+{
+        struct qt_reporter *rep = s->rep;
+        int r = qt_image_check_path(s->req->image, &s->inspected, &s->error);
+        if (r < 0)
+                return r;
+        r = qt_image_probe(s->req->image, s->req->kind == QT_JOB_INSPECT, &s->info, &s->error);
+        if (r < 0)
+                return r;
+        qt_emit_str(rep, "format", s->info.format);
+        qt_emit_u64(rep, "virtual-size", s->info.virtual_size);
+        qt_emit_u64(rep, "bytes-before", qt_file_allocated(&s->inspected));
+        qt_emit_u64(rep, "apparent-before", (uint64_t)s->inspected.st_size);
+        qt_emit_u64(rep, "cluster-size", s->info.cluster_size);
+        qt_emit_str(rep, "backing-file", s->info.backing_file);
+        qt_emit_str(rep, "backing-format", s->info.backing_format);
+        qt_emit_u64(rep, "snapshots", s->info.snapshots);
+        qt_emit_u64(rep, "bitmaps", s->info.bitmaps);
+        return 0;
+}
+
+/* A mount namespace of the worker's own: mounts are invisible to the host and vanish with the
+ * worker, however it dies. A tmpfs holds its mount points. */
+static int enter_private_namespace(struct shrink *s)
+{
+        if (mkdir(s->req->scratch_dir, 0700) < 0 && errno != EEXIST)
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot create %s: %m",
+                                    s->req->scratch_dir);
+        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno,
+                                    "cannot make a private mount namespace: %m");
+        if (mount("qtrim", s->req->scratch_dir, "tmpfs", MS_NODEV | MS_NOSUID | MS_NOEXEC,
+                  "mode=0700,size=1m") < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno,
+                                    "cannot mount a tmpfs on %s: %m", s->req->scratch_dir);
+        return 0;
+}
+
+/* 2. Attach: qemu-nbd --discard=unmap behind a FUSE file. */
+static int attach(struct shrink *s)
+{
+        char fuse_dir[PATH_MAX];
+        bool read_only = s->req->kind != QT_JOB_SHRINK;
+        int r = enter_private_namespace(s);
+        if (r < 0)
+                return r;
+        if (scratch_path(s, "fuse", fuse_dir) < 0 || mkdir(fuse_dir, 0700) < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot create %s: %m",
+                                    fuse_dir);
+        r = qt_nbd_fuse_attach(s->req->image, s->info.format, read_only, fuse_dir, &s->bridge,
+                               &s->error);
+        if (r < 0 || read_only)
+                return r;
+
+        /* qemu-nbd holds the image now; keep VMs out until the very end, then make sure the
+         * file qemu-nbd opened is the one we inspected. */
+        s->image_lock_fd = qt_image_lock_writers_out(s->req->image, &s->error);
+        if (s->image_lock_fd < 0)
+                return s->image_lock_fd;
+        struct stat st;
+        if (fstat(s->image_lock_fd, &st) < 0 || st.st_dev != s->inspected.st_dev ||
+            st.st_ino != s->inspected.st_ino)
+                return qt_error_set(&s->error, QT_ERR_FAILED, ESTALE,
+                                    "%s was replaced by another file during the job",
+                                    s->req->image);
+        return 0;
+}
+
+/* 3. Discover: partitions and filesystems, from the disk itself. */
+static int discover(struct shrink *s)
+{
+        struct qt_fs_result fs[QT_MAX_FILESYSTEMS];
+        char pttype[16];
+        size_t n = 0;
+        int r = qt_discover(qt_nbd_fuse_disk_path(s->bridge), qt_nbd_fuse_size(s->bridge), pttype,
+                            fs, &n, &s->error);
+        if (r < 0)
+                return r;
+        qt_emit_str(s->rep, "partition-table", pttype);
+        for (size_t i = 0; i < n; i++)
+                qt_emit_fs(s->rep, &fs[i]);
+        return 0;
+}
+
+static void on_trim_progress(double fraction, void *userdata)
+{
+        struct shrink *s = userdata;
+        qt_emit_progress(s->rep, ((double)s->trim_index + fraction) / (double)s->rep->report.n_fs);
+}
+
+/* 4. Trim: every filesystem; one that cannot be trimmed is reported, not fatal. */
+static int trim(struct shrink *s)
+{
+        struct qt_report *report = &s->rep->report;
+        uint64_t total = 0;
+
+        for (s->trim_index = 0; s->trim_index < report->n_fs; s->trim_index++) {
+                struct qt_fs_result fs = report->fs[s->trim_index];
+                char dir[PATH_MAX];
+                int r = scratch_path(s, fs.name, dir);
+                if (r >= 0)
+                        r = qt_trim_filesystem(qt_nbd_fuse_disk_path(s->bridge), dir, &fs,
+                                               on_trim_progress, s);
+                qt_emit_fs(s->rep, &fs);
+                total += fs.trimmed;
+                if (r < 0)
+                        return r;
+        }
+        qt_emit_u64(s->rep, "bytes-trimmed", total);
+        return 0;
+}
+
+/* 5. Detach: everything on the bridge is gone already (each trim unmounts its filesystem, and
+ * its loop device clears with the mount); stop the bridge and qemu-nbd. */
+static int detach(struct shrink *s)
+{
+        int r = qt_nbd_fuse_detach(s->bridge, &s->error);
+        s->bridge = NULL;
+        return r;
+}
+
+static int stat_image(struct shrink *s, struct stat *st)
+{
+        if (stat(s->req->image, st) < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot stat %s: %m",
+                                    s->req->image);
+        return 0;
+}
+
+static void on_convert_progress(double fraction, void *userdata)
+{
+        struct shrink *s = userdata;
+        qt_emit_progress(s->rep, fraction);
+}
+
+/* 6. Convert: a compact copy beside the image, kept only if it is smaller. */
+static int convert(struct shrink *s)
+{
+        struct stat trimmed, copy;
+        int r = stat_image(s, &trimmed);
+        if (r < 0)
+                return r;
+        /* The copy holds at most what the trimmed image holds, plus metadata. */
+        uint64_t needed =
+            qt_file_allocated(&trimmed) + qt_file_allocated(&trimmed) / 32 + (16u << 20);
+        const char *refusal = qt_convert_refusal(s->req->image, &s->info, needed);
+        if (refusal) {
+                qt_emit_str(s->rep, "message", refusal);
+                return 0;
+        }
+        r = qt_convert_image(s->req->image, &s->info, s->tmp, on_convert_progress, s, &s->error);
+        if (r < 0)
+                return r;
+        if (stat(s->tmp, &copy) < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot stat %s: %m", s->tmp);
+        if (qt_file_allocated(&copy) >= qt_file_allocated(&trimmed)) {
+                qt_emit_str(s->rep, "message",
+                            "kept the trimmed image: the compact copy was not smaller");
+                unlink(s->tmp);
+                s->tmp[0] = '\0';
+        }
+        return 0;
+}
+
+/* 7. Replace: one checked rename. */
+static int replace(struct shrink *s)
+{
+        int r = qt_replace_image(s->req->image, s->image_lock_fd, s->tmp, &s->info, &s->error);
+        if (r < 0)
+                return r;
+        s->tmp[0] = '\0'; /* it is the image now */
+        qt_emit_u64(s->rep, "converted", 1);
+        return 0;
+}
+
+/* 8. Report: what the host holds now. */
+static void report_result(struct shrink *s)
+{
+        struct stat st;
+        if (stat_image(s, &st) < 0)
+                return;
+        qt_emit_u64(s->rep, "apparent-after", (uint64_t)st.st_size);
+        qt_emit_u64(s->rep, "bytes-after", qt_file_allocated(&st));
+}
+
+int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *rep)
+{
+        struct shrink s = {.req = req, .rep = rep, .image_lock_fd = -1};
+        bool shrinking = req->kind == QT_JOB_SHRINK;
+
+        int r = run_phase(&s, QT_PHASE_INSPECT, inspect);
+        if (r >= 0 && req->kind != QT_JOB_PROBE) {
+                r = run_phase(&s, QT_PHASE_ATTACH, attach);
+                if (r >= 0)
+                        r = run_phase(&s, QT_PHASE_DISCOVER, discover);
+                if (r >= 0 && shrinking)
+                        r = run_phase(&s, QT_PHASE_TRIM, trim);
+                /* Always, whatever failed: nothing may stay attached. */
+                int k = run_phase(&s, QT_PHASE_DETACH, detach);
+                if (r >= 0)
+                        r = k;
+        }
+        if (r >= 0 && shrinking && !req->convert)
+                qt_emit_str(rep, "message",
+                            "not converted (--no-convert): the image was trimmed in place");
+        if (r >= 0 && shrinking && req->convert) {
+                r = run_phase(&s, QT_PHASE_CONVERT, convert);
+                if (r >= 0 && s.tmp[0])
+                        r = run_phase(&s, QT_PHASE_REPLACE, replace);
+        }
+        if (s.tmp[0])
+                unlink(s.tmp);
+        closep(&s.image_lock_fd);
+
+        if (shrinking)
+                report_result(&s);
+        if (r < 0)
+                qt_emit_error(rep, &s.error);
+        qt_emit_phase(rep, QT_PHASE_DONE);
+        qt_emit_end(rep);
+        return r;
+}

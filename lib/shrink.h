@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * One job, phase by phase (DESIGN.md): inspect, attach, discover, trim, detach, convert,
+ * replace, report. Runs in a worker process; everything it learns and does goes out through a
+ * reporter as it happens. The phases are in qt_shrink_run(), in the order they run.
+ */
+#pragma once
+
+#include <stdbool.h>
+
+#include "report.h"
+
+enum qt_job_kind {
+        QT_JOB_PROBE,   /* inspect only: is this an image qtrim may work on? */
+        QT_JOB_INSPECT, /* and attach read-only to list partitions and filesystems */
+        QT_JOB_SHRINK,  /* the whole job */
+};
+
+struct qt_shrink_request {
+        enum qt_job_kind kind;
+        const char *image; /* absolute path */
+        bool convert;      /* QT_JOB_SHRINK: make a compact copy after the trim */
+        const char
+            *scratch_dir; /* where the worker mounts its private tmpfs, e.g. /run/qtrim/mnt */
+};
+
+/* Returns 0, or a negative errno with the error in r->report.error (already emitted). Ends by
+ * emitting the "done" phase and the end marker, whatever happened. */
+int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *r);

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "trim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libmount.h>
+#include <linux/fs.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include "loopdev.h"
+#include "util.h"
+
+/* Mount options per filesystem type. All: no device nodes, no setuid, no execution from the
+ * guest's files. ext4: no lazy inode-table init, which would write zeroes all over the image
+ * after mount. xfs: nouuid, the guest's UUID may be mounted on the host too (a clone). btrfs:
+ * skip_balance, so an interrupted balance does not resume and rewrite data. */
+static const struct {
+        const char *fstype;
+        const char *options;
+        bool whole_range; /* FITRIM must cover the whole range in one call (see trim_range) */
+} supported[] = {
+    {"ext4", "nodev,nosuid,noexec,noinit_itable", false},
+    {"ext3", "nodev,nosuid,noexec,noinit_itable", false},
+    {"ext2", "nodev,nosuid,noexec", false},
+    {"xfs", "nodev,nosuid,noexec,nouuid", false},
+    {"btrfs", "nodev,nosuid,noexec,skip_balance", true},
+};
+
+/* FITRIM steps: small enough for a live progress bar and a prompt cancel. */
+#define TRIM_STEP_MIN (256ULL << 20)
+#define TRIM_STEPS    50
+
+static void set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
+{
+        va_list ap;
+        snprintf(fs->state, sizeof(fs->state), "%s", state);
+        va_start(ap, fmt);
+        vsnprintf(fs->message, sizeof(fs->message), fmt, ap);
+        va_end(ap);
+}
+
+static int mount_fs(const char *source, const char *target, const char *fstype, const char *options,
+                    char *why, size_t why_size)
+{
+        struct libmnt_context *cxt = mnt_new_context();
+        if (!cxt)
+                return -ENOMEM;
+        /* Our namespace is private: no utab bookkeeping, no /sbin/mount.* helpers. */
+        mnt_context_disable_mtab(cxt, 1);
+        mnt_context_disable_helpers(cxt, 1);
+        mnt_context_set_source(cxt, source);
+        mnt_context_set_target(cxt, target);
+        mnt_context_set_fstype(cxt, fstype);
+        mnt_context_set_options(cxt, options);
+        int rc = mnt_context_mount(cxt);
+        int r = 0;
+        if (rc != 0 || mnt_context_get_status(cxt) != 1) {
+                why[0] = '\0';
+                mnt_context_get_excode(cxt, rc, why, why_size);
+                if (!why[0])
+                        snprintf(why, why_size, "mount failed (%d)", rc);
+                r = -EIO;
+        }
+        mnt_free_context(cxt);
+        return r;
+}
+
+/* FITRIM over the filesystem in steps. btrfs trims its unallocated device space on every call
+ * whatever the range, so it gets one call over everything. */
+static int trim_range(const char *dir, struct qt_fs_result *fs, bool whole_range,
+                      qt_progress_fn progress, void *userdata)
+{
+        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        uint64_t step = whole_range ? UINT64_MAX : fs->size / TRIM_STEPS;
+        if (step < TRIM_STEP_MIN)
+                step = TRIM_STEP_MIN;
+
+        for (uint64_t start = 0; start < fs->size; start += step) {
+                if (qt_cancel_requested)
+                        return -ECANCELED;
+                struct fstrim_range range = {.start = start, .len = step, .minlen = 0};
+                if (ioctl(fd, FITRIM, &range) < 0) {
+                        /* Past the filesystem's own end (it may be smaller than its partition). */
+                        if (errno == EINVAL && start > 0)
+                                break;
+                        return -errno;
+                }
+                fs->trimmed += range.len;
+                if (progress)
+                        progress(step == UINT64_MAX ? 1.0
+                                                    : (double)(start + step) / (double)fs->size,
+                                 userdata);
+                if (step > UINT64_MAX - start)
+                        break;
+        }
+        return 0;
+}
+
+int qt_trim_filesystem(const char *disk, const char *mount_dir, struct qt_fs_result *fs,
+                       qt_progress_fn progress, void *userdata)
+{
+        size_t i;
+        if (fs->message[0]) { /* discovery already found it unusable */
+                set_outcome(fs, "skipped", "%s", fs->message);
+                return 0;
+        }
+        if (!fs->fstype[0]) {
+                set_outcome(fs, "skipped", "no filesystem found");
+                return 0;
+        }
+        for (i = 0; i < ELEMENTSOF(supported); i++)
+                if (strcmp(fs->fstype, supported[i].fstype) == 0)
+                        break;
+        if (i == ELEMENTSOF(supported)) {
+                set_outcome(fs, "skipped", "%s is not a filesystem qtrim trims", fs->fstype);
+                return 0;
+        }
+
+        char loop[QT_LOOP_PATH_MAX];
+        struct qt_error e = {};
+        int loop_fd = qt_loop_attach(disk, fs->offset, fs->size, false, loop, &e);
+        if (loop_fd < 0) {
+                set_outcome(fs, "failed", "%s", e.message);
+                return 0;
+        }
+        if (mkdir(mount_dir, 0700) < 0 && errno != EEXIST) {
+                set_outcome(fs, "failed", "cannot create %s: %s", mount_dir, strerror(errno));
+                close(loop_fd);
+                return 0;
+        }
+        char why[256];
+        int r = mount_fs(loop, mount_dir, fs->fstype, supported[i].options, why, sizeof(why));
+        /* The mount holds the device now (or nothing does); autoclear frees it with the mount. */
+        close(loop_fd);
+        if (r < 0) {
+                set_outcome(fs, "skipped", "cannot mount: %s", why);
+                rmdir(mount_dir);
+                return 0;
+        }
+
+        r = trim_range(mount_dir, fs, supported[i].whole_range, progress, userdata);
+        if (r == -ECANCELED)
+                set_outcome(fs, "failed", "canceled");
+        else if (r == -EOPNOTSUPP || r == -ENOTTY)
+                set_outcome(fs, "skipped", "the filesystem does not support discard");
+        else if (r < 0)
+                set_outcome(fs, "failed", "FITRIM failed: %s", strerror(-r));
+        else
+                set_outcome(fs, "trimmed", "%s", "");
+
+        if (umount2(mount_dir, 0) < 0) {
+                int err = errno;
+                /* Lazily: the namespace goes with the worker, the loop device with the mount. */
+                umount2(mount_dir, MNT_DETACH);
+                set_outcome(fs, "failed", "cannot unmount cleanly: %s", strerror(err));
+        }
+        rmdir(mount_dir);
+        return r == -ECANCELED ? r : 0;
+}

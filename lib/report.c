@@ -202,11 +202,16 @@ static int upsert_fs(struct qt_report *report, const struct qt_fs_result *fs)
 
 void qt_emit_fs(struct qt_reporter *r, const struct qt_fs_result *fs)
 {
-        if (upsert_fs(&r->report, fs) < 0)
+        struct qt_fs_result clean = *fs;
+        copy_field(clean.name, sizeof(clean.name), fs->name);
+        copy_field(clean.fstype, sizeof(clean.fstype), fs->fstype);
+        copy_field(clean.state, sizeof(clean.state), fs->state);
+        copy_field(clean.message, sizeof(clean.message), fs->message);
+        if (upsert_fs(&r->report, &clean) < 0)
                 return;
-        emit_line(r, "fs\t%s\t%s\t%llu\t%llu\t%llu\t%s\t%s", fs->name, fs->fstype,
-                  (unsigned long long)fs->offset, (unsigned long long)fs->size,
-                  (unsigned long long)fs->trimmed, fs->state, fs->message);
+        emit_line(r, "fs\t%s\t%s\t%llu\t%llu\t%llu\t%s\t%s", clean.name, clean.fstype,
+                  (unsigned long long)clean.offset, (unsigned long long)clean.size,
+                  (unsigned long long)clean.trimmed, clean.state, clean.message);
 }
 
 void qt_emit_error(struct qt_reporter *r, const struct qt_error *e)

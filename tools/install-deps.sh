@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything qtrim needs to build, run and be tested, from Debian 12's archive.
+# The one list of qtrim's packages; the demo, the tests and CI all call this.
+set -euo pipefail
+
+packages=(
+  # build
+  gcc meson ninja-build pkg-config
+  libnbd-dev libmount-dev libblkid-dev libudev-dev libsystemd-dev libfuse3-dev libjson-c-dev check
+  # run
+  qemu-utils fuse3 dbus-daemon
+  # tests and benchmarks: real filesystems, partitioning, the manual recipe's nbdfuse
+  e2fsprogs xfsprogs btrfs-progs fdisk util-linux jq libnbd-bin
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

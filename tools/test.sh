@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every qtrim test on this machine, as root: installs what is missing, builds with
+# ASan+UBSan (warnings are errors), runs the Check unit tests and the integration tests on real
+# images, a real private dbus-daemon, qemu-nbd, FUSE, loop devices and mounts.
+# Extra arguments go to `meson test` (e.g. --suite unit, or a test's name).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: the tests attach loop devices and mount filesystems; run as root" >&2
+  exit 1
+fi
+tools/install-deps.sh
+
+build=build-sanitize
+if [ ! -f "$build/build.ninja" ]; then
+  meson setup "$build" -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dc_args=-fno-sanitize-recover=all >/dev/null
+fi
+ninja -C "$build"
+
+# Workers end with _exit(), so leak checks cover qtrimd, qtrimctl and the unit tests.
+export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+status=0
+meson test -C "$build" --print-errorlogs --num-processes 1 "$@" || status=$?
+
+# One plain closing line that any reader (and CI) can count.
+log="$build/meson-logs/testlog.json"
+passed=$(jq -s '[.[] | select(.result == "OK")] | length' "$log")
+failed=$(jq -s '[.[] | select(.result != "OK" and .result != "SKIP")] | length' "$log")
+skipped=$(jq -s '[.[] | select(.result == "SKIP")] | length' "$log")
+echo "$passed passed, $failed failed, $skipped skipped"
+exit "$status"

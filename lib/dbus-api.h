@@ -20,8 +20,9 @@
 #define QTRIM_PHASE_TIME_SIGNATURE "a(st)"
 
 /* Shrink() options (a{sv}). */
-#define QTRIM_OPT_CONVERT "convert" /* b: convert to a compact copy after the trim (default true)  \
-                                     */
+#define QTRIM_OPT_CONVERT                                                                          \
+        "convert" /* b: convert to a compact copy after the trim (default true)                    \
+                   */
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

@@ -12,6 +12,7 @@
 #include "discover.h"
 #include "image.h"
 #include "nbd-fuse.h"
+#include "test-hooks.h"
 #include "trim.h"
 #include "util.h"
 
@@ -35,11 +36,16 @@ static int run_phase(struct shrink *s, enum qt_phase phase, phase_fn fn)
 {
         uint64_t start = now_usec();
         qt_emit_phase(s->rep, phase);
-        int r = fn(s);
+        int r = qt_test_pause(qt_phase_name(phase));
+        if (r >= 0)
+                r = fn(s);
         qt_emit_phase_time(s->rep, phase, now_usec() - start);
-        if (r < 0 && !qt_error_is_set(&s->error))
-                qt_error_set(&s->error, r == -ECANCELED ? QT_ERR_CANCELED : QT_ERR_FAILED, r,
-                             "%s failed: %s", qt_phase_name(phase), strerror(-r));
+        if (r == -ECANCELED && !qt_error_is_set(&s->error))
+                qt_error_set(&s->error, QT_ERR_CANCELED, r, "canceled during %s",
+                             qt_phase_name(phase));
+        else if (r < 0 && !qt_error_is_set(&s->error))
+                qt_error_set(&s->error, QT_ERR_FAILED, r, "%s failed: %s", qt_phase_name(phase),
+                             strerror(-r));
         return r;
 }
 

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "loopdev.h"
+#include "test-hooks.h"
 #include "util.h"
 
 /* Mount options per filesystem type. All: no device nodes, no setuid, no execution from the
@@ -148,7 +149,9 @@ int qt_trim_filesystem(const char *disk, const char *mount_dir, struct qt_fs_res
                 return 0;
         }
 
-        r = trim_range(mount_dir, fs, supported[i].whole_range, progress, userdata);
+        r = qt_test_pause("trim-mounted");
+        if (r >= 0)
+                r = trim_range(mount_dir, fs, supported[i].whole_range, progress, userdata);
         if (r == -ECANCELED)
                 set_outcome(fs, "failed", "canceled");
         else if (r == -EOPNOTSUPP || r == -ENOTTY)

@@ -13,9 +13,13 @@ fi
 tools/install-deps.sh
 
 build=build-sanitize
-if [ ! -f "$build/build.ninja" ]; then
-  meson setup "$build" -Db_sanitize=address,undefined -Db_lundef=false \
-    -Dc_args=-fno-sanitize-recover=all >/dev/null
+# Test hooks: pause points for the cancel and crash tests (lib/test-hooks.h).
+options=(-Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fno-sanitize-recover=all
+  -Dtest_hooks=true)
+if [ -f "$build/build.ninja" ]; then
+  meson setup --reconfigure "$build" "${options[@]}" >/dev/null
+else
+  meson setup "$build" "${options[@]}" >/dev/null
 fi
 ninja -C "$build"
 

@@ -90,9 +90,10 @@ static void job_finish(struct job *j, enum job_state state)
         j->state = state;
         if (state == JOB_CANCELED && !qt_error_is_set(&j->report.error))
                 qt_error_set(&j->report.error, QT_ERR_CANCELED, ECANCELED, "canceled");
-        j->report.phase = QT_PHASE_DONE;
-        if (state == JOB_DONE)
+        if (state == JOB_DONE) {
+                j->report.phase = QT_PHASE_DONE;
                 j->report.progress = 1.0;
+        }
         log_result(j);
 
         sd_bus_emit_properties_changed_strv(m->bus, j->path, QTRIM_JOB_IFACE, NULL);

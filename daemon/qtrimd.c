@@ -135,7 +135,10 @@ static int run(int argc, char **argv)
                 fprintf(stderr, "qtrimd: cannot connect to the system bus: %s\n", strerror(-r));
                 goto out;
         }
-        r = manager_add_bus_objects(&m);
+        /* Without the bus nobody can see or cancel jobs: stop (and so cancel them). */
+        r = sd_bus_set_exit_on_disconnect(m.bus, true);
+        if (r >= 0)
+                r = manager_add_bus_objects(&m);
         if (r >= 0)
                 r = sd_bus_attach_event(m.bus, m.event, SD_EVENT_PRIORITY_NORMAL);
         if (r >= 0)

@@ -72,7 +72,7 @@ int qt_convert_image(const char *image, const struct qt_image_info *info, char r
         int fd = mkostemp(ret_tmp, O_CLOEXEC);
         if (fd < 0) {
                 int r = qt_error_set(e, errno == ENOSPC ? QT_ERR_NO_SPACE : QT_ERR_FAILED, errno,
-                                     "cannot create a temporary file beside %s: %m", image);
+                                     "cannot create a temporary file beside the image: %m");
                 ret_tmp[0] = '\0';
                 return r;
         }
@@ -187,11 +187,10 @@ int qt_replace_image(const char *image, int image_fd, const char *tmp,
 
         struct stat orig, now;
         if (fstat(image_fd, &orig) < 0 || stat(image, &now) < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot stat %s: %m", image);
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot stat: %m");
         if (orig.st_dev != now.st_dev || orig.st_ino != now.st_ino)
                 return qt_error_set(e, QT_ERR_FAILED, ESTALE,
-                                    "%s was replaced by another file while qtrim worked on it",
-                                    image);
+                                    "was replaced by another file while qtrim worked on it");
 
         _cleanup_close_ int fd = open(tmp, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0)
@@ -215,8 +214,8 @@ int qt_replace_image(const char *image, int image_fd, const char *tmp,
                 return qt_error_set(e, QT_ERR_FAILED, errno,
                                     "cannot open the image's directory: %m");
         if (rename(tmp, image) < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot rename the copy over %s: %m",
-                                    image);
+                return qt_error_set(e, QT_ERR_FAILED, errno,
+                                    "cannot rename the copy over the image: %m");
         /* The rename is done; a failed directory sync only weakens durability, not the result. */
         (void)fsync(dir_fd);
         return 0;

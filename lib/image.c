@@ -20,18 +20,18 @@ int qt_image_check_path(const char *path, struct stat *ret_st, struct qt_error *
 {
         if (!path || path[0] != '/')
                 return qt_error_set(e, QT_ERR_NOT_ABSOLUTE, EINVAL,
-                                    "image path must be absolute: %s", path ? path : "");
+                                    "the image path must be absolute");
         if (stat(path, ret_st) < 0) {
                 int r = errno;
                 if (r == ENOENT || r == ENOTDIR)
-                        return qt_error_set(e, QT_ERR_NOT_FOUND, r, "no such file: %s", path);
-                return qt_error_set(e, QT_ERR_FAILED, r, "cannot stat %s: %s", path, strerror(r));
+                        return qt_error_set(e, QT_ERR_NOT_FOUND, r, "no such file");
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot stat: %s", strerror(r));
         }
         if (S_ISDIR(ret_st->st_mode))
-                return qt_error_set(e, QT_ERR_NOT_REGULAR, EISDIR, "%s is a directory", path);
+                return qt_error_set(e, QT_ERR_NOT_REGULAR, EISDIR, "is a directory");
         if (!S_ISREG(ret_st->st_mode))
                 return qt_error_set(e, QT_ERR_NOT_REGULAR, EINVAL,
-                                    "%s is not a regular file (device node, FIFO or socket)", path);
+                                    "is not a regular file (a device node, FIFO or socket)");
         return 0;
 }
 
@@ -124,16 +124,15 @@ out:
 static int classify_open_failure(const char *path, const char *msg, struct qt_error *e)
 {
         if (strstr(msg, "lock") && strstr(msg, "another process"))
-                return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
-                                    "%s is in use: another process (a running VM?) holds "
-                                    "qemu's lock on it",
-                                    path);
+                return qt_error_set(
+                    e, QT_ERR_IN_USE, EBUSY,
+                    "is in use: another process (a running VM?) holds qemu's lock on it");
         if (strstr(msg, "corrupt") || strstr(msg, "backing file"))
                 return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "%s", msg);
         if (strstr(msg, "encrypt"))
                 return qt_error_set(e, QT_ERR_ENCRYPTED, EPERM, "%s", msg);
-        return qt_error_set(e, QT_ERR_NOT_AN_IMAGE, EINVAL, "%s is not a readable disk image: %s",
-                            path, msg);
+        return qt_error_set(e, QT_ERR_NOT_AN_IMAGE, EINVAL, "is not a readable disk image: %s",
+                            msg);
 }
 
 /* A raw file is whatever qemu-img cannot name otherwise; require a partition table or a
@@ -142,16 +141,15 @@ static int check_raw_content(const char *path, struct qt_error *e)
 {
         blkid_probe pr = blkid_new_probe_from_filename(path);
         if (!pr)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot read %s: %m", path);
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot read: %m");
         blkid_probe_enable_partitions(pr, 1);
         blkid_probe_enable_superblocks(pr, 1);
         int r = blkid_do_safeprobe(pr);
         blkid_free_probe(pr);
         /* 1: nothing found; -2: more than one signature, which is still a disk. */
         if (r == 1 || r == -1)
-                return qt_error_set(
-                    e, QT_ERR_NOT_AN_IMAGE, EINVAL,
-                    "%s is not a disk image: no partition table or filesystem found", path);
+                return qt_error_set(e, QT_ERR_NOT_AN_IMAGE, EINVAL,
+                                    "is not a disk image: no partition table or filesystem found");
         return 0;
 }
 
@@ -173,8 +171,8 @@ static int check_qcow2_consistency(const char *path, bool force_share, struct qt
         if (c.status == 0 || c.status == 3)
                 r = 0;
         else if (c.status == 2)
-                r = qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "%s is corrupt (qemu-img check): %s",
-                                 path, c.err[0] ? c.err : "errors found");
+                r = qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "is corrupt (qemu-img check): %s",
+                                 c.err[0] ? c.err : "errors found");
         else
                 r = classify_open_failure(path, c.err, e);
         qt_command_done(&c);
@@ -203,20 +201,17 @@ int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret
 
         if (strcmp(ret->format, "luks") == 0 || ret->encrypted)
                 return qt_error_set(e, QT_ERR_ENCRYPTED, EPERM,
-                                    "%s is encrypted; qtrim cannot read encrypted images", path);
+                                    "is encrypted; qtrim cannot read encrypted images");
         if (strcmp(ret->format, "qcow2") != 0 && strcmp(ret->format, "raw") != 0)
                 return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
-                                    "%s is a %s image; qtrim handles qcow2 and raw", path,
-                                    ret->format);
+                                    "is a %s image; qtrim handles qcow2 and raw", ret->format);
         if (ret->has_data_file)
-                return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
-                                    "%s keeps its data in an external data file, which qtrim does "
-                                    "not handle",
-                                    path);
+                return qt_error_set(
+                    e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                    "keeps its data in an external data file, which qtrim does not handle");
         if (ret->corrupt)
                 return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN,
-                                    "%s is marked corrupt; repair it with qemu-img check -r first",
-                                    path);
+                                    "is marked corrupt; repair it with qemu-img check -r first");
         if (strcmp(ret->format, "raw") == 0)
                 return check_raw_content(path, e);
         return check_qcow2_consistency(path, force_share, e);
@@ -231,7 +226,7 @@ int qt_image_lock_writers_out(const char *path, struct qt_error *e)
 {
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open %s: %m", path);
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
         struct flock fl = {
             .l_type = F_RDLCK,
             .l_whence = SEEK_SET,
@@ -239,7 +234,6 @@ int qt_image_lock_writers_out(const char *path, struct qt_error *e)
             .l_len = 1,
         };
         if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
-                return qt_error_set(e, QT_ERR_IN_USE, errno, "cannot lock %s against writers: %m",
-                                    path);
+                return qt_error_set(e, QT_ERR_IN_USE, errno, "cannot lock it against writers: %m");
         return TAKE_FD(fd);
 }

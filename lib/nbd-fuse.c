@@ -214,8 +214,8 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
                 return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "libnbd: %s",
                                     nbd_get_error());
         if (nbd_connect_systemd_socket_activation(b->nbd, argv) < 0)
-                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(),
-                                    "cannot start qemu-nbd on %s: %s", image, nbd_get_error());
+                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "cannot start qemu-nbd: %s",
+                                    nbd_get_error());
         int64_t size = nbd_get_size(b->nbd);
         if (size < 0)
                 return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "qemu-nbd: %s",
@@ -223,7 +223,7 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
         b->size = (uint64_t)size;
         if (!b->read_only && nbd_can_trim(b->nbd) != 1)
                 return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
-                                    "qemu-nbd offers no trim for %s", image);
+                                    "qemu-nbd offers no trim for it");
         return 0;
 }
 

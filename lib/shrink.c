@@ -119,8 +119,7 @@ static int attach(struct shrink *s)
         if (fstat(s->image_lock_fd, &st) < 0 || st.st_dev != s->inspected.st_dev ||
             st.st_ino != s->inspected.st_ino)
                 return qt_error_set(&s->error, QT_ERR_FAILED, ESTALE,
-                                    "%s was replaced by another file during the job",
-                                    s->req->image);
+                                    "was replaced by another file during the job");
         return 0;
 }
 
@@ -180,8 +179,7 @@ static int detach(struct shrink *s)
 static int stat_image(struct shrink *s, struct stat *st)
 {
         if (stat(s->req->image, st) < 0)
-                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot stat %s: %m",
-                                    s->req->image);
+                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot stat: %m");
         return 0;
 }
 
@@ -281,9 +279,11 @@ int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *rep)
 
         if (shrinking)
                 report_result(&s);
+        /* A job that failed keeps the phase it failed in: that is where to look. */
         if (r < 0)
                 qt_emit_error(rep, &s.error);
-        qt_emit_phase(rep, QT_PHASE_DONE);
+        else
+                qt_emit_phase(rep, QT_PHASE_DONE);
         qt_emit_end(rep);
         return r;
 }

@@ -24,6 +24,6 @@ struct qt_shrink_request {
             *scratch_dir; /* where the worker mounts its private tmpfs, e.g. /run/qtrim/mnt */
 };
 
-/* Returns 0, or a negative errno with the error in r->report.error (already emitted). Ends by
- * emitting the "done" phase and the end marker, whatever happened. */
+/* Returns 0, or a negative errno with the error in r->report.error (already emitted). Emits the
+ * "done" phase on success only (a failed job keeps the phase it failed in), then the end marker. */
 int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *r);

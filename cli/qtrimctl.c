@@ -1,0 +1,576 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * qtrimctl: the command-line client of qtrimd. Parses the command line, connects to the system
+ * bus and runs one verb; list, cancel and inspect live here, shrink in shrink.c.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/param.h>
+
+#include "common.h"
+#include "config.h"
+#include "dbus-api.h"
+#include "shrink.h"
+#include "util.h"
+
+static bool arg_no_block = false;
+static bool arg_no_convert = false;
+static bool arg_json = false;
+
+static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
+{
+        const struct shrink_options opts = {
+            .block = !arg_no_block,
+            .convert = !arg_no_convert,
+            .json = arg_json,
+        };
+
+        return shrink_images(bus, args, n_args, &opts);
+}
+
+/* list */
+
+struct job_row {
+        uint32_t id;
+        const char *image; /* strings point into the ListJobs reply */
+        const char *state;
+        const char *path;
+        double progress;
+};
+
+/* Returns 1 with the progress, 0 if the job ended since ListJobs, or a negative errno. */
+static int get_job_progress(sd_bus *bus, const char *path, double *ret)
+{
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sd_bus_get_property_trivial(bus, QTRIM_BUS_NAME, path, QTRIM_JOB_IFACE, "Progress",
+                                        &error, 'd', ret);
+        if (r >= 0)
+                return 1;
+        if (bus_error_is_job_gone(&error))
+                return 0;
+        print_bus_error(&error, r, "qtrimctl: failed to get the progress of %s", path);
+        return r;
+}
+
+static int read_job_rows(sd_bus *bus, sd_bus_message *reply, struct job_row **ret_rows,
+                         size_t *ret_n_rows)
+{
+        _cleanup_free_ struct job_row *rows = NULL;
+        size_t n_rows = 0;
+        struct job_row row;
+        int r;
+
+        r = sd_bus_message_enter_container(reply, 'a', "(usso)");
+        if (r < 0)
+                return log_errno(r, "failed to read the reply to ListJobs");
+
+        while ((r = sd_bus_message_read(reply, "(usso)", &row.id, &row.image, &row.state,
+                                        &row.path)) > 0) {
+                r = get_job_progress(bus, row.path, &row.progress);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        continue;
+
+                struct job_row *grown = reallocarray(rows, n_rows + 1, sizeof(*rows));
+                if (!grown)
+                        return log_errno(-ENOMEM, "failed to list the jobs");
+                rows = grown;
+                rows[n_rows++] = row;
+        }
+        if (r < 0)
+                return log_errno(r, "failed to read the reply to ListJobs");
+
+        *ret_rows = TAKE_PTR(rows);
+        *ret_n_rows = n_rows;
+        return 0;
+}
+
+static void print_job_table(const struct job_row *rows, size_t n_rows)
+{
+        int id_width = (int)strlen("ID"), state_width = (int)strlen("STATE");
+
+        if (n_rows == 0) {
+                printf("No jobs.\n");
+                return;
+        }
+
+        for (size_t i = 0; i < n_rows; i++) {
+                id_width = MAX(id_width, snprintf(NULL, 0, "%" PRIu32, rows[i].id));
+                state_width = MAX(state_width, (int)strlen(rows[i].state));
+        }
+
+        printf("%-*s  %-*s  %-8s  %s\n", id_width, "ID", state_width, "STATE", "PROGRESS", "IMAGE");
+        for (size_t i = 0; i < n_rows; i++)
+                printf("%*" PRIu32 "  %-*s  %7.0f%%  %s\n", id_width, rows[i].id, state_width,
+                       rows[i].state, rows[i].progress * 100, rows[i].image);
+}
+
+static void print_jobs_json(const struct job_row *rows, size_t n_rows)
+{
+        _cleanup_(json_object_putp) struct json_object *array = json_object_new_array();
+
+        for (size_t i = 0; i < n_rows; i++) {
+                struct json_object *o = json_object_new_object();
+
+                json_object_object_add(o, "id", json_object_new_int64(rows[i].id));
+                json_object_object_add(o, "image", json_object_new_string(rows[i].image));
+                json_object_object_add(o, "state", json_object_new_string(rows[i].state));
+                json_object_object_add(o, "progress", json_object_new_double(rows[i].progress));
+                json_object_object_add(o, "job", json_object_new_string(rows[i].path));
+                json_object_array_add(array, o);
+        }
+        json_print(array);
+}
+
+static int verb_list(sd_bus *bus, char **args, size_t n_args)
+{
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_free_ struct job_row *rows = NULL;
+        size_t n_rows = 0;
+        int r;
+
+        r = bus_call_method(bus, "qtrimctl: failed to list the jobs", QTRIM_MANAGER_PATH,
+                            QTRIM_MANAGER_IFACE, "ListJobs", NULL, &reply, NULL);
+        if (r < 0)
+                return r;
+
+        r = read_job_rows(bus, reply, &rows, &n_rows);
+        if (r < 0)
+                return r;
+
+        if (arg_json)
+                print_jobs_json(rows, n_rows);
+        else
+                print_job_table(rows, n_rows);
+        return EXIT_SUCCESS;
+}
+
+/* cancel */
+
+/* A job named by its id ("3") or its object path ("/org/qtrim1/job/3"). */
+static int job_path_from_argument(const char *argument, char **ret)
+{
+        uint64_t id;
+
+        if (parse_u64(argument, &id) >= 0)
+                return asprintf(ret, QTRIM_JOB_PATH_PREFIX "/%" PRIu64, id) < 0 ? -ENOMEM : 0;
+        if (!sd_bus_object_path_is_valid(argument))
+                return -EINVAL;
+        *ret = strdup(argument);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int verb_cancel(sd_bus *bus, char **args, size_t n_args)
+{
+        int r, status = EXIT_SUCCESS;
+
+        for (size_t i = 0; i < n_args; i++) {
+                _cleanup_free_ char *path = NULL;
+
+                r = job_path_from_argument(args[i], &path);
+                if (r == -EINVAL) {
+                        fprintf(stderr, "%s: not a job id or object path\n", args[i]);
+                        status = EXIT_FAILURE;
+                        continue;
+                }
+                if (r < 0)
+                        return log_errno(r, "failed to cancel %s", args[i]);
+
+                r = bus_call_method(bus, args[i], path, QTRIM_JOB_IFACE, "Cancel", NULL, NULL,
+                                    NULL);
+                if (r < 0)
+                        status = EXIT_FAILURE;
+        }
+        return status;
+}
+
+/* inspect */
+
+/* The basic types a value of Inspect's "info" may have; others are left out of the output. */
+union basic_value {
+        int b;
+        int32_t i;
+        uint32_t u;
+        int64_t x;
+        uint64_t t;
+        double d;
+        const char *s;
+};
+
+static struct json_object *basic_value_to_json(char type, const union basic_value *v)
+{
+        switch (type) {
+        case 'b':
+                return json_object_new_boolean(v->b);
+        case 'i':
+                return json_object_new_int64(v->i);
+        case 'u':
+                return json_object_new_int64(v->u);
+        case 'x':
+                return json_object_new_int64(v->x);
+        case 't':
+                return json_object_new_uint64(v->t);
+        case 'd':
+                return json_object_new_double(v->d);
+        default: /* 's', 'o', 'g': read_info_value() lets nothing else through */
+                return json_object_new_string(v->s);
+        }
+}
+
+/* Keeps every key of "info", including keys a newer qtrimd adds, for --json. */
+static int read_info_value(sd_bus_message *m, const char *key, void *userdata)
+{
+        struct json_object *info = userdata;
+        union basic_value value;
+        const char *contents;
+        char type;
+        int r;
+
+        r = sd_bus_message_peek_type(m, &type, &contents);
+        if (r < 0)
+                return r;
+        if (strlen(contents) != 1 || !strchr("biuxtdsog", contents[0]))
+                return sd_bus_message_skip(m, "v");
+
+        r = sd_bus_message_enter_container(m, 'v', contents);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read_basic(m, contents[0], &value);
+        if (r < 0)
+                return r;
+        json_object_object_add(info, key, basic_value_to_json(contents[0], &value));
+        return sd_bus_message_exit_container(m);
+}
+
+static const struct info_line {
+        const char *key;
+        const char *label;
+        bool bytes;
+        bool only_if_set; /* left out when empty or zero, e.g. no backing file */
+} info_lines[] = {
+    {"Format", "Format:", false, false},
+    {"VirtualSize", "Virtual size:", true, false},
+    {"AllocatedBytes", "Allocated:", true, false},
+    {"ApparentSize", "Apparent size:", true, false},
+    {"ClusterSize", "Cluster size:", true, true},
+    {"BackingFile", "Backing file:", false, true},
+    {"BackingFormat", "Backing format:", false, true},
+    {"Snapshots", "Snapshots:", false, false},
+    {"Bitmaps", "Bitmaps:", false, false},
+    {"PartitionTable", "Partition table:", false, false},
+};
+
+static bool json_value_is_unset(struct json_object *value)
+{
+        if (json_object_is_type(value, json_type_string))
+                return json_object_get_string_len(value) == 0;
+        return json_object_get_uint64(value) == 0;
+}
+
+static void print_image_info(struct json_object *info)
+{
+        for (size_t i = 0; i < ELEMENTSOF(info_lines); i++) {
+                const struct info_line *line = &info_lines[i];
+                char bytes[FORMAT_BYTES_MAX];
+                struct json_object *value;
+
+                if (!json_object_object_get_ex(info, line->key, &value))
+                        continue;
+                if (line->only_if_set && json_value_is_unset(value))
+                        continue;
+                printf("%-17s%s\n", line->label,
+                       line->bytes ? format_bytes(bytes, json_object_get_uint64(value))
+                                   : json_object_get_string(value));
+        }
+}
+
+static void print_filesystem_table(const struct filesystem_list *filesystems)
+{
+        int name_width = (int)strlen("NAME"), fstype_width = (int)strlen("FSTYPE");
+
+        printf("\n");
+        if (filesystems->n == 0) {
+                printf("No filesystems found.\n");
+                return;
+        }
+
+        for (size_t i = 0; i < filesystems->n; i++) {
+                name_width = MAX(name_width, (int)strlen(filesystems->items[i].name));
+                fstype_width = MAX(fstype_width, (int)strlen(filesystems->items[i].fstype));
+        }
+
+        printf("%-*s  %-*s  %10s  %10s\n", name_width, "NAME", fstype_width, "FSTYPE", "OFFSET",
+               "SIZE");
+        for (size_t i = 0; i < filesystems->n; i++) {
+                const struct filesystem *fs = &filesystems->items[i];
+                char offset[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX];
+
+                printf("%-*s  %-*s  %10s  %10s\n", name_width, fs->name, fstype_width,
+                       *fs->fstype ? fs->fstype : "-", format_bytes(offset, fs->offset),
+                       format_bytes(size, fs->size));
+        }
+}
+
+static void print_inspect_json(struct json_object *info, const struct filesystem_list *filesystems)
+{
+        _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "info", json_object_get(info));
+        json_object_object_add(o, "filesystems", filesystems_to_json(filesystems));
+        json_print(o);
+}
+
+static int verb_inspect(sd_bus *bus, char **args, size_t n_args)
+{
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(json_object_putp) struct json_object *info = json_object_new_object();
+        _cleanup_(filesystem_list_done) struct filesystem_list filesystems = {};
+        _cleanup_free_ char *image = NULL;
+        int r;
+
+        if (!info)
+                return log_errno(-ENOMEM, "failed to inspect %s", args[0]);
+
+        r = image_path_absolute(args[0], &image);
+        if (r < 0)
+                return log_errno(r, "failed to make %s an absolute path", args[0]);
+
+        r = bus_call_method(bus, args[0], QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Inspect", NULL,
+                            &reply, "s", image);
+        if (r < 0)
+                return r;
+
+        r = bus_read_dict(reply, read_info_value, info);
+        if (r >= 0)
+                r = bus_read_filesystems(reply, &filesystems);
+        if (r < 0)
+                return log_errno(r, "failed to read the reply to Inspect");
+
+        if (arg_json)
+                print_inspect_json(info, &filesystems);
+        else {
+                print_image_info(info);
+                print_filesystem_table(&filesystems);
+        }
+        return EXIT_SUCCESS;
+}
+
+/* Command line */
+
+enum {
+        OPTION_NO_BLOCK = 1 << 0,
+        OPTION_NO_CONVERT = 1 << 1,
+        OPTION_JSON = 1 << 2,
+};
+
+static const struct verb_option {
+        unsigned flag;
+        const char *name;
+        const char *help;
+} verb_options[] = {
+    {OPTION_NO_BLOCK, "--no-block", "Queue the jobs, print their object paths and return"},
+    {OPTION_NO_CONVERT, "--no-convert", "Only trim: do not write a compact copy"},
+    {OPTION_JSON, "--json", "Print the result as JSON on stdout"},
+};
+
+static const struct verb {
+        const char *name;
+        const char *arguments;
+        const char *summary;
+        size_t min_args;
+        size_t max_args;
+        unsigned options; /* the OPTION_* flags that apply */
+        int (*run)(sd_bus *bus, char **args, size_t n_args);
+} verbs[] = {
+    {"shrink", "IMAGE...", "Trim the guest filesystems of each image and compact it", 1, SIZE_MAX,
+     OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON, verb_shrink},
+    {"list", "", "List the jobs queued or running in qtrimd", 0, 0, OPTION_JSON, verb_list},
+    {"cancel", "JOB...", "Cancel jobs, named by id or object path", 1, SIZE_MAX, 0, verb_cancel},
+    {"inspect", "IMAGE", "Show the format, sizes and filesystems of an image", 1, 1, OPTION_JSON,
+     verb_inspect},
+};
+
+static const struct verb *find_verb(const char *name)
+{
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (strcmp(verbs[i].name, name) == 0)
+                        return &verbs[i];
+        return NULL;
+}
+
+static void print_help(void)
+{
+        printf("qtrimctl [OPTIONS...] COMMAND ...\n\n"
+               "Give back the host disk space that deleted guest files hold in QEMU disk "
+               "images.\n\nCommands:\n");
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++) {
+                char synopsis[32];
+
+                snprintf(synopsis, sizeof(synopsis), "%s %s", verbs[i].name, verbs[i].arguments);
+                printf("  %-18s %s\n", synopsis, verbs[i].summary);
+        }
+
+        printf("\nOptions:\n"
+               "  -h --help          Show this help, or a command's with COMMAND --help\n"
+               "     --version       Show the version\n");
+        for (size_t i = 0; i < ELEMENTSOF(verb_options); i++)
+                printf("     %-15s %s\n", verb_options[i].name, verb_options[i].help);
+}
+
+static void print_verb_help(const struct verb *verb)
+{
+        printf("qtrimctl %s%s%s%s\n\n%s.\n", verb->name, verb->options ? " [OPTIONS...]" : "",
+               *verb->arguments ? " " : "", verb->arguments, verb->summary);
+        if (!verb->options)
+                return;
+
+        printf("\nOptions:\n");
+        for (size_t i = 0; i < ELEMENTSOF(verb_options); i++)
+                if (verb->options & verb_options[i].flag)
+                        printf("  %-14s %s\n", verb_options[i].name, verb_options[i].help);
+}
+
+/* Checks what getopt_long cannot: the verb, that the options given apply to it, and its number
+ * of arguments. */
+static int check_verb(const struct verb *verb, unsigned options_given, size_t n_args)
+{
+        for (size_t i = 0; i < ELEMENTSOF(verb_options); i++)
+                if (options_given & verb_options[i].flag & ~verb->options) {
+                        fprintf(stderr, "qtrimctl: %s does not apply to %s\n", verb_options[i].name,
+                                verb->name);
+                        return -EINVAL;
+                }
+
+        if (n_args < verb->min_args || n_args > verb->max_args) {
+                fprintf(stderr, "qtrimctl: %s takes %s, see qtrimctl %s --help\n", verb->name,
+                        *verb->arguments ? verb->arguments : "no arguments", verb->name);
+                return -EINVAL;
+        }
+
+        if (arg_no_block && arg_json) {
+                fprintf(stderr, "qtrimctl: --json reports finished jobs and cannot be combined "
+                                "with --no-block\n");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+/* Returns 1 with the verb to run and its arguments, 0 when --help or --version has been
+ * answered, or -EINVAL when the command line is wrong (already said on stderr). */
+static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char ***ret_args,
+                      size_t *ret_n_args)
+{
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_NO_BLOCK,
+                ARG_NO_CONVERT,
+                ARG_JSON,
+        };
+        static const struct option options[] = {
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, ARG_VERSION},
+            {"no-block", no_argument, NULL, ARG_NO_BLOCK},
+            {"no-convert", no_argument, NULL, ARG_NO_CONVERT},
+            {"json", no_argument, NULL, ARG_JSON},
+            {},
+        };
+        bool help = false;
+        unsigned options_given = 0;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        help = true;
+                        break;
+                case ARG_VERSION:
+                        printf("qtrimctl %s\n", QTRIM_VERSION);
+                        return 0;
+                case ARG_NO_BLOCK:
+                        arg_no_block = true;
+                        options_given |= OPTION_NO_BLOCK;
+                        break;
+                case ARG_NO_CONVERT:
+                        arg_no_convert = true;
+                        options_given |= OPTION_NO_CONVERT;
+                        break;
+                case ARG_JSON:
+                        arg_json = true;
+                        options_given |= OPTION_JSON;
+                        break;
+                default: /* getopt_long has said what is wrong */
+                        return -EINVAL;
+                }
+        }
+
+        const struct verb *verb = NULL;
+        if (optind < argc) {
+                verb = find_verb(argv[optind]);
+                if (!verb) {
+                        fprintf(stderr, "qtrimctl: unknown command \"%s\", see qtrimctl --help\n",
+                                argv[optind]);
+                        return -EINVAL;
+                }
+        }
+
+        if (help) {
+                if (verb)
+                        print_verb_help(verb);
+                else
+                        print_help();
+                return 0;
+        }
+
+        if (!verb) {
+                fprintf(stderr, "qtrimctl: no command given, see qtrimctl --help\n");
+                return -EINVAL;
+        }
+
+        size_t n_args = (size_t)(argc - optind - 1);
+        r = check_verb(verb, options_given, n_args);
+        if (r < 0)
+                return r;
+
+        *ret_verb = verb;
+        *ret_args = argv + optind + 1;
+        *ret_n_args = n_args;
+        return 1;
+}
+
+/* Returns the exit status. */
+static int run(int argc, char *argv[])
+{
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        const struct verb *verb;
+        char **args;
+        size_t n_args;
+        int r;
+
+        r = parse_argv(argc, argv, &verb, &args, &n_args);
+        if (r <= 0)
+                return r < 0 ? EXIT_USAGE : EXIT_SUCCESS;
+
+        r = bus_connect(&bus);
+        if (r < 0)
+                return EXIT_FAILURE;
+
+        r = verb->run(bus, args, n_args);
+        return r < 0 ? EXIT_FAILURE : r;
+}
+
+int main(int argc, char *argv[])
+{
+        int status = run(argc, argv);
+
+        /* Output that never arrived is a failure too, e.g. a full disk behind stdout. */
+        if (fflush(stdout) != 0 && status == EXIT_SUCCESS) {
+                log_errno(-errno, "failed to write to stdout");
+                status = EXIT_FAILURE;
+        }
+        return status;
+}

@@ -13,6 +13,7 @@
 
 /* qemu's file-posix lock protocol: byte 100 + n is held by whoever uses permission n, byte
  * 200 + n by whoever does not let others use it. Permission 1 is "write". */
+#define QEMU_LOCK_PERM_BASE   100
 #define QEMU_LOCK_SHARED_BASE 200
 #define QEMU_PERM_WRITE_BIT   1
 
@@ -120,6 +121,30 @@ out:
         return r;
 }
 
+/* Is any other process using the image the way qemu does, as a writer (byte 101) or as one who
+ * forbids writers (byte 201: a VM with the disk read-only, an image that is a running VM's
+ * backing file, qemu-nbd --read-only)? qemu-img info alone notices only the writers. */
+static int check_qemu_locks(const char *path, struct qt_error *e)
+{
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
+        static const off_t bytes[] = {QEMU_LOCK_PERM_BASE + QEMU_PERM_WRITE_BIT,
+                                      QEMU_LOCK_SHARED_BASE + QEMU_PERM_WRITE_BIT};
+        for (size_t i = 0; i < ELEMENTSOF(bytes); i++) {
+                struct flock fl = {
+                    .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = bytes[i], .l_len = 1};
+                if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+                        return qt_error_set(e, QT_ERR_FAILED, errno,
+                                            "cannot test qemu's locks: %m");
+                if (fl.l_type != F_UNLCK)
+                        return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
+                                            "is in use: another process (a running VM?) holds "
+                                            "qemu's lock on it");
+        }
+        return 0;
+}
+
 /* qemu-img says why it could not open an image only in words; these are its words. */
 static int classify_open_failure(const char *path, const char *msg, struct qt_error *e)
 {
@@ -170,10 +195,16 @@ static int check_qcow2_consistency(const char *path, bool force_share, struct qt
         /* 0: clean; 3: leaked clusters only, harmless and dropped by the convert. */
         if (c.status == 0 || c.status == 3)
                 r = 0;
-        else if (c.status == 2)
-                r = qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "is corrupt (qemu-img check): %s",
-                                 c.err[0] ? c.err : "errors found");
-        else
+        else if (c.status == 2) {
+                /* One line for the user: the first error, and whether there are more. */
+                char *nl = strchr(c.err, '\n');
+                bool more = nl && nl[1];
+                if (nl)
+                        *nl = '\0';
+                r = qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "is corrupt (qemu-img check): %s%s",
+                                 c.err[0] ? c.err : "errors found",
+                                 more ? " (and more errors)" : "");
+        } else
                 r = classify_open_failure(path, c.err, e);
         qt_command_done(&c);
         return r;
@@ -185,8 +216,11 @@ int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret
         char *argv[] = {"qemu-img", "info", "--output=json", (char *)path, NULL, NULL};
         if (force_share)
                 argv[3] = "-U", argv[4] = (char *)path;
+        int r = force_share ? 0 : check_qemu_locks(path, e);
+        if (r < 0)
+                return r;
         struct qt_command c = {.argv = argv};
-        int r = qt_command_run(&c);
+        r = qt_command_run(&c);
         if (r < 0) {
                 qt_command_done(&c);
                 return qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img: %s", strerror(-r));

@@ -36,7 +36,8 @@ int qt_image_check_path(const char *path, struct stat *ret_st, struct qt_error *
 /* Parses `qemu-img info --output=json` (no backing chain). Pure: no I/O; fuzzed. */
 int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_error *e);
 
-/* Runs qemu-img info without -U, so an image a VM holds open fails with ImageInUse, then
+/* Refuses an image another process uses as qemu does (qemu's lock bytes: a writer, or a reader
+ * that forbids writers) with ImageInUse; runs qemu-img info without -U, then
  * refuses what qtrim must not touch: other formats, encryption, corruption (qemu-img check for
  * qcow2), a raw file with neither a partition table nor a filesystem. force_share (read-only
  * inspection) reads without qemu's lock, so an image in use can still be looked at. */

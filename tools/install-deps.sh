@@ -9,8 +9,10 @@ packages=(
   libnbd-dev libmount-dev libblkid-dev libudev-dev libsystemd-dev libfuse3-dev libjson-c-dev check
   # run
   qemu-utils fuse3 dbus-daemon
-  # tests and benchmarks: real filesystems, partitioning, the manual recipe's nbdfuse
-  e2fsprogs xfsprogs btrfs-progs fdisk util-linux jq libnbd-bin
+  # tests and benchmarks: real filesystems, partitioning, bus clients (busctl, gdbus,
+  # dbus-monitor), the manual recipe's nbdfuse
+  e2fsprogs xfsprogs btrfs-progs fdisk util-linux procps jq libnbd-bin
+  systemd libglib2.0-bin dbus-bin
 )
 
 missing=()

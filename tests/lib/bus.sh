@@ -1,0 +1,212 @@
+# shellcheck shell=bash
+# A private system bus and a qtrimd on it, for the integration tests. Nothing here touches the
+# machine's real system bus: DBUS_SYSTEM_BUS_ADDRESS points every client (qtrimctl, busctl,
+# gdbus, dbus-monitor) and qtrimd at a socket in the test's work dir.
+#
+#   qt_init_workdir NAME; qt_bus_start; qt_daemon_start [QTRIMD ARGS...]; ...; qt_daemon_stop
+#
+# Both are registered for cleanup, so a failing test still stops them; on failure the end of
+# qtrimd's log is printed.
+
+# shellcheck source=tests/lib/common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
+
+QT_QTRIMD=${QT_QTRIMD:-$QT_BUILD_DIR/daemon/qtrimd}
+QT_QTRIMCTL=${QT_QTRIMCTL:-$QT_BUILD_DIR/cli/qtrimctl}
+
+# Seconds to wait for qtrimd to own its name, and to exit after SIGTERM.
+QT_DAEMON_START_TIMEOUT=${QT_DAEMON_START_TIMEOUT:-15}
+QT_DAEMON_STOP_TIMEOUT=${QT_DAEMON_STOP_TIMEOUT:-30}
+
+# Wait until a pid has exited, polling every 0.1 s for at most TIMEOUT seconds. Reaps it if it is
+# our child. Returns 1 on timeout.
+qt_wait_pid_gone() { # PID TIMEOUT
+        local pid=$1 n=$(($2 * 10)) i
+        for ((i = 0; i < n; i++)); do
+                kill -0 "$pid" 2>/dev/null || {
+                        wait "$pid" 2>/dev/null || true
+                        return 0
+                }
+                sleep 0.1
+        done
+        return 1
+}
+
+# SIGTERM, bounded wait, then SIGKILL. For cleanup: never fails.
+qt_kill_wait() { # PID TIMEOUT
+        kill -TERM "$1" 2>/dev/null || return 0
+        qt_wait_pid_gone "$1" "$2" && return 0
+        kill -KILL "$1" 2>/dev/null || true
+        qt_wait_pid_gone "$1" 5 || true
+}
+
+qt_bus_start() {
+        qt_need dbus-daemon busctl
+        local sock=$QT_WORK/system_bus_socket i
+        dbus-daemon --config-file="$QT_LIB_DIR/system-bus.conf" --address="unix:path=$sock" \
+                --nofork --nopidfile --nosyslog >"$QT_WORK/dbus-daemon.log" 2>&1 &
+        QT_BUS_PID=$!
+        qt_defer qt_kill_wait "$QT_BUS_PID" 5
+        for ((i = 0; i < 100; i++)); do
+                [[ -S $sock ]] && busctl --address="unix:path=$sock" status org.freedesktop.DBus >/dev/null 2>&1 && break
+                kill -0 "$QT_BUS_PID" 2>/dev/null || {
+                        cat "$QT_WORK/dbus-daemon.log" >&2
+                        qt_fail "dbus-daemon exited at start"
+                }
+                sleep 0.1
+        done
+        ((i < 100)) || qt_fail "private bus did not come up at $sock"
+        export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$sock
+        # Nothing in a test may reach the session bus either.
+        unset DBUS_SESSION_BUS_ADDRESS
+        qt_info "private system bus at $sock (pid $QT_BUS_PID)"
+}
+
+qt_name_has_owner() {
+        [[ $(busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus \
+                NameHasOwner s "$1" 2>/dev/null) == "b true" ]]
+}
+
+# qt_daemon_start [QTRIMD ARGS...]
+# shellcheck disable=SC2120 # the arguments are optional
+qt_daemon_start() {
+        [[ -n "${DBUS_SYSTEM_BUS_ADDRESS:-}" && -n "${QT_BUS_PID:-}" ]] || qt_fail "qt_daemon_start: start the bus first"
+        [[ -x $QT_QTRIMD ]] || qt_fail "qtrimd not built: $QT_QTRIMD (set BUILD_DIR)"
+        local i n=$((QT_DAEMON_START_TIMEOUT * 10))
+        QT_DAEMON_LOG=$QT_WORK/qtrimd.log
+        "$QT_QTRIMD" "$@" >"$QT_DAEMON_LOG" 2>&1 &
+        QT_DAEMON_PID=$!
+        export QT_DAEMON_PID QT_DAEMON_LOG
+        qt_defer qt_kill_wait "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"
+        for ((i = 0; i < n; i++)); do
+                qt_name_has_owner org.qtrim1 && break
+                if ! kill -0 "$QT_DAEMON_PID" 2>/dev/null; then
+                        wait "$QT_DAEMON_PID" || true
+                        qt_fail "qtrimd exited before taking org.qtrim1"
+                fi
+                sleep 0.1
+        done
+        ((i < n)) || qt_fail "qtrimd did not own org.qtrim1 within ${QT_DAEMON_START_TIMEOUT}s"
+        qt_info "qtrimd running (pid $QT_DAEMON_PID, log $QT_DAEMON_LOG)"
+}
+
+# Stop qtrimd as systemd would (SIGTERM) and fail if it does not exit in time or exits non-zero.
+qt_daemon_stop() {
+        local rc=0
+        [[ -n "${QT_DAEMON_PID:-}" ]] || return 0
+        qt_undefer qt_kill_wait "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"
+        kill -TERM "$QT_DAEMON_PID" 2>/dev/null || true
+        if ! qt_wait_pid_gone "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"; then
+                kill -KILL "$QT_DAEMON_PID" 2>/dev/null || true
+                qt_fail "qtrimd did not exit within ${QT_DAEMON_STOP_TIMEOUT}s of SIGTERM"
+        fi
+        # qt_wait_pid_gone reaped it already; wait again only to learn the status if it did not.
+        wait "$QT_DAEMON_PID" 2>/dev/null || rc=$?
+        ((rc == 0 || rc == 127)) || qt_fail "qtrimd exited with status $rc after SIGTERM"
+        QT_DAEMON_PID=
+        qt_ok "qtrimd stopped on SIGTERM"
+}
+
+# Crash qtrimd (SIGKILL): what a daemon bug or the OOM killer would do.
+qt_daemon_kill9() {
+        [[ -n "${QT_DAEMON_PID:-}" ]] || return 0
+        qt_undefer qt_kill_wait "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"
+        kill -KILL "$QT_DAEMON_PID" 2>/dev/null || true
+        wait "$QT_DAEMON_PID" 2>/dev/null || true
+        QT_DAEMON_PID=
+}
+
+qt_bus_stop() {
+        [[ -n "${QT_BUS_PID:-}" ]] || return 0
+        qt_undo qt_kill_wait "$QT_BUS_PID" 5
+        QT_BUS_PID=
+        unset DBUS_SYSTEM_BUS_ADDRESS
+}
+
+# Called by qt_cleanup when a test fails: what qtrimd said is the first thing to read.
+qt_on_failure() {
+        if [[ -s "${QT_DAEMON_LOG:-}" ]]; then
+                printf -- '--- last lines of qtrimd.log ---\n' >&2
+                tail -n 40 -- "$QT_DAEMON_LOG" >&2
+                printf -- '---\n' >&2
+        fi
+}
+
+# ---- talking to qtrimd -------------------------------------------------------------------
+
+qt_qtrimctl() { "$QT_QTRIMCTL" "$@"; }
+
+# One property of a job object, as plain text (strings unquoted, numbers as digits).
+qt_job_prop() { # JOB PROPERTY
+        busctl --system --json=short get-property org.qtrim1 "$1" org.qtrim1.Job "$2" | jq -r '.data'
+}
+
+qt_job_exists() {
+        busctl --system introspect org.qtrim1 "$1" org.qtrim1.Job >/dev/null 2>&1
+}
+
+qt_wait_job_gone() { # JOB TIMEOUT
+        local n=$(($2 * 10)) i
+        for ((i = 0; i < n; i++)); do
+                qt_job_exists "$1" || return 0
+                sleep 0.1
+        done
+        qt_fail "job $1 still exists after $2 s"
+}
+
+# Shrink() straight over D-Bus. Prints the D-Bus error name (or "ok JOBPATH" on success).
+# gdbus, not busctl: busctl prints only an error's message, never its name.
+qt_shrink_error_name() { # IMAGE [GVARIANT-OPTIONS]
+        local img=$1 opts=${2:-"@a{sv} {}"} out
+        qt_need gdbus
+        if out=$(gdbus call --system --dest org.qtrim1 --object-path /org/qtrim1 \
+                --method org.qtrim1.Manager.Shrink "'${img//\'/\\\'}'" "$opts" 2>&1); then
+                printf 'ok %s\n' "$(sed -E "s/^\(objectpath '([^']*)',\)$/\1/" <<<"$out")"
+                return 0
+        fi
+        sed -nE 's/.*GDBus\.Error:([A-Za-z0-9_.]+):.*/\1/p' <<<"$out" | head -n 1 | grep . ||
+                printf 'unparsed: %s\n' "$out"
+}
+
+# Record JobRemoved signals in a log (dbus-monitor's text), read by qt_job_removed_result.
+# Start it before the job, or a fast job's signal is missed.
+qt_watch_job_removed() {
+        local i
+        qt_need dbus-monitor
+        QT_MONITOR_RAW=$QT_WORK/job-removed.log
+        dbus-monitor --system "type='signal',interface='org.qtrim1.Manager',member='JobRemoved'" \
+                >"$QT_MONITOR_RAW" 2>&1 &
+        QT_MONITOR_PID=$!
+        qt_defer qt_kill_wait "$QT_MONITOR_PID" 2
+        # dbus-monitor prints its own NameAcquired/NameLost once it has become a monitor.
+        for ((i = 0; i < 50; i++)); do
+                grep -q 'member=Name' "$QT_MONITOR_RAW" 2>/dev/null && return 0
+                sleep 0.1
+        done
+        qt_fail "dbus-monitor did not start: $(head -c 300 "$QT_MONITOR_RAW")"
+}
+
+# The result JobRemoved gave for JOB ("done", "failed", "canceled"), waiting up to TIMEOUT s.
+# IMAGE, if given, must match too: job numbers start again at 1 when qtrimd restarts.
+qt_job_removed_result() { # JOB TIMEOUT [IMAGE]
+        local job=$1 n=$(($2 * 10)) img=${3:-} i res
+        for ((i = 0; i < n; i++)); do
+                res=$(awk -v job="$job" -v img="$img" '
+                        /member=JobRemoved/ { n = 0; inside = 1; next }
+                        inside && /^ +(uint32|object path|string) / {
+                                v = $0; sub(/^ +(uint32|object path|string) /, "", v); gsub(/^"|"$/, "", v)
+                                f[++n] = v
+                                if (n == 4) {
+                                        if (f[2] == job && (img == "" || f[3] == img)) r = f[4]
+                                        inside = 0
+                                }
+                        }
+                        END { if (r != "") print r }' "$QT_MONITOR_RAW")
+                [[ -n $res ]] && {
+                        printf '%s\n' "$res"
+                        return 0
+                }
+                sleep 0.1
+        done
+        return 1
+}

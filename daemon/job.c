@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "convert.h"
 #include "dbus-api.h"
 #include "util.h"
 
@@ -127,6 +128,11 @@ static void on_worker_exit(struct worker *w, void *userdata)
 {
         struct job *j = userdata;
         j->report = *worker_report(w);
+        /* A worker that was killed could not delete its copy; only a name it could have made. */
+        if (j->report.temp_file[0] && qt_convert_is_temp_of(j->image, j->report.temp_file) &&
+            unlink(j->report.temp_file) == 0)
+                fprintf(stderr, "%s: removed %s left by the dead worker\n", j->image,
+                        j->report.temp_file);
         enum job_state state = JOB_DONE;
         if (j->report.error.code == QT_ERR_CANCELED || j->cancel_requested)
                 state = JOB_CANCELED;

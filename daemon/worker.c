@@ -48,6 +48,10 @@ _Noreturn static void run_child(const struct qt_shrink_request *req, int report_
         sigaction(SIGINT, &sa, NULL);
         sa.sa_handler = SIG_DFL;
         sigaction(SIGCHLD, &sa, NULL);
+        /* With qtrimd gone, report lines go nowhere; the write must fail, not kill us before we
+         * have torn down. */
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);

@@ -60,9 +60,11 @@ static void child_exec(struct qt_command *c, int out_w, int err_w)
 {
         /* qemu-img must not outlive a worker that is killed. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, NULL);
+        /* The worker ignores SIGPIPE and blocks nothing it wants qemu-img to get; undo both. */
+        signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (null < 0 || dup2(null, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
                 _exit(127);

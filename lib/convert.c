@@ -62,22 +62,41 @@ static void on_convert_line(const char *line, void *userdata)
                 p->fn(percent / 100.0, p->userdata);
 }
 
-int qt_convert_image(const char *image, const struct qt_image_info *info, char ret_tmp[PATH_MAX],
-                     qt_progress_fn progress, void *userdata, struct qt_error *e)
+#define TEMP_INFIX ".qtrim-"
+
+int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_error *e)
 {
         _cleanup_free_ char *dir_copy = strdup(image), *base_copy = strdup(image);
         if (!dir_copy || !base_copy)
                 return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
-        snprintf(ret_tmp, PATH_MAX, "%s/.%s.qtrim-XXXXXX", dirname(dir_copy), basename(base_copy));
+        snprintf(ret_tmp, PATH_MAX, "%s/.%s" TEMP_INFIX "XXXXXX", dirname(dir_copy),
+                 basename(base_copy));
         int fd = mkostemp(ret_tmp, O_CLOEXEC);
         if (fd < 0) {
-                int r = qt_error_set(e, errno == ENOSPC ? QT_ERR_NO_SPACE : QT_ERR_FAILED, errno,
-                                     "cannot create a temporary file beside the image: %m");
                 ret_tmp[0] = '\0';
-                return r;
+                return qt_error_set(e, errno == ENOSPC ? QT_ERR_NO_SPACE : QT_ERR_FAILED, errno,
+                                    "cannot create a temporary file beside the image: %m");
         }
         close(fd);
+        return 0;
+}
 
+bool qt_convert_is_temp_of(const char *image, const char *path)
+{
+        char expected[PATH_MAX];
+        _cleanup_free_ char *dir_copy = strdup(image), *base_copy = strdup(image);
+        if (!dir_copy || !base_copy)
+                return false;
+        int n = snprintf(expected, sizeof(expected), "%s/.%s" TEMP_INFIX, dirname(dir_copy),
+                         basename(base_copy));
+        /* The prefix, then mkostemp's six characters and nothing else (no "/.." tricks). */
+        return n > 0 && (size_t)n < sizeof(expected) && strncmp(path, expected, (size_t)n) == 0 &&
+               strlen(path + n) == 6 && !strchr(path + n, '/');
+}
+
+int qt_convert_image(const char *image, const struct qt_image_info *info, const char *tmp,
+                     qt_progress_fn progress, void *userdata, struct qt_error *e)
+{
         char options[512] = "";
         char *argv[24] = {"qemu-img", "convert",           "-p", "-f", (char *)info->format,
                           "-O",       (char *)info->format};
@@ -97,7 +116,7 @@ int qt_convert_image(const char *image, const struct qt_image_info *info, char r
                 argv[n++] = (char *)info->backing_format;
         }
         argv[n++] = (char *)image;
-        argv[n++] = ret_tmp;
+        argv[n++] = (char *)tmp;
         argv[n] = NULL;
 
         struct convert_progress p = {progress, userdata};
@@ -111,10 +130,6 @@ int qt_convert_image(const char *image, const struct qt_image_info *info, char r
                 r = qt_error_set(e, strstr(c.err, "No space") ? QT_ERR_NO_SPACE : QT_ERR_FAILED,
                                  EIO, "qemu-img convert failed: %s", c.err);
         qt_command_done(&c);
-        if (r < 0) {
-                unlink(ret_tmp);
-                ret_tmp[0] = '\0';
-        }
         return r;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "image.h"
@@ -14,9 +15,15 @@
 const char *qt_convert_refusal(const char *image, const struct qt_image_info *info,
                                uint64_t needed_bytes);
 
-/* Converts image to a new temporary file "<dir>/.<name>.qtrim-XXXXXX" with the image's format,
- * creation options, backing file and bitmaps. On failure the temporary file is removed. */
-int qt_convert_image(const char *image, const struct qt_image_info *info, char ret_tmp[PATH_MAX],
+/* Creates the empty temporary file "<dir>/.<name>.qtrim-XXXXXX" beside image for the copy. */
+int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_error *e);
+/* Whether path is a name qt_convert_create_temp() gives for image: what qtrimd may delete when
+ * a worker died holding it. */
+bool qt_convert_is_temp_of(const char *image, const char *path);
+
+/* Converts image into tmp (from qt_convert_create_temp) with the image's format, creation
+ * options, backing file and bitmaps. The caller removes tmp on failure. */
+int qt_convert_image(const char *image, const struct qt_image_info *info, const char *tmp,
                      qt_progress_fn progress, void *userdata, struct qt_error *e);
 
 /* Checks the copy (qemu-img check, same format, virtual size and backing file), gives it the

@@ -78,6 +78,7 @@ static const struct field fields[] = {
     FIELD("apparent-after", NULL, FIELD_U64, apparent_after),
     FIELD("converted", "Converted", FIELD_BOOL, converted),
     FIELD("message", "Message", FIELD_STR, message),
+    FIELD("temp-file", NULL, FIELD_STR, temp_file),
 };
 
 static const struct field *field_by_key(const char *key)

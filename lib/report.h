@@ -67,6 +67,8 @@ struct qt_report {
         uint64_t bytes_after, apparent_after;
         bool converted;
         char message[QT_REPORT_STRING_MAX];
+        /* The compact copy while it exists: whoever sees the worker die deletes it. */
+        char temp_file[QT_REPORT_STRING_MAX];
         struct qt_error error;
         bool finished; /* the worker said "end": anything after it is ignored */
 };

@@ -183,6 +183,15 @@ static int stat_image(struct shrink *s, struct stat *st)
         return 0;
 }
 
+static void drop_temp(struct shrink *s)
+{
+        if (!s->tmp[0])
+                return;
+        unlink(s->tmp);
+        s->tmp[0] = '\0';
+        qt_emit_str(s->rep, "temp-file", "");
+}
+
 static void on_convert_progress(double fraction, void *userdata)
 {
         struct shrink *s = userdata;
@@ -213,6 +222,10 @@ static int convert(struct shrink *s)
                 qt_emit_str(s->rep, "message", refusal);
                 return 0;
         }
+        r = qt_convert_create_temp(s->req->image, s->tmp, &s->error);
+        if (r < 0)
+                return r;
+        qt_emit_str(s->rep, "temp-file", s->tmp);
         r = qt_convert_image(s->req->image, &s->info, s->tmp, on_convert_progress, s, &s->error);
         if (r < 0)
                 return r;
@@ -221,8 +234,7 @@ static int convert(struct shrink *s)
         if (!copy_is_smaller(&copy, &trimmed)) {
                 qt_emit_str(s->rep, "message",
                             "kept the trimmed image: the compact copy was not smaller");
-                unlink(s->tmp);
-                s->tmp[0] = '\0';
+                drop_temp(s);
         }
         return 0;
 }
@@ -234,6 +246,7 @@ static int replace(struct shrink *s)
         if (r < 0)
                 return r;
         s->tmp[0] = '\0'; /* it is the image now */
+        qt_emit_str(s->rep, "temp-file", "");
         qt_emit_u64(s->rep, "converted", 1);
         return 0;
 }
@@ -273,8 +286,7 @@ int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *rep)
                 if (r >= 0 && s.tmp[0])
                         r = run_phase(&s, QT_PHASE_REPLACE, replace);
         }
-        if (s.tmp[0])
-                unlink(s.tmp);
+        drop_temp(&s);
         closep(&s.image_lock_fd);
 
         if (shrinking)

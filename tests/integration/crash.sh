@@ -1,9 +1,10 @@
 #!/bin/bash
-# A job's worker killed with SIGKILL while the guest filesystems are mounted, then qtrimd itself
-# killed with SIGKILL at the same point and started again: each time the image must stay
-# consistent with every kept file intact, and no mount, loop device, FUSE mount, qemu-nbd or
-# temporary copy may outlive the crash. Needs a build with -Dtest_hooks=true (tools/test.sh's);
-# skipped (77) otherwise.
+# The kill matrix: a job's worker killed with SIGKILL at each pause point (attach, filesystems
+# mounted, convert, replace, the last with the converted copy on disk), and qtrimd itself killed
+# with SIGKILL with filesystems mounted and with the copy on disk, then started again. Each time
+# the image must stay consistent with every kept file intact, the job must end "failed", and no
+# mount, loop device, FUSE mount, qemu-nbd or temporary copy may outlive the crash. Needs a build
+# with -Dtest_hooks=true (tools/test.sh's); skipped (77) otherwise.
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
@@ -12,7 +13,8 @@ if ! grep -q '^#define QTRIM_TEST_HOOKS 1' "$QT_BUILD_DIR/config.h" 2>/dev/null;
         printf 'SKIP: %s is not built with -Dtest_hooks=true: no pause points to crash at\n' "$QT_BUILD_DIR"
         exit 77
 fi
-export QTRIM_TEST_PAUSE=trim-mounted
+# Rounds per pause point: tools/stress-crash.sh runs many; CI runs one.
+rounds=${QT_CRASH_ROUNDS:-1}
 qt_scenario_start crash
 
 master=$QT_SCRATCH/master.qcow2
@@ -20,48 +22,62 @@ qt_step "build a dirty GPT ext4+xfs qcow2"
 make_gpt_ext4_xfs "$master"
 qt_watch_job_removed
 
-start_paused_job() { # NAME
+# A qtrimd whose workers pause at POINT (QTRIM_TEST_PAUSE is read by the worker it forks).
+restart_daemon_pausing_at() { # POINT
+        qt_daemon_stop >/dev/null
+        QTRIM_TEST_PAUSE=$1 qt_daemon_start >/dev/null
+}
+
+start_paused_job() { # POINT
         local i
-        img=$QT_IMAGES/$1.qcow2
+        img=$QT_IMAGES/crash.qcow2
         qt_clone_image "$master" "$img"
         qt_expect_files
         : >"$QT_DAEMON_LOG"
         job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
         for ((i = 0; i < 300; i++)); do
-                grep -qE 'paused at trim-mounted( |$)' "$QT_DAEMON_LOG" && break
+                grep -qE "paused at $1( |$)" "$QT_DAEMON_LOG" && break
                 sleep 0.1
         done
-        ((i < 300)) || qt_fail "job never paused at trim-mounted"
+        ((i < 300)) || qt_fail "job never paused at $1"
         worker=$(pgrep -P "$QT_DAEMON_PID" | head -n 1)
         [[ -n $worker ]] || qt_fail "no worker process under qtrimd"
-        qt_ok "job $job paused with its filesystems mounted (worker pid $worker)"
 }
 
 check_image() {
-        assert_qemu_img_check "$img"
-        verify_files "$img"
-        assert_no_leftovers
+        assert_qemu_img_check "$img" >/dev/null
+        verify_files "$img" >/dev/null
+        assert_no_leftovers >/dev/null
         rm -f -- "$img" "$(qt_manifest "$img")"
         qt_expect_files
 }
 
-qt_step "SIGKILL the worker"
-start_paused_job crash-worker
-kill -KILL "$worker"
-qt_wait_job_gone "$job" 60
-result=$(qt_job_removed_result "$job" 10 "$img") || qt_fail "no JobRemoved signal for $job"
-[[ $result == failed ]] || qt_fail "JobRemoved says '$result' for a job whose worker was killed, expected failed"
-qt_ok "job ended: $result"
-check_image
+for point in attach trim-mounted convert replace; do
+        qt_step "SIGKILL the worker at $point ($rounds round(s))"
+        restart_daemon_pausing_at "$point"
+        for ((round = 1; round <= rounds; round++)); do
+                start_paused_job "$point"
+                kill -KILL "$worker"
+                qt_wait_job_gone "$job" 60
+                result=$(qt_job_removed_result "$job" 10 "$img") || qt_fail "no JobRemoved signal for $job"
+                [[ $result == failed ]] || qt_fail "JobRemoved says '$result' for a job whose worker was killed, expected failed"
+                check_image
+        done
+        qt_ok "image intact, job failed, nothing left ($rounds round(s))"
+done
 
-qt_step "SIGKILL qtrimd, start it again"
-start_paused_job crash-daemon
-qt_daemon_kill9
-qt_ok "qtrimd killed"
-# Its worker notices (parent-death signal) and tears down on its own.
-qt_wait_pid_gone "$worker" 60 || qt_fail "worker $worker still runs 60 s after qtrimd died"
-qt_ok "worker exited after qtrimd died"
-qt_daemon_start
-check_image
+for point in trim-mounted replace; do
+        qt_step "SIGKILL qtrimd at $point, start it again ($rounds round(s))"
+        for ((round = 1; round <= rounds; round++)); do
+                restart_daemon_pausing_at "$point"
+                start_paused_job "$point"
+                qt_daemon_kill9
+                # Its worker notices (parent-death signal) and tears down on its own.
+                qt_wait_pid_gone "$worker" 60 || qt_fail "worker $worker still runs 60 s after qtrimd died"
+                qt_daemon_start >/dev/null
+                check_image
+        done
+        qt_ok "worker tore down after qtrimd died; image intact, nothing left ($rounds round(s))"
+done
 
 qt_scenario_end

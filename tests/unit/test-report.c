@@ -27,14 +27,19 @@ START_TEST(test_round_trip)
         int p[2];
         ck_assert_int_eq(pipe2(p, O_NONBLOCK), 0);
         struct qt_reporter rep = {.fd = p[1]};
-        struct qt_fs_result fs = {.name = "p5", .fstype = "btrfs", .offset = 1048576,
-                                  .size = 1ULL << 33, .trimmed = 12345, .state = "skipped",
+        struct qt_fs_result fs = {.name = "p5",
+                                  .fstype = "btrfs",
+                                  .offset = 1048576,
+                                  .size = 1ULL << 33,
+                                  .trimmed = 12345,
+                                  .state = "skipped",
                                   .message = "cannot mount:\tbad\nsuperblock"};
         struct qt_error err = {.code = QT_ERR_IN_USE, .message = "held by pid 42"};
 
         qt_emit_phase(&rep, QT_PHASE_TRIM);
         qt_emit_str(&rep, "format", "qcow2");
         qt_emit_str(&rep, "backing-file", "../base image.qcow2");
+        qt_emit_str(&rep, "temp-file", "/images/.vm.qcow2.qtrim-a1B2c3");
         qt_emit_u64(&rep, "bytes-before", 10737418240ULL);
         qt_emit_u64(&rep, "converted", 1);
         qt_emit_u64(&rep, "snapshots", 3);
@@ -48,6 +53,7 @@ START_TEST(test_round_trip)
         ck_assert_int_eq(got.phase, QT_PHASE_TRIM);
         ck_assert_str_eq(got.format, "qcow2");
         ck_assert_str_eq(got.backing_file, "../base image.qcow2");
+        ck_assert_str_eq(got.temp_file, "/images/.vm.qcow2.qtrim-a1B2c3");
         ck_assert_uint_eq(got.bytes_before, 10737418240ULL);
         ck_assert(got.converted);
         ck_assert_uint_eq(got.snapshots, 3);
@@ -95,10 +101,18 @@ END_TEST
 START_TEST(test_malformed_lines)
 {
         static const char *const bad[] = {
-                "",                        "bogus\t1",          "bytes-before",
-                "bytes-before\t-1",        "bytes-before\t1x",  "bytes-before\t99999999999999999999",
-                "progress\t1.5",           "progress\tnan",     "phase\tnope",
-                "fs\tp1\text4\t0\t1",      "fs\tp1\text4\tx\t1\t0\tfound\t", "phase-time\ttrim",
+            "",
+            "bogus\t1",
+            "bytes-before",
+            "bytes-before\t-1",
+            "bytes-before\t1x",
+            "bytes-before\t99999999999999999999",
+            "progress\t1.5",
+            "progress\tnan",
+            "phase\tnope",
+            "fs\tp1\text4\t0\t1",
+            "fs\tp1\text4\tx\t1\t0\tfound\t",
+            "phase-time\ttrim",
         };
         struct qt_report r = {};
         const char *property;

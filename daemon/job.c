@@ -133,8 +133,9 @@ static void on_worker_exit(struct worker *w, void *userdata)
             unlink(j->report.temp_file) == 0)
                 fprintf(stderr, "%s: removed %s left by the dead worker\n", j->image,
                         j->report.temp_file);
+        /* The worker's word decides: a cancel that came after the rename changed nothing. */
         enum job_state state = JOB_DONE;
-        if (j->report.error.code == QT_ERR_CANCELED || j->cancel_requested)
+        if (j->report.error.code == QT_ERR_CANCELED)
                 state = JOB_CANCELED;
         else if (qt_error_is_set(&j->report.error))
                 state = JOB_FAILED;

@@ -56,17 +56,26 @@ static void stream_flush_lines(struct stream *s, struct qt_command *c)
                 s->buf[s->len] = '\0';
 }
 
-static void child_exec(struct qt_command *c, int out_w, int err_w)
+void qt_child_prepare(pid_t parent, int death_signal)
 {
-        /* qemu-img must not outlive a worker that is killed. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        /* The worker ignores SIGPIPE and blocks nothing it wants qemu-img to get; undo both. */
+        /* It must not outlive a worker that is killed, also one killed before this line. */
+        prctl(PR_SET_PDEATHSIG, death_signal);
+        if (getppid() != parent)
+                _exit(127);
+        /* The worker ignores SIGPIPE and may block signals; a program starts with neither. */
         signal(SIGPIPE, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
+        if (null < 0 || dup2(null, 0) < 0)
+                _exit(127);
+}
+
+static void child_exec(struct qt_command *c, int out_w, int err_w, pid_t parent)
+{
+        qt_child_prepare(parent, SIGKILL);
+        if (dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
                 _exit(127);
         execvp(c->argv[0], c->argv);
         dprintf(2, "cannot run %s: %s", c->argv[0], strerror(errno));
@@ -84,6 +93,7 @@ int qt_command_run(struct qt_command *c)
                 close(out[1]);
                 return r;
         }
+        pid_t parent = getpid();
         pid_t pid = fork();
         if (pid < 0) {
                 int r = -errno;
@@ -91,7 +101,7 @@ int qt_command_run(struct qt_command *c)
                 return r;
         }
         if (pid == 0)
-                child_exec(c, out[1], err[1]);
+                child_exec(c, out[1], err[1], parent);
         close(out[1]);
         close(err[1]);
 
@@ -106,6 +116,11 @@ int qt_command_run(struct qt_command *c)
                 if (qt_cancel_requested && !canceled) {
                         canceled = true;
                         kill(pid, SIGTERM);
+                }
+                if (n < 0 && errno != EINTR) {
+                        /* Cannot follow its output any more: stop it rather than spin. */
+                        kill(pid, SIGKILL);
+                        break;
                 }
                 if (n <= 0)
                         continue;
@@ -129,10 +144,15 @@ int qt_command_run(struct qt_command *c)
                 }
         }
 
-        int status;
+        for (int i = 0; i < 2; i++)
+                if (streams[i].fd >= 0)
+                        close(streams[i].fd);
+        int status = 0;
         while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR)
+                if (errno != EINTR) {
+                        status = W_EXITCODE(127, 0);
                         break;
+                }
         c->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         if (c->on_line)
                 free(streams[0].buf);

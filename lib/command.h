@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <sys/types.h>
 
 struct qt_command {
         char *const *argv; /* argv[0] is looked up in PATH */
@@ -21,3 +22,7 @@ struct qt_command {
  * negative errno if it could not be started. Output beyond a few MiB per stream is dropped. */
 int qt_command_run(struct qt_command *c);
 void qt_command_done(struct qt_command *c);
+
+/* In a child just forked from a worker, before exec: dies with the worker (death_signal), gets
+ * default signal handling and an empty signal mask, and /dev/null as standard input. */
+void qt_child_prepare(pid_t parent, int death_signal);

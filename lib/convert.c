@@ -13,8 +13,13 @@
 #include "util.h"
 
 const char *qt_convert_refusal(const char *image, const struct qt_image_info *info,
-                               uint64_t needed_bytes)
+                               const struct stat *st, uint64_t needed_bytes)
 {
+        if (strcmp(info->format, "raw") == 0)
+                return "not converted: a trimmed raw image is already as sparse as a copy would be";
+        if (st->st_nlink > 1)
+                return "not converted: the image has other hard links, which would keep the old "
+                       "file (and its space) alive";
         if (info->snapshots > 0)
                 return "not converted: the image has internal snapshots, which a copy would drop";
         if (info->backing_file[0] && !info->backing_format[0])
@@ -168,25 +173,51 @@ static int check_copy(const char *tmp, const struct qt_image_info *info, struct 
         return r;
 }
 
+/* Reads all of an xattr list or value, whatever its size is by the time it is read. */
+static ssize_t read_sized(int fd, const char *name, char **ret)
+{
+        for (int attempt = 0; attempt < 8; attempt++) {
+                ssize_t len = name ? fgetxattr(fd, name, NULL, 0) : flistxattr(fd, NULL, 0);
+                if (len < 0)
+                        return -errno;
+                char *buf = malloc((size_t)len + 1);
+                if (!buf)
+                        return -ENOMEM;
+                ssize_t got =
+                    name ? fgetxattr(fd, name, buf, (size_t)len) : flistxattr(fd, buf, (size_t)len);
+                if (got >= 0) {
+                        *ret = buf;
+                        return got;
+                }
+                int err = errno;
+                free(buf);
+                if (err != ERANGE) /* ERANGE: it grew meanwhile, ask again */
+                        return -err;
+        }
+        return -ERANGE;
+}
+
+/* Every extended attribute: ACLs and the SELinux label decide whether the VM may use its
+ * disk, so one that cannot be copied fails the replace. */
 static int copy_xattrs(int from, int to, struct qt_error *e)
 {
-        ssize_t len = flistxattr(from, NULL, 0);
-        if (len <= 0)
+        _cleanup_free_ char *names = NULL;
+        ssize_t len = read_sized(from, NULL, &names);
+        if (len == -ENOTSUP)
                 return 0;
-        _cleanup_free_ char *names = malloc((size_t)len);
-        if (!names)
-                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
-        len = flistxattr(from, names, (size_t)len);
-        for (char *name = names; len > 0 && name < names + len; name += strlen(name) + 1) {
-                ssize_t vlen = fgetxattr(from, name, NULL, 0);
-                if (vlen < 0)
+        if (len < 0)
+                return qt_error_set(e, QT_ERR_FAILED, (int)-len,
+                                    "cannot list extended attributes: %s", strerror((int)-len));
+        for (char *name = names; name < names + len; name += strlen(name) + 1) {
+                _cleanup_free_ char *value = NULL;
+                ssize_t vlen = read_sized(from, name, &value);
+                if (vlen == -ENODATA) /* removed meanwhile */
                         continue;
-                _cleanup_free_ char *value = malloc((size_t)vlen + 1);
-                if (!value)
-                        return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
-                vlen = fgetxattr(from, name, value, (size_t)vlen);
-                if (vlen >= 0 && fsetxattr(to, name, value, (size_t)vlen, 0) < 0 &&
-                    errno != ENOTSUP)
+                if (vlen < 0)
+                        return qt_error_set(e, QT_ERR_FAILED, (int)-vlen,
+                                            "cannot read extended attribute %s: %s", name,
+                                            strerror((int)-vlen));
+                if (fsetxattr(to, name, value, (size_t)vlen, 0) < 0)
                         return qt_error_set(e, QT_ERR_FAILED, errno,
                                             "cannot copy extended attribute %s: %m", name);
         }
@@ -228,6 +259,10 @@ int qt_replace_image(const char *image, int image_fd, const char *tmp,
         if (dir_fd < 0)
                 return qt_error_set(e, QT_ERR_FAILED, errno,
                                     "cannot open the image's directory: %m");
+        /* The point of no return: a cancel that arrived while the copy was checked and synced
+         * still counts. */
+        if (qt_cancel_requested)
+                return qt_error_set(e, QT_ERR_CANCELED, ECANCELED, "canceled before the replace");
         if (rename(tmp, image) < 0)
                 return qt_error_set(e, QT_ERR_FAILED, errno,
                                     "cannot rename the copy over the image: %m");

@@ -10,10 +10,11 @@
 #include "image.h"
 #include "trim.h"
 
-/* Why a copy is not worth making (snapshots, unknown backing format, too little free space);
- * NULL when it is. needed_bytes: what the copy can take at most. */
+/* Why a copy is not worth making or must not be made (raw, hard links, snapshots, unknown
+ * backing format, too little free space); NULL when it is. st: the image as inspected;
+ * needed_bytes: what the copy can take at most. */
 const char *qt_convert_refusal(const char *image, const struct qt_image_info *info,
-                               uint64_t needed_bytes);
+                               const struct stat *st, uint64_t needed_bytes);
 
 /* Creates the empty temporary file "<dir>/.<name>.qtrim-XXXXXX" beside image for the copy. */
 int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_error *e);

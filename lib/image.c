@@ -121,27 +121,26 @@ out:
         return r;
 }
 
-/* Is any other process using the image the way qemu does, as a writer (byte 101) or as one who
- * forbids writers (byte 201: a VM with the disk read-only, an image that is a running VM's
- * backing file, qemu-nbd --read-only)? qemu-img info alone notices only the writers. */
+/* Is another process using the image the way qemu does? Any of qemu's lock bytes held means a
+ * qemu process has it open: a VM (also with the disk read-only, or as its backing file), qemu-nbd,
+ * qemu-img. qemu-img info alone notices only the writers. */
 static int check_qemu_locks(const char *path, struct qt_error *e)
 {
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
-        static const off_t bytes[] = {QEMU_LOCK_PERM_BASE + QEMU_PERM_WRITE_BIT,
-                                      QEMU_LOCK_SHARED_BASE + QEMU_PERM_WRITE_BIT};
-        for (size_t i = 0; i < ELEMENTSOF(bytes); i++) {
-                struct flock fl = {
-                    .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = bytes[i], .l_len = 1};
-                if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-                        return qt_error_set(e, QT_ERR_FAILED, errno,
-                                            "cannot test qemu's locks: %m");
-                if (fl.l_type != F_UNLCK)
-                        return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
-                                            "is in use: another process (a running VM?) holds "
-                                            "qemu's lock on it");
-        }
+        struct flock fl = {
+            .l_type = F_WRLCK,
+            .l_whence = SEEK_SET,
+            .l_start = QEMU_LOCK_PERM_BASE,
+            .l_len = QEMU_LOCK_SHARED_BASE + 100 - QEMU_LOCK_PERM_BASE,
+        };
+        if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot test qemu's locks: %m");
+        if (fl.l_type != F_UNLCK)
+                return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
+                                    "is in use: another process (a running VM?) holds qemu's lock "
+                                    "on it");
         return 0;
 }
 
@@ -178,13 +177,15 @@ static int check_raw_content(const char *path, struct qt_error *e)
         return 0;
 }
 
-/* With force_share, qemu-img reads without asking for qemu's lock ("-U"): for read-only looks. */
-#define SHARE_ARG(force_share) ((force_share) ? "-U" : "-q")
-
 static int check_qcow2_consistency(const char *path, bool force_share, struct qt_error *e)
 {
-        char *argv[] = {"qemu-img", "check", "-q",         SHARE_ARG(force_share),
-                        "-f",       "qcow2", (char *)path, NULL};
+        /* With force_share (read-only inspection), without asking for qemu's lock. */
+        char *argv[8] = {"qemu-img", "check", "-q", "-f", "qcow2"};
+        size_t n = 5;
+        if (force_share)
+                argv[n++] = "-U";
+        argv[n++] = (char *)path;
+        argv[n] = NULL;
         struct qt_command c = {.argv = argv};
         int r = qt_command_run(&c);
         if (r < 0) {
@@ -213,9 +214,12 @@ static int check_qcow2_consistency(const char *path, bool force_share, struct qt
 int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret,
                    struct qt_error *e)
 {
-        char *argv[] = {"qemu-img", "info", "--output=json", (char *)path, NULL, NULL};
+        char *argv[6] = {"qemu-img", "info", "--output=json"};
+        size_t n = 3;
         if (force_share)
-                argv[3] = "-U", argv[4] = (char *)path;
+                argv[n++] = "-U";
+        argv[n++] = (char *)path;
+        argv[n] = NULL;
         int r = force_share ? 0 : check_qemu_locks(path, e);
         if (r < 0)
                 return r;

@@ -13,7 +13,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "command.h"
 
 #include "util.h"
 
@@ -23,6 +28,7 @@
 
 struct qt_nbd_fuse {
         struct nbd_handle *nbd;
+        pid_t server; /* qemu-nbd */
         struct fuse *fuse;
         pthread_t thread;
         bool serving;
@@ -167,14 +173,66 @@ static const struct fuse_operations operations = {
     .fallocate = op_fallocate,
 };
 
+/* The worker set PR_SET_IO_FLUSHER before attaching; this thread inherits it. */
 static void *serve(void *userdata)
 {
         struct qt_nbd_fuse *b = userdata;
-        /* This thread does I/O for a block device the kernel may write back to while reclaiming
-         * memory; it must not wait on that reclaim itself. */
-        prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
         fuse_loop(b->fuse);
         return NULL;
+}
+
+/* Socket activation by hand: libnbd's own gives qemu-nbd no parent-death signal, so a worker
+ * killed while qemu-nbd opens a large image would leave it listening, holding the image's lock.
+ * qemu-nbd gets a listening socket as fd 3 (LISTEN_FDS), already holding our connection. */
+static int spawn_server(char *const argv[], pid_t *ret_pid, int *ret_fd)
+{
+        struct sockaddr_un addr = {.sun_family = AF_UNIX};
+        /* Abstract: nothing to remove from the filesystem however the worker ends. */
+        int n =
+            snprintf(addr.sun_path + 1, sizeof(addr.sun_path) - 1, "qtrim-nbd-%d", (int)getpid());
+        socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+
+        _cleanup_close_ int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (listener < 0 || bind(listener, (struct sockaddr *)&addr, len) < 0 ||
+            listen(listener, 1) < 0)
+                return -errno;
+        _cleanup_close_ int client = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (client < 0 || connect(client, (struct sockaddr *)&addr, len) < 0)
+                return -errno;
+
+        pid_t parent = getpid();
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                qt_child_prepare(parent, SIGTERM);
+                /* dup2 onto itself would keep close-on-exec */
+                if (listener == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(listener, 3) < 0)
+                        _exit(127);
+                close_range(4, ~0U, 0);
+                char pid_text[16];
+                snprintf(pid_text, sizeof(pid_text), "%d", (int)getpid());
+                setenv("LISTEN_PID", pid_text, 1);
+                setenv("LISTEN_FDS", "1", 1);
+                unsetenv("LISTEN_FDNAMES");
+                execvp(argv[0], argv);
+                _exit(127);
+        }
+        *ret_pid = pid;
+        *ret_fd = TAKE_FD(client);
+        return 0;
+}
+
+/* qemu-nbd exits once its only client has gone; one that does not is killed. */
+static void reap_server(pid_t pid)
+{
+        for (int i = 0; i < 100; i++) {
+                if (waitpid(pid, NULL, WNOHANG) != 0)
+                        return;
+                nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
 }
 
 static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *format,
@@ -213,8 +271,11 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
         if (!b->nbd)
                 return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "libnbd: %s",
                                     nbd_get_error());
-        if (nbd_connect_systemd_socket_activation(b->nbd, argv) < 0)
-                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "cannot start qemu-nbd: %s",
+        int fd = -1, r = spawn_server(argv, &b->server, &fd);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot start qemu-nbd: %s", strerror(-r));
+        if (nbd_connect_socket(b->nbd, fd) < 0) /* takes fd, also on failure */
+                return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "qemu-nbd: %s",
                                     nbd_get_error());
         int64_t size = nbd_get_size(b->nbd);
         if (size < 0)
@@ -297,13 +358,20 @@ int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e)
         if (b->fuse)
                 fuse_destroy(b->fuse);
         if (b->nbd) {
-                if (!b->read_only && nbd_aio_is_ready(b->nbd) && nbd_flush(b->nbd, 0) < 0)
+                /* A server that is gone may have lost writes: that is a failed job, never one
+                 * to convert and replace. */
+                if (!nbd_aio_is_ready(b->nbd))
+                        r = qt_error_set(e, QT_ERR_FAILED, EIO, "qemu-nbd went away: %s",
+                                         nbd_get_error() ? nbd_get_error() : "connection lost");
+                else if (!b->read_only && nbd_flush(b->nbd, 0) < 0)
                         r = qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(),
                                          "flushing the image failed: %s", nbd_get_error());
-                if (nbd_aio_is_ready(b->nbd))
+                else
                         nbd_shutdown(b->nbd, 0);
                 nbd_close(b->nbd);
         }
+        if (b->server > 0)
+                reap_server(b->server);
         free(b);
         return r;
 }

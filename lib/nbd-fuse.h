@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * The fuse attach path: qemu-nbd --discard=unmap started by libnbd (socket activation), its
+ * The fuse attach path: qemu-nbd --discard=unmap (socket-activated, dying with the worker), its
  * export served by libfuse3 as one file, <mountpoint>/disk, on which loop devices can sit.
  * Works wherever FUSE and loop devices exist; needs no nbd kernel module.
  *

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include "convert.h"
@@ -102,6 +103,13 @@ static int attach(struct shrink *s)
         int r = enter_private_namespace(s);
         if (r < 0)
                 return r;
+        /* qemu-nbd and the FUSE thread do I/O for block devices the kernel may write back to
+         * while reclaiming memory; neither may wait on that reclaim. Inherited by qemu-nbd.
+         * It needs CAP_SYS_RESOURCE, which a container may withhold: then direct I/O on the
+         * FUSE file (no dirty pages of ours to reclaim) is the defence left. */
+        if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0)
+                fprintf(stderr, "qtrim worker %d: PR_SET_IO_FLUSHER: %m, continuing without\n",
+                        (int)getpid());
         if (scratch_path(s, "fuse", fuse_dir) < 0 || mkdir(fuse_dir, 0700) < 0)
                 return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot create %s: %m",
                                     fuse_dir);
@@ -217,7 +225,7 @@ static int convert(struct shrink *s)
         /* The copy holds at most what the trimmed image holds, plus metadata. */
         uint64_t needed =
             qt_file_allocated(&trimmed) + qt_file_allocated(&trimmed) / 32 + (16u << 20);
-        const char *refusal = qt_convert_refusal(s->req->image, &s->info, needed);
+        const char *refusal = qt_convert_refusal(s->req->image, &s->info, &s->inspected, needed);
         if (refusal) {
                 qt_emit_str(s->rep, "message", refusal);
                 return 0;

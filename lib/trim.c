@@ -17,23 +17,27 @@
 #include "util.h"
 
 /* Mount options per filesystem type. All: no device nodes, no setuid, no execution from the
- * guest's files. ext4: no lazy inode-table init, which would write zeroes all over the image
- * after mount. xfs: nouuid, the guest's UUID may be mounted on the host too (a clone). btrfs:
- * skip_balance, so an interrupted balance does not resume and rewrite data. */
+ * guest's files. ext2/3/4: errors=remount-ro overrides the superblock's error behaviour, which
+ * the guest chose and which may be "panic" (the host's); noinit_itable, or lazy inode-table init
+ * writes zeroes all over the image after mount. xfs: nouuid, the guest's UUID may be mounted on
+ * the host too (a clone). btrfs: skip_balance, so an interrupted balance does not resume and
+ * rewrite data. */
 static const struct {
         const char *fstype;
         const char *options;
         bool whole_range; /* FITRIM must cover the whole range in one call (see trim_range) */
 } supported[] = {
-    {"ext4", "nodev,nosuid,noexec,noinit_itable", false},
-    {"ext3", "nodev,nosuid,noexec,noinit_itable", false},
-    {"ext2", "nodev,nosuid,noexec", false},
+    {"ext4", "nodev,nosuid,noexec,errors=remount-ro,noinit_itable", false},
+    {"ext3", "nodev,nosuid,noexec,errors=remount-ro,noinit_itable", false},
+    {"ext2", "nodev,nosuid,noexec,errors=remount-ro", false},
     {"xfs", "nodev,nosuid,noexec,nouuid", false},
     {"btrfs", "nodev,nosuid,noexec,skip_balance", true},
 };
 
-/* FITRIM steps: small enough for a live progress bar and a prompt cancel. */
+/* FITRIM steps: small enough for a live progress bar and a prompt cancel, also on a huge
+ * filesystem (a cancel waits for the step under way). */
 #define TRIM_STEP_MIN (256ULL << 20)
+#define TRIM_STEP_MAX (4ULL << 30)
 #define TRIM_STEPS    50
 
 static void set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
@@ -85,6 +89,8 @@ static int trim_range(const char *dir, struct qt_fs_result *fs, bool whole_range
         uint64_t step = whole_range ? UINT64_MAX : fs->size / TRIM_STEPS;
         if (step < TRIM_STEP_MIN)
                 step = TRIM_STEP_MIN;
+        if (!whole_range && step > TRIM_STEP_MAX)
+                step = TRIM_STEP_MAX;
 
         for (uint64_t start = 0; start < fs->size; start += step) {
                 if (qt_cancel_requested)

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "overlays.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qcow2-header.h"
+#include "util.h"
+
+/* A directory with more entries is not scanned further: this runs before every job, and a
+ * directory of a million files (or a slow network mount) must not stall it for minutes. */
+#define SCAN_ENTRIES_MAX 10000
+/* Backing files followed from a candidate; also what ends a loop the check below misses. */
+#define CHAIN_DEPTH_MAX 16
+
+struct scan {
+        const struct stat *image_st;
+        uint8_t *buf; /* QT_QCOW2_HEADER_READ_SIZE bytes */
+};
+
+static void closedirp(DIR **d)
+{
+        if (*d)
+                closedir(*d);
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+        return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+/* The backing file name of the qcow2 image open as fd: 1 and the name, 0 if it has none, < 0
+ * if it is no qcow2 image or cannot be read. */
+static int read_backing_name(int fd, uint8_t *buf, char ret[QT_QCOW2_BACKING_NAME_MAX])
+{
+        size_t got = 0;
+        while (got < QT_QCOW2_HEADER_READ_SIZE) {
+                ssize_t n = pread(fd, buf + got, QT_QCOW2_HEADER_READ_SIZE - got, (off_t)got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        break;
+                got += (size_t)n;
+        }
+        return qt_qcow2_backing_name(buf, got, ret, QT_QCOW2_BACKING_NAME_MAX);
+}
+
+/*
+ * The file qemu opens as the backing file `name` of the image at `of`: an absolute name as is,
+ * a relative one from the directory of `of` as given (qemu does not resolve symlinks first).
+ * A name with a protocol ("nbd:", "json:{...}", anything before a ':' and the first '/') is not
+ * a local file: -EPROTONOSUPPORT. "file:" is qemu's local-file protocol, which qemu strips;
+ * a relative name after it is resolved from qemu's working directory, which is unknowable here,
+ * so only an absolute one is followed.
+ */
+static int resolve_backing(const char *of, const char *name, char ret[PATH_MAX])
+{
+        if (strncmp(name, "file:/", 6) == 0)
+                name += 5;
+        if (name[strcspn(name, ":/")] == ':')
+                return -EPROTONOSUPPORT;
+        int n;
+        if (name[0] == '/')
+                n = snprintf(ret, PATH_MAX, "%s", name);
+        else {
+                const char *slash = strrchr(of, '/');
+                int dir_len = slash ? (int)(slash - of + 1) : 0;
+                n = snprintf(ret, PATH_MAX, "%.*s%s", dir_len, of, name);
+        }
+        return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
+}
+
+/* Whether the backing chain of the qcow2 image open as fd, found at path, leads to the image.
+ * Backing files are opened as qemu opens them, following symlinks; never a FIFO or device
+ * (stat first), never blocking. */
+static bool chain_reaches_image(struct scan *s, int fd, const char *path, const struct stat *st)
+{
+        struct stat seen[CHAIN_DEPTH_MAX + 1];
+        size_t n_seen = 0;
+        char cur[PATH_MAX];
+        _cleanup_close_ int next_fd = -1;
+
+        seen[n_seen++] = *st;
+        snprintf(cur, sizeof(cur), "%s", path);
+        for (unsigned depth = 0; depth < CHAIN_DEPTH_MAX; depth++) {
+                char name[QT_QCOW2_BACKING_NAME_MAX], next[PATH_MAX];
+                struct stat next_st, fd_st;
+
+                if (read_backing_name(fd, s->buf, name) <= 0 ||
+                    resolve_backing(cur, name, next) < 0)
+                        return false;
+                if (stat(next, &next_st) < 0)
+                        return false;
+                if (same_file(&next_st, s->image_st))
+                        return true;
+                if (!S_ISREG(next_st.st_mode))
+                        return false;
+                for (size_t i = 0; i < n_seen; i++)
+                        if (same_file(&seen[i], &next_st))
+                                return false; /* a loop: qemu would refuse to open it anyway */
+                seen[n_seen++] = next_st;
+
+                closep(&next_fd);
+                next_fd = open(next, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+                /* Replaced since the stat(): look no further rather than read something else. */
+                if (next_fd < 0 || fstat(next_fd, &fd_st) < 0 || !same_file(&fd_st, &next_st))
+                        return false;
+                fd = next_fd;
+                memcpy(cur, next, sizeof(cur));
+        }
+        return false;
+}
+
+/* Whether the entry name of the directory dir (open as dir_fd) is an overlay of the image. */
+static bool is_overlay(struct scan *s, int dir_fd, const char *dir, const struct dirent *de)
+{
+        struct stat st;
+
+        /* Without a type from readdir, look before opening: opening a device node can have
+         * effects of its own (a tape rewinds). */
+        if (de->d_type == DT_UNKNOWN &&
+            (fstatat(dir_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode)))
+                return false;
+        /* O_NOFOLLOW: a symlink is not an image in this directory. O_NONBLOCK: a FIFO that
+         * replaced the file since readdir must not block the open. */
+        _cleanup_close_ int fd =
+            openat(dir_fd, de->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || same_file(&st, s->image_st))
+                return false;
+        char path[PATH_MAX];
+        int n = snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        if (n < 0 || n >= (int)sizeof(path))
+                return false;
+        return chain_reaches_image(s, fd, path, &st);
+}
+
+static int scan_dir(struct scan *s, const char *dir, char *ret_overlay, size_t size,
+                    struct qt_error *e)
+{
+        _cleanup_(closedirp) DIR *d = opendir(dir);
+        if (!d)
+                return qt_error_set(e, QT_ERR_FAILED, errno,
+                                    "cannot read %s to look for images backed by this one: %m",
+                                    dir);
+        for (unsigned entries = 0; entries < SCAN_ENTRIES_MAX; entries++) {
+                errno = 0;
+                struct dirent *de = readdir(d);
+                if (!de) {
+                        if (errno == 0)
+                                break;
+                        return qt_error_set(
+                            e, QT_ERR_FAILED, errno,
+                            "cannot read %s to look for images backed by this one: %m", dir);
+                }
+                /* Also skips qtrim's own temporary copies, ".<name>.qtrim-XXXXXX". */
+                if (de->d_name[0] == '.')
+                        continue;
+                if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
+                        continue;
+                if (is_overlay(s, dirfd(d), dir, de)) {
+                        if (size > 0)
+                                snprintf(ret_overlay, size, "%s/%s", dir, de->d_name);
+                        return 1;
+                }
+        }
+        return 0;
+}
+
+/* The directory part of path, as qemu would take it to resolve relative names: "/" for "/x",
+ * "." for "x". */
+static int dir_of(const char *path, char ret[PATH_MAX])
+{
+        const char *slash = strrchr(path, '/');
+        int n;
+        if (!slash)
+                n = snprintf(ret, PATH_MAX, ".");
+        else if (slash == path)
+                n = snprintf(ret, PATH_MAX, "/");
+        else
+                n = snprintf(ret, PATH_MAX, "%.*s", (int)(slash - path), path);
+        return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
+}
+
+int qt_find_overlay(const char *image, const struct stat *image_st, char *ret_overlay, size_t size,
+                    struct qt_error *e)
+{
+        _cleanup_free_ uint8_t *buf = malloc(QT_QCOW2_HEADER_READ_SIZE);
+        if (!buf)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        struct scan s = {.image_st = image_st, .buf = buf};
+
+        char dir[PATH_MAX], real_dir[PATH_MAX];
+        if (dir_of(image, dir) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, ENAMETOOLONG, "the image path is too long");
+        int r = scan_dir(&s, dir, ret_overlay, size, e);
+        if (r != 0)
+                return r;
+
+        /* The image given as a symlink: overlays sit beside the file itself too, usually named
+         * by its real path. */
+        _cleanup_free_ char *real = realpath(image, NULL);
+        if (!real)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot resolve the image path: %m");
+        struct stat dir_st, real_dir_st;
+        if (dir_of(real, real_dir) < 0)
+                return 0; /* cannot happen: realpath() returns at most PATH_MAX bytes */
+        if (stat(dir, &dir_st) == 0 && stat(real_dir, &real_dir_st) == 0 &&
+            same_file(&dir_st, &real_dir_st))
+                return 0;
+        return scan_dir(&s, real_dir, ret_overlay, size, e);
+}

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "qcow2-header.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* The header's fields, big-endian (qemu's docs/interop/qcow2.txt). */
+#define QCOW2_MAGIC             "QFI\xfb"
+#define OFF_VERSION             4
+#define OFF_BACKING_FILE_OFFSET 8
+#define OFF_BACKING_FILE_SIZE   16
+#define OFF_CLUSTER_BITS        20
+#define OFF_HEADER_LENGTH       100 /* v3 only */
+#define HEADER_V2_SIZE          72
+#define HEADER_V3_MIN_SIZE      104
+/* qemu's MIN_CLUSTER_BITS and MAX_CLUSTER_BITS */
+#define CLUSTER_BITS_MIN     9
+#define CLUSTER_BITS_MAX     21
+#define BACKING_NAME_LEN_MAX (QT_QCOW2_BACKING_NAME_MAX - 1)
+
+static uint32_t be32(const uint8_t *p)
+{
+        return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t be64(const uint8_t *p)
+{
+        return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+int qt_qcow2_backing_name(const uint8_t *buf, size_t len, char *ret, size_t ret_size)
+{
+        /* The fixed part of the header first: every field read below lies within it. */
+        if (!buf || len < HEADER_V2_SIZE || memcmp(buf, QCOW2_MAGIC, 4) != 0)
+                return -EINVAL;
+        uint32_t version = be32(buf + OFF_VERSION);
+        if (version != 2 && version != 3)
+                return -EINVAL;
+        uint32_t cluster_bits = be32(buf + OFF_CLUSTER_BITS);
+        if (cluster_bits < CLUSTER_BITS_MIN || cluster_bits > CLUSTER_BITS_MAX)
+                return -EINVAL;
+        uint64_t cluster_size = UINT64_C(1) << cluster_bits;
+        if (version == 3) {
+                if (len < HEADER_V3_MIN_SIZE)
+                        return -EINVAL;
+                uint32_t header_length = be32(buf + OFF_HEADER_LENGTH);
+                if (header_length < HEADER_V3_MIN_SIZE || header_length > cluster_size)
+                        return -EINVAL;
+        }
+
+        uint64_t offset = be64(buf + OFF_BACKING_FILE_OFFSET);
+        uint32_t size = be32(buf + OFF_BACKING_FILE_SIZE);
+        if (offset == 0) {
+                if (ret && ret_size > 0)
+                        ret[0] = '\0';
+                return 0;
+        }
+        /* As qemu checks them: the name lies within the first cluster and is at most 1023 bytes
+         * long. Both bounds are small, so the sums below cannot overflow. */
+        if (size == 0 || size > BACKING_NAME_LEN_MAX || offset > cluster_size ||
+            size > cluster_size - offset)
+                return -EINVAL;
+        if (offset > len || size > len - offset)
+                return -EINVAL;
+        const uint8_t *name = buf + offset;
+        if (memchr(name, '\0', size))
+                return -EINVAL;
+        if (!ret || ret_size <= size)
+                return -ENOBUFS;
+        memcpy(ret, name, size);
+        ret[size] = '\0';
+        return 1;
+}

@@ -33,6 +33,7 @@ struct qt_nbd_fuse {
         pthread_t thread;
         bool serving;
         bool read_only;
+        bool fast_zero; /* the server can zero in metadata, or say it cannot */
         uint64_t size;
         char mountpoint[PATH_MAX];
         char disk_path[PATH_MAX];
@@ -129,14 +130,37 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
         return op_flush(path, fi);
 }
 
-/* The loop device turns a discard into PUNCH_HOLE and write-zeroes into ZERO_RANGE. */
+/* A punched hole must read back as zeroes, which an NBD trim does not promise (qcow2 keeps
+ * partial clusters): punch with a write-zeroes that may unmap, which frees whole clusters like a
+ * trim. FAST_ZERO makes qemu refuse rather than write real zeroes where it cannot do it in
+ * metadata (a compat=0.10 qcow2 would grow by every byte "punched"); there, and for partial
+ * clusters, the trim is the fallback, advisory as a discard is. During a trim session the
+ * punches are FITRIM's discards, which promise nothing. */
+static int punch(struct qt_nbd_fuse *b, uint64_t n, uint64_t pos)
+{
+        if (b->fast_zero) {
+                if (nbd_zero(b->nbd, n, pos, LIBNBD_CMD_FLAG_FAST_ZERO) == 0)
+                        return 0;
+                int err = nbd_get_errno();
+                if (err != ENOTSUP && err != EOPNOTSUPP)
+                        return err > 0 ? -err : -EIO;
+        }
+        if (nbd_trim(b->nbd, n, pos, 0) == 0)
+                return 0;
+        /* Trim is advisory: only these mean the image is in trouble. */
+        int err = nbd_get_errno();
+        return err == EIO || err == EPERM || err == EROFS ? -err : 0;
+}
+
+/* The loop device turns a discard (and write-zeroes that may unmap) into PUNCH_HOLE, and
+ * write-zeroes that must not unmap into ZERO_RANGE. */
 static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
 {
         struct qt_nbd_fuse *b = bridge();
-        bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
-        bool zero = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+        bool punching = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+        bool zeroing = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
 
-        if (!punch && !zero)
+        if (!punching && !zeroing)
                 return -EOPNOTSUPP;
         if (off < 0 || len < 0 || (uint64_t)off > b->size)
                 return -EINVAL;
@@ -145,9 +169,12 @@ static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct
                 end = b->size;
         while (pos < end) {
                 uint64_t n = end - pos < MAX_TRIM_REQUEST ? end - pos : MAX_TRIM_REQUEST;
-                int r = punch ? nbd_trim(b->nbd, n, pos, 0) : nbd_zero(b->nbd, n, pos, 0);
+                int r =
+                    punching
+                        ? punch(b, n, pos)
+                        : (nbd_zero(b->nbd, n, pos, LIBNBD_CMD_FLAG_NO_HOLE) < 0 ? nbd_errno() : 0);
                 if (r < 0)
-                        return nbd_errno();
+                        return r;
                 pos += n;
         }
         return 0;
@@ -282,6 +309,7 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
                 return qt_error_set(e, QT_ERR_FAILED, nbd_get_errno(), "qemu-nbd: %s",
                                     nbd_get_error());
         b->size = (uint64_t)size;
+        b->fast_zero = nbd_can_zero(b->nbd) == 1 && nbd_can_fast_zero(b->nbd) == 1;
         if (!b->read_only && nbd_can_trim(b->nbd) != 1)
                 return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
                                     "qemu-nbd offers no trim for it");

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "bus-util.h"
 #include "convert.h"
 #include "dbus-api.h"
 #include "util.h"
@@ -117,8 +118,6 @@ static void job_finish(struct job *j, enum job_state state)
 static void on_worker_change(struct worker *w, const char *property, void *userdata)
 {
         struct job *j = userdata;
-        /* The worker's report is the job's, from its first line on (the probe's facts stay). */
-        j->report = *worker_report(w);
         emit_changed(j, property);
         if (property && strcmp(property, "Error") == 0)
                 emit_changed(j, "ErrorMessage");
@@ -127,7 +126,6 @@ static void on_worker_change(struct worker *w, const char *property, void *userd
 static void on_worker_exit(struct worker *w, void *userdata)
 {
         struct job *j = userdata;
-        j->report = *worker_report(w);
         /* A worker that was killed could not delete its copy; only a name it could have made. */
         if (j->report.temp_file[0] && qt_convert_is_temp_of(j->image, j->report.temp_file) &&
             unlink(j->report.temp_file) == 0)
@@ -155,7 +153,9 @@ int job_start(struct job *j)
             .convert = j->convert,
             .scratch_dir = j->manager->scratch_dir,
         };
-        int r = worker_start(j->manager->event, &req, &job_worker_callbacks, j, &j->worker);
+        /* The worker's lines go straight into the job's report, over the probe's facts. */
+        int r =
+            worker_start(j->manager->event, &req, &j->report, &job_worker_callbacks, j, &j->worker);
         if (r < 0) {
                 qt_error_set(&j->report.error, QT_ERR_FAILED, r, "cannot start a worker: %s",
                              strerror(-r));
@@ -203,11 +203,7 @@ static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 {
         struct job *j = userdata;
         uid_t uid;
-        sd_bus_creds *creds = NULL;
-        int r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
-        if (r >= 0)
-                r = sd_bus_creds_get_euid(creds, &uid);
-        sd_bus_creds_unref(creds);
+        int r = bus_sender_uid(msg, &uid);
         if (r < 0)
                 return r;
         if (uid != 0 && uid != j->uid)
@@ -257,15 +253,7 @@ static int get_filesystems(sd_bus *bus, const char *path, const char *interface,
                            const char *property, sd_bus_message *reply, void *userdata,
                            sd_bus_error *error)
 {
-        const struct qt_report *rep = &((struct job *)userdata)->report;
-        int r = sd_bus_message_open_container(reply, 'a', QTRIM_FS_SIGNATURE);
-        for (size_t i = 0; r >= 0 && i < rep->n_fs; i++) {
-                const struct qt_fs_result *fs = &rep->fs[i];
-                r = sd_bus_message_append(reply, QTRIM_FS_SIGNATURE, fs->name, fs->fstype,
-                                          fs->offset, fs->size, fs->trimmed, fs->state,
-                                          fs->message);
-        }
-        return r < 0 ? r : sd_bus_message_close_container(reply);
+        return bus_append_filesystems(reply, &((struct job *)userdata)->report);
 }
 
 static int get_phase_times(sd_bus *bus, const char *path, const char *interface,

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bus-util.h"
 #include "config.h"
 #include "dbus-api.h"
 #include "error.h"
@@ -31,6 +32,7 @@ struct request {
         uid_t uid;
         bool convert;
         struct worker *worker;
+        struct qt_report report;
 };
 
 static int reply_qt_error(sd_bus_message *call, const struct qt_error *e)
@@ -66,15 +68,7 @@ static int reply_inspect(sd_bus_message *call, const struct qt_report *rep)
                     "u", rep->snapshots, "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s",
                     rep->partition_table);
         if (r >= 0)
-                r = sd_bus_message_open_container(reply, 'a', QTRIM_FS_SIGNATURE);
-        for (size_t i = 0; r >= 0 && i < rep->n_fs; i++) {
-                const struct qt_fs_result *fs = &rep->fs[i];
-                r = sd_bus_message_append(reply, QTRIM_FS_SIGNATURE, fs->name, fs->fstype,
-                                          fs->offset, fs->size, fs->trimmed, fs->state,
-                                          fs->message);
-        }
-        if (r >= 0)
-                r = sd_bus_message_close_container(reply);
+                r = bus_append_filesystems(reply, rep);
         if (r >= 0)
                 r = sd_bus_send(NULL, reply, NULL);
         return r;
@@ -104,7 +98,7 @@ static void on_request_exit(struct worker *w, void *userdata)
 {
         struct request *q = userdata;
         struct manager *m = q->manager;
-        const struct qt_report *rep = worker_report(w);
+        const struct qt_report *rep = &q->report;
 
         if (qt_error_is_set(&rep->error))
                 reply_qt_error(q->call, &rep->error);
@@ -117,16 +111,6 @@ static void on_request_exit(struct worker *w, void *userdata)
 }
 
 static const struct worker_callbacks request_worker_callbacks = {.on_exit = on_request_exit};
-
-static int sender_uid(sd_bus_message *msg, uid_t *ret)
-{
-        sd_bus_creds *creds = NULL;
-        int r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
-        if (r >= 0)
-                r = sd_bus_creds_get_euid(creds, ret);
-        sd_bus_creds_unref(creds);
-        return r;
-}
 
 static bool request_pending_for(struct manager *m, dev_t dev, ino_t ino)
 {
@@ -143,7 +127,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         struct qt_error e = {};
         struct stat st;
         uid_t uid;
-        int r = sender_uid(call, &uid);
+        int r = bus_sender_uid(call, &uid);
         if (r < 0)
                 return r;
         /* Until polkit support lands, only root may make qtrimd mount and write images. */
@@ -182,7 +166,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
 
         struct qt_shrink_request req = {
             .kind = kind, .image = image, .scratch_dir = m->scratch_dir};
-        r = worker_start(m->event, &req, &request_worker_callbacks, q, &q->worker);
+        r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
         if (r < 0) {
                 request_free(q);
                 return r;

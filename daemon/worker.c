@@ -18,7 +18,7 @@
 #define LINE_MAX_BYTES (QT_REPORT_STRING_MAX + 1024)
 
 struct worker {
-        struct qt_report report;
+        struct qt_report *report;
         const struct worker_callbacks *cb;
         void *userdata;
         pid_t pid;
@@ -72,11 +72,11 @@ static void maybe_finish(struct worker *w)
 {
         if (!w->eof || !w->exited)
                 return;
-        if (!w->report.finished && !qt_error_is_set(&w->report.error))
-                qt_error_set(&w->report.error, QT_ERR_FAILED, EIO,
+        if (!w->report->finished && !qt_error_is_set(&w->report->error))
+                qt_error_set(&w->report->error, QT_ERR_FAILED, EIO,
                              "the worker died unexpectedly (status %d)", w->exit_status);
-        else if (!qt_error_is_set(&w->report.error) && w->exit_status != 0)
-                qt_error_set(&w->report.error, QT_ERR_FAILED, EIO, "the worker failed (status %d)",
+        else if (!qt_error_is_set(&w->report->error) && w->exit_status != 0)
+                qt_error_set(&w->report->error, QT_ERR_FAILED, EIO, "the worker failed (status %d)",
                              w->exit_status);
         w->cb->on_exit(w, w->userdata);
 }
@@ -87,7 +87,7 @@ static void apply_lines(struct worker *w)
         while ((nl = memchr(start, '\n', w->len - (size_t)(start - w->buf)))) {
                 *nl = '\0';
                 const char *property = NULL;
-                if (qt_report_apply_line(&w->report, start, &property) < 0)
+                if (qt_report_apply_line(w->report, start, &property) < 0)
                         fprintf(stderr, "qtrimd: ignoring a malformed line from worker %d\n",
                                 (int)w->pid);
                 else if (w->cb->on_change)
@@ -127,13 +127,14 @@ static int on_child(sd_event_source *s, const siginfo_t *si, void *userdata)
         return 0;
 }
 
-int worker_start(sd_event *event, const struct qt_shrink_request *req,
+int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt_report *report,
                  const struct worker_callbacks *cb, void *userdata, struct worker **ret)
 {
         int pipe_fds[2];
         struct worker *w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
+        w->report = report;
         w->cb = cb;
         w->userdata = userdata;
         w->fd = -1;
@@ -174,11 +175,6 @@ void worker_cancel(struct worker *w)
 {
         if (w && w->pid > 0)
                 kill(w->pid, SIGTERM);
-}
-
-const struct qt_report *worker_report(const struct worker *w)
-{
-        return &w->report;
 }
 
 struct worker *worker_free(struct worker *w)

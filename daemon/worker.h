@@ -14,17 +14,18 @@
 struct worker;
 
 struct worker_callbacks {
-        /* A report line was applied to worker_report(w); property is the Job property it
-         * changed, or NULL. */
+        /* A report line was applied to the report; property is the Job property it changed,
+         * or NULL. */
         void (*on_change)(struct worker *w, const char *property, void *userdata);
         /* The worker has exited and all its lines were read. The report's error is set if it
          * failed, also when it died without saying why. */
         void (*on_exit)(struct worker *w, void *userdata);
 };
 
-int worker_start(sd_event *event, const struct qt_shrink_request *req,
+/* Forks a worker for req. Its report lines are applied to report, which the caller owns and
+ * keeps until the worker is freed. */
+int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt_report *report,
                  const struct worker_callbacks *cb, void *userdata, struct worker **ret);
 /* Asks the worker to stop at the next safe point (it tears down in order). */
 void worker_cancel(struct worker *w);
-const struct qt_report *worker_report(const struct worker *w);
 struct worker *worker_free(struct worker *w);

@@ -100,12 +100,17 @@ static void on_request_exit(struct worker *w, void *userdata)
         struct manager *m = q->manager;
         const struct qt_report *rep = &q->report;
 
+        int r;
         if (qt_error_is_set(&rep->error))
-                reply_qt_error(q->call, &rep->error);
+                r = reply_qt_error(q->call, &rep->error);
         else if (q->kind == QT_JOB_INSPECT)
-                reply_inspect(q->call, rep);
+                r = reply_inspect(q->call, rep);
         else
-                reply_shrink(q, rep);
+                r = reply_shrink(q, rep);
+        /* The caller must never wait for its timeout: say something. */
+        if (r < 0)
+                sd_bus_reply_method_errorf(q->call, qt_error_dbus_name(QT_ERR_FAILED),
+                                           "cannot send the reply: %s", strerror(-r));
         request_free(q);
         manager_check_exit(m);
 }

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util.h"
+
 #define PREFIX "org.qtrim1.Error."
 
 static const char *const dbus_names[_QT_ERR_MAX] = {
@@ -58,6 +60,7 @@ int qt_error_set(struct qt_error *e, enum qt_error_code code, int err, const cha
         for (char *p = e->message; *p; p++)
                 if (*p == '\n' || *p == '\t')
                         *p = ' ';
+        utf8_sanitize(e->message);
         e->code = code;
         return err;
 }

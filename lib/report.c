@@ -90,13 +90,14 @@ static const struct field *field_by_key(const char *key)
 }
 
 /* Copies src into a fixed field, replacing the protocol's separators so any string round-trips
- * as one field of one line. */
+ * as one field of one line, and what is not UTF-8 (D-Bus carries nothing else). */
 static void copy_field(char *dst, size_t size, const char *src)
 {
         size_t i = 0;
         for (; src && src[i] && i + 1 < size; i++)
                 dst[i] = (src[i] == '\t' || src[i] == '\n') ? ' ' : src[i];
         dst[i] = '\0';
+        utf8_sanitize(dst);
 }
 
 static void set_field(struct qt_report *report, const struct field *f, uint64_t value,

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <string.h>
 #include <time.h>
 
 char *format_bytes(char buf[FORMAT_BYTES_MAX], uint64_t bytes)
@@ -64,6 +65,52 @@ int parse_u64(const char *s, uint64_t *ret)
         }
         *ret = v;
         return 0;
+}
+
+/* Length of the valid UTF-8 sequence at s (no overlongs, surrogates or code points past
+ * U+10FFFF), or 0. */
+static size_t utf8_sequence_length(const unsigned char *s)
+{
+        unsigned c = s[0];
+        size_t len;
+        unsigned min, cp;
+
+        if (c < 0x80)
+                return 1;
+        if (c >= 0xc2 && c <= 0xdf)
+                len = 2, min = 0x80, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+                len = 3, min = 0x800, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+                len = 4, min = 0x10000, cp = c & 0x07;
+        else
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+                        return 0;
+                cp = (cp << 6) | (s[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        return len;
+}
+
+char *utf8_sanitize(char *s)
+{
+        unsigned char *in = (unsigned char *)s, *out = (unsigned char *)s;
+        while (*in) {
+                size_t len = utf8_sequence_length(in);
+                if (len == 0) {
+                        *out++ = '?';
+                        in++;
+                        continue;
+                }
+                memmove(out, in, len);
+                out += len;
+                in += len;
+        }
+        *out = '\0';
+        return s;
 }
 
 int write_all(int fd, const void *buf, size_t len)

@@ -60,6 +60,11 @@ uint64_t now_usec(void); /* CLOCK_MONOTONIC */
 /* Parses a whole decimal uint64; -EINVAL on anything else (sign, junk, overflow, empty). */
 int parse_u64(const char *s, uint64_t *ret);
 
+/* Replaces, in place, every byte that does not start a valid UTF-8 sequence (including one cut
+ * short by truncation) with '?': D-Bus refuses strings that are not UTF-8, and qemu-img and
+ * guest filesystems hand us bytes. Returns s. */
+char *utf8_sanitize(char *s);
+
 /* Writes all of buf, retrying on EINTR and short writes. */
 int write_all(int fd, const void *buf, size_t len);
 

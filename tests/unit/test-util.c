@@ -2,6 +2,7 @@
 /* Formatting users read in every summary line, number parsing, and the error table. */
 #include <check.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "check-main.h"
 #include "error.h"
@@ -61,6 +62,41 @@ START_TEST(test_first_error_wins)
 }
 END_TEST
 
+START_TEST(test_utf8_sanitize)
+{
+        char ok[] = "vm1.qcow2 → ü 😀";
+        ck_assert_str_eq(utf8_sanitize(ok), "vm1.qcow2 → ü 😀");
+        char latin1[] = "caf\xe9.qcow2";
+        ck_assert_str_eq(utf8_sanitize(latin1), "caf?.qcow2");
+        char overlong[] = "a\xc0\xaf"
+                          "b";
+        ck_assert_str_eq(utf8_sanitize(overlong), "a??b");
+        char surrogate[] = "\xed\xa0\x80x";
+        ck_assert_str_eq(utf8_sanitize(surrogate), "???x");
+        char too_big[] = "\xf4\x90\x80\x80";
+        ck_assert_str_eq(utf8_sanitize(too_big), "????");
+        char cut[] = "ok\xe2\x86"; /* "→" cut short, as truncation leaves it */
+        ck_assert_str_eq(utf8_sanitize(cut), "ok??");
+}
+END_TEST
+
+START_TEST(test_error_message_is_utf8_when_cut)
+{
+        struct qt_error e = {};
+        char long_arrows[3 * QT_ERROR_MESSAGE_MAX];
+        long_arrows[0] = 'x'; /* shifts the arrows so the cut falls inside one */
+        for (size_t i = 1; i + 3 < sizeof(long_arrows); i += 3)
+                memcpy(long_arrows + i, "→", 3);
+        long_arrows[sizeof(long_arrows) - 2] = '\0';
+        qt_error_set(&e, QT_ERR_FAILED, 5, "%s", long_arrows);
+        size_t len = strlen(e.message);
+        ck_assert(len > 0 && len < QT_ERROR_MESSAGE_MAX);
+        char copy[QT_ERROR_MESSAGE_MAX];
+        strcpy(copy, e.message);
+        ck_assert_str_eq(utf8_sanitize(copy), e.message); /* already valid: unchanged */
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("util");
@@ -70,6 +106,8 @@ static Suite *suite(void)
         tcase_add_test(tc, test_parse_u64);
         tcase_add_test(tc, test_error_names_round_trip);
         tcase_add_test(tc, test_first_error_wins);
+        tcase_add_test(tc, test_utf8_sanitize);
+        tcase_add_test(tc, test_error_message_is_utf8_when_cut);
         suite_add_tcase(s, tc);
         return s;
 }

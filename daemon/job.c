@@ -9,6 +9,7 @@
 #include "bus-util.h"
 #include "convert.h"
 #include "dbus-api.h"
+#include "temp-records.h"
 #include "util.h"
 
 static const char *const state_names[] = {
@@ -115,9 +116,24 @@ static void job_finish(struct job *j, enum job_state state)
         manager_check_exit(m);
 }
 
+/* Keeps the crash record in step with the worker's temporary copy. */
+static void record_temp_file(struct job *j)
+{
+        const char *now = j->report.temp_file;
+        if (strcmp(now, j->recorded_temp ? j->recorded_temp : "") == 0)
+                return;
+        int r = temp_record_set(j->manager->state_dir, j->id, j->image, now);
+        if (r < 0)
+                fprintf(stderr, "%s: cannot record the temporary copy %s: %s, continuing\n",
+                        j->image, now, strerror(-r));
+        free(j->recorded_temp);
+        j->recorded_temp = now[0] ? strdup(now) : NULL;
+}
+
 static void on_worker_change(struct worker *w, const char *property, void *userdata)
 {
         struct job *j = userdata;
+        record_temp_file(j);
         emit_changed(j, property);
         if (property && strcmp(property, "Error") == 0)
                 emit_changed(j, "ErrorMessage");
@@ -131,6 +147,8 @@ static void on_worker_exit(struct worker *w, void *userdata)
             unlink(j->report.temp_file) == 0)
                 fprintf(stderr, "%s: removed %s left by the dead worker\n", j->image,
                         j->report.temp_file);
+        j->report.temp_file[0] = '\0';
+        record_temp_file(j);
         /* The worker's word decides: a cancel that came after the rename changed nothing. */
         enum job_state state = JOB_DONE;
         if (j->report.error.code == QT_ERR_CANCELED)
@@ -192,6 +210,7 @@ void job_free(struct job *j)
         if (!j)
                 return;
         worker_free(j->worker);
+        free(j->recorded_temp);
         free(j->image);
         free(j->path);
         free(j);

@@ -26,6 +26,7 @@ struct job {
         bool cancel_requested;
         struct qt_report report; /* what the daemon publishes; the worker's lines update it */
         struct worker *worker;
+        char *recorded_temp; /* the copy temp-records.h knows of, NULL if none */
         uint64_t started_usec;
 };
 

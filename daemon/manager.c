@@ -7,9 +7,11 @@
 #include "manager.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 
 #include "bus-util.h"
 #include "config.h"
@@ -297,6 +299,38 @@ void manager_dispatch_queue(struct manager *m)
                         manager_dispatch_queue(m);
                         return;
                 }
+}
+
+/* How long running jobs get to tear down when qtrimd is stopped (below systemd's
+ * TimeoutStopSec, after which it kills what is left). */
+#define EXIT_GRACE_USEC (60 * 1000000ULL)
+
+static int on_exit_timeout(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        fprintf(stderr, "qtrimd: jobs did not stop in time; exiting, workers clean up alone\n");
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+void manager_stop(struct manager *m, const char *why)
+{
+        if (m->exiting)
+                return;
+        m->exiting = true;
+        sd_notify(0, "STOPPING=1");
+        fprintf(stderr, "qtrimd: stopping (%s); canceling %u job(s)\n", why, m->n_jobs);
+        for (struct job *j = m->jobs, *next; j; j = next) {
+                next = j->next; /* a queued job is freed by its cancel */
+                job_cancel(j);
+        }
+        sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, EXIT_GRACE_USEC, 0,
+                                   on_exit_timeout, m);
+        manager_check_exit(m);
+}
+
+void manager_free_requests(struct manager *m)
+{
+        while (m->requests)
+                request_free(m->requests);
 }
 
 void manager_check_exit(struct manager *m)

@@ -17,7 +17,8 @@ struct manager {
         sd_event *event;
         sd_bus *bus;
         unsigned max_parallel_jobs;
-        char *scratch_dir;
+        const char *scratch_dir; /* where workers mount their private tmpfs */
+        const char *state_dir;   /* what must survive a crash of qtrimd (temp-records.h) */
 
         struct job *jobs; /* in the order they were queued */
         unsigned n_jobs, n_running, next_job_id;
@@ -31,3 +32,7 @@ int manager_add_bus_objects(struct manager *m);
 void manager_dispatch_queue(struct manager *m);
 /* Called when a job or request ends: at exit, the loop stops once nothing is left. */
 void manager_check_exit(struct manager *m);
+/* Refuses new work, cancels queued and running jobs, and exits once their workers are gone. */
+void manager_stop(struct manager *m, const char *why);
+/* Frees what is left at exit (requests whose workers never ended). */
+void manager_free_requests(struct manager *m);

@@ -16,10 +16,8 @@
 #include "dbus-api.h"
 #include "job.h"
 #include "manager.h"
+#include "temp-records.h"
 #include "util.h"
-
-/* How long running jobs get to tear down when the daemon is stopped. */
-#define EXIT_GRACE_USEC (60 * 1000000ULL)
 
 static void help(void)
 {
@@ -67,31 +65,22 @@ static int parse_args(int argc, char **argv, struct manager *m)
         return 1;
 }
 
-static int on_exit_timeout(sd_event_source *s, uint64_t usec, void *userdata)
-{
-        fprintf(stderr, "qtrimd: jobs did not stop in time; exiting, workers clean up alone\n");
-        return sd_event_exit(sd_event_source_get_event(s), 0);
-}
-
-/* SIGTERM/SIGINT: refuse new work, cancel what runs, exit when the workers are gone. */
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
 {
-        struct manager *m = userdata;
-        if (m->exiting)
-                return 0;
-        m->exiting = true;
-        fprintf(stderr, "qtrimd: stopping; canceling %u running job(s)\n", m->n_running);
-        for (struct job *j = m->jobs; j; j = j->next)
-                if (j->state == JOB_RUNNING)
-                        job_cancel(j);
-        sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, EXIT_GRACE_USEC, 0,
-                                   on_exit_timeout, m);
-        manager_check_exit(m);
+        manager_stop(userdata, si->ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+        return 0;
+}
+
+/* Without the bus nobody can see or cancel jobs: stop as on SIGTERM, cleanly. */
+static int on_disconnected(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        manager_stop(userdata, "lost the bus");
         return 0;
 }
 
 static void manager_done(struct manager *m)
 {
+        manager_free_requests(m);
         while (m->jobs) {
                 struct job *j = m->jobs;
                 m->jobs = j->next;
@@ -103,7 +92,13 @@ static void manager_done(struct manager *m)
 
 static int run(int argc, char **argv)
 {
-        struct manager m = {.max_parallel_jobs = 2, .scratch_dir = QTRIM_RUNTIME_DIR "/mnt"};
+        /* systemd's StateDirectory= says where; tests give each daemon its own. */
+        const char *state_dir = getenv("STATE_DIRECTORY");
+        struct manager m = {
+            .max_parallel_jobs = 2,
+            .scratch_dir = QTRIM_RUNTIME_DIR "/mnt",
+            .state_dir = state_dir && state_dir[0] == '/' ? state_dir : QTRIM_STATE_DIR,
+        };
         int r = parse_args(argc, argv, &m);
         if (r <= 0)
                 return r;
@@ -120,6 +115,9 @@ static int run(int argc, char **argv)
                 return -errno;
         }
 
+        /* Copies a crash of an earlier qtrimd and its workers left behind. */
+        temp_records_sweep(m.state_dir);
+
         r = sd_event_default(&m.event);
         if (r >= 0)
                 r = sd_event_add_signal(m.event, NULL, SIGTERM, on_stop_signal, &m);
@@ -135,8 +133,9 @@ static int run(int argc, char **argv)
                 fprintf(stderr, "qtrimd: cannot connect to the system bus: %s\n", strerror(-r));
                 goto out;
         }
-        /* Without the bus nobody can see or cancel jobs: stop (and so cancel them). */
-        r = sd_bus_set_exit_on_disconnect(m.bus, true);
+        r = sd_bus_match_signal(m.bus, NULL, "org.freedesktop.DBus.Local",
+                                "/org/freedesktop/DBus/Local", "org.freedesktop.DBus.Local",
+                                "Disconnected", on_disconnected, &m);
         if (r >= 0)
                 r = manager_add_bus_objects(&m);
         if (r >= 0)
@@ -152,7 +151,6 @@ static int run(int argc, char **argv)
         fprintf(stderr, "qtrimd %s: serving %s, at most %u job(s) at once\n", QTRIM_VERSION,
                 QTRIM_BUS_NAME, m.max_parallel_jobs);
         r = sd_event_loop(m.event);
-        sd_notify(0, "STOPPING=1");
 out:
         manager_done(&m);
         return r;

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The kill matrix: a job's worker killed with SIGKILL at each pause point (attach, filesystems
-# mounted, convert, replace, the last with the converted copy on disk), and qtrimd itself killed
-# with SIGKILL with filesystems mounted and with the copy on disk, then started again. Each time
+# mounted, convert, replace, the last with the converted copy on disk); qtrimd itself killed
+# with SIGKILL with filesystems mounted and with the copy on disk, then started again; and both
+# killed at once with the copy on disk, which only the restarted qtrimd can delete. Each time
 # the image must stay consistent with every kept file intact, the job must end "failed", and no
 # mount, loop device, FUSE mount, qemu-nbd or temporary copy may outlive the crash. Needs a build
 # with -Dtest_hooks=true (tools/test.sh's); skipped (77) otherwise.
@@ -79,5 +80,39 @@ for point in trim-mounted replace; do
         done
         qt_ok "worker tore down after qtrimd died; image intact, nothing left ($rounds round(s))"
 done
+
+qt_step "SIGKILL qtrimd and its worker together at replace, start qtrimd again ($rounds round(s))"
+for ((round = 1; round <= rounds; round++)); do
+        restart_daemon_pausing_at replace
+        start_paused_job replace
+        # Stopped, the worker cannot react to qtrimd's death (its parent-death SIGTERM) before
+        # its own SIGKILL, and qtrimd is gone before it could see the worker die.
+        kill -STOP "$worker"
+        qt_daemon_kill9
+        kill -KILL "$worker"
+        qt_wait_pid_gone "$worker" 10 || qt_fail "worker $worker survived SIGKILL"
+        # Nobody was left to delete the copy: the restarted qtrimd must, from its records.
+        qt_daemon_start >/dev/null
+        grep -q 'left by a job that died with an earlier qtrimd' "$QT_DAEMON_LOG" ||
+                qt_fail "the restarted qtrimd did not say it removed the dead job's copy"
+        check_image
+done
+qt_ok "the restarted qtrimd removed the copy; image intact, nothing left ($rounds round(s))"
+
+qt_step "SIGKILL the bus with filesystems mounted: qtrimd cancels, tears down and exits"
+restart_daemon_pausing_at trim-mounted
+start_paused_job trim-mounted
+daemon=$QT_DAEMON_PID
+kill -KILL "$QT_BUS_PID"
+qt_wait_pid_gone "$daemon" 60 || qt_fail "qtrimd still runs 60 s after losing the bus"
+rc=0
+wait "$daemon" 2>/dev/null || rc=$?
+((rc == 0 || rc == 127)) || qt_fail "qtrimd exited with status $rc after losing the bus"
+grep -q 'stopping (lost the bus)' "$QT_DAEMON_LOG" || qt_fail "qtrimd did not say it lost the bus"
+QT_DAEMON_PID=
+check_image
+qt_bus_start >/dev/null
+qt_daemon_start >/dev/null
+qt_ok "qtrimd canceled the job and exited; image intact, nothing left"
 
 qt_scenario_end

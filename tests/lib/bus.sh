@@ -74,7 +74,9 @@ qt_daemon_start() {
         [[ -x $QT_QTRIMD ]] || qt_fail "qtrimd not built: $QT_QTRIMD (set BUILD_DIR)"
         local i n=$((QT_DAEMON_START_TIMEOUT * 10))
         QT_DAEMON_LOG=$QT_WORK/qtrimd.log
-        "$QT_QTRIMD" "$@" >"$QT_DAEMON_LOG" 2>&1 &
+        # Its own crash records, as systemd's StateDirectory= would give it: a restarted qtrimd
+        # of this test finds them, no other test's qtrimd does.
+        STATE_DIRECTORY=$QT_WORK/state "$QT_QTRIMD" "$@" >"$QT_DAEMON_LOG" 2>&1 &
         QT_DAEMON_PID=$!
         export QT_DAEMON_PID QT_DAEMON_LOG
         qt_defer qt_kill_wait "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"

@@ -141,28 +141,32 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         if (uid != 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
                                         "only root may shrink or inspect images");
-        if (qt_image_check_path(image, &st, &e) < 0)
+        if (qt_image_check_path(image, true, &st, &e) < 0)
                 return sd_bus_error_set(error, qt_error_dbus_name(e.code), e.message);
         if (kind == QT_JOB_PROBE && (job_find_by_file(m, st.st_dev, st.st_ino) ||
                                      request_pending_for(m, st.st_dev, st.st_ino)))
-                return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
-                                         "%s already has a job", image);
+                return sd_bus_error_set(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
+                                        "already has a job");
         if (m->n_requests >= MAX_REQUESTS)
                 return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                          "too many requests in progress (%u); try again later",
                                          MAX_REQUESTS);
 
+        /* From here on, the file itself: a symbolic link is followed once, here, so the copy
+         * replaces the file it names (not the link), beside it, on its filesystem. */
+        char *canonical = realpath(image, NULL);
+        if (!canonical)
+                return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_NOT_FOUND),
+                                         "cannot resolve the path: %s", strerror(errno));
         struct request *q = calloc(1, sizeof(*q));
-        char *copy = strdup(image);
-        if (!q || !copy) {
-                free(q);
-                free(copy);
+        if (!q) {
+                free(canonical);
                 return -ENOMEM;
         }
         *q = (struct request){.manager = m,
                               .call = sd_bus_message_ref(call),
                               .kind = kind,
-                              .image = copy,
+                              .image = canonical,
                               .dev = st.st_dev,
                               .ino = st.st_ino,
                               .uid = uid,
@@ -172,7 +176,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         m->n_requests++;
 
         struct qt_shrink_request req = {
-            .kind = kind, .image = image, .scratch_dir = m->scratch_dir};
+            .kind = kind, .image = q->image, .scratch_dir = m->scratch_dir};
         r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
         if (r < 0) {
                 request_free(q);

@@ -21,6 +21,7 @@ static const char *const dbus_names[_QT_ERR_MAX] = {
     [QT_ERR_IN_USE] = PREFIX "ImageInUse",
     [QT_ERR_ENCRYPTED] = PREFIX "Encrypted",
     [QT_ERR_CORRUPT] = PREFIX "Corrupt",
+    [QT_ERR_HAS_OVERLAYS] = PREFIX "HasOverlays",
     [QT_ERR_ALREADY_RUNNING] = PREFIX "AlreadyRunning",
     [QT_ERR_TOO_MANY] = PREFIX "TooManyJobs",
     [QT_ERR_NO_SPACE] = PREFIX "NoSpace",

@@ -22,6 +22,7 @@ enum qt_error_code {
         QT_ERR_IN_USE,          /* another process holds qemu's lock on the image */
         QT_ERR_ENCRYPTED,       /* encrypted image: qtrim has no key and will not ask */
         QT_ERR_CORRUPT,         /* qcow2 marked corrupt or failing qemu-img check */
+        QT_ERR_HAS_OVERLAYS,    /* the backing file of other images, which its trim would corrupt */
         QT_ERR_ALREADY_RUNNING, /* a job for the same image is queued or running */
         QT_ERR_TOO_MANY,        /* a limit on jobs or pending requests was reached */
         QT_ERR_NO_SPACE,        /* not enough room for the converted copy */

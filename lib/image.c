@@ -17,17 +17,24 @@
 #define QEMU_LOCK_SHARED_BASE 200
 #define QEMU_PERM_WRITE_BIT   1
 
-int qt_image_check_path(const char *path, struct stat *ret_st, struct qt_error *e)
+int qt_image_check_path(const char *path, bool follow, struct stat *ret_st, struct qt_error *e)
 {
         if (!path || path[0] != '/')
                 return qt_error_set(e, QT_ERR_NOT_ABSOLUTE, EINVAL,
                                     "the image path must be absolute");
-        if (stat(path, ret_st) < 0) {
+        if ((follow ? stat(path, ret_st) : lstat(path, ret_st)) < 0) {
                 int r = errno;
                 if (r == ENOENT || r == ENOTDIR)
                         return qt_error_set(e, QT_ERR_NOT_FOUND, r, "no such file");
+                if (r == ELOOP)
+                        return qt_error_set(e, QT_ERR_NOT_REGULAR, r,
+                                            "is a loop of symbolic links");
                 return qt_error_set(e, QT_ERR_FAILED, r, "cannot stat: %s", strerror(r));
         }
+        if (S_ISLNK(ret_st->st_mode))
+                return qt_error_set(e, QT_ERR_NOT_REGULAR, ELOOP,
+                                    "is a symbolic link now, which it was not when qtrim "
+                                    "resolved it");
         if (S_ISDIR(ret_st->st_mode))
                 return qt_error_set(e, QT_ERR_NOT_REGULAR, EISDIR, "is a directory");
         if (!S_ISREG(ret_st->st_mode))

@@ -30,8 +30,10 @@ struct qt_image_info {
         unsigned refcount_bits;
 };
 
-/* The path must be absolute, exist and be a regular file (symlinks are followed). Fills ret_st. */
-int qt_image_check_path(const char *path, struct stat *ret_st, struct qt_error *e);
+/* The path must be absolute, exist and be a regular file. follow: a symbolic link is followed
+ * (as the caller named it); otherwise it is refused (a resolved path that became a link since).
+ * Fills ret_st. */
+int qt_image_check_path(const char *path, bool follow, struct stat *ret_st, struct qt_error *e);
 
 /* Parses `qemu-img info --output=json` (no backing chain). Pure: no I/O; fuzzed. */
 int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_error *e);

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,6 +27,8 @@
 #define DISK_NAME "disk"
 /* NBD requests carry 32-bit lengths; trim and zero in pieces well below that. */
 #define MAX_TRIM_REQUEST (1ULL << 30)
+/* How long detach waits for the last user of the disk file before cutting the connection. */
+#define DETACH_WAIT_SECONDS 10
 
 struct qt_nbd_fuse {
         struct nbd_handle *nbd;
@@ -33,7 +37,8 @@ struct qt_nbd_fuse {
         pthread_t thread;
         bool serving;
         bool read_only;
-        bool fast_zero; /* the server can zero in metadata, or say it cannot */
+        bool fast_zero;   /* the server can zero in metadata, or say it cannot */
+        dev_t connection; /* the FUSE mount's device: its fusectl entry */
         uint64_t size;
         char mountpoint[PATH_MAX];
         char disk_path[PATH_MAX];
@@ -316,6 +321,28 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
         return 0;
 }
 
+/* Something on the host still holds the disk file (a tool that opened a loop device, a guest
+ * filesystem whose lazy unmount is still busy): cut the connection through fusectl, so its I/O
+ * fails with ENOTCONN instead of the job waiting for it forever. fusectl is mounted on the
+ * (now free) bridge directory of the worker's private namespace. */
+static void abort_connection(struct qt_nbd_fuse *b)
+{
+        char path[PATH_MAX];
+        fprintf(stderr,
+                "qtrim worker %d: the disk file is still in use after %d s; aborting the "
+                "FUSE connection\n",
+                (int)getpid(), DETACH_WAIT_SECONDS);
+        if (mount("fusectl", b->mountpoint, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+                return;
+        int n = snprintf(path, sizeof(path), "%s/%u/abort", b->mountpoint, minor(b->connection));
+        int fd = n > 0 && (size_t)n < sizeof(path) ? open(path, O_WRONLY | O_CLOEXEC) : -1;
+        if (fd >= 0) {
+                (void)write(fd, "1", 1);
+                close(fd);
+        }
+        umount2(b->mountpoint, MNT_DETACH);
+}
+
 static int mount_bridge(struct qt_nbd_fuse *b, struct qt_error *e)
 {
         char *argv[] = {"qtrim", "-o", "subtype=qtrim,fsname=qtrim", NULL};
@@ -335,6 +362,11 @@ static int mount_bridge(struct qt_nbd_fuse *b, struct qt_error *e)
                                     strerror(r));
         }
         b->serving = true;
+        /* The connection's number in fusectl is the mount's device minor. Only now: a stat is
+         * a request the FUSE thread must answer. */
+        struct stat st;
+        if (stat(b->mountpoint, &st) == 0)
+                b->connection = st.st_dev;
         return 0;
 }
 
@@ -375,16 +407,24 @@ int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e)
         if (!b)
                 return 0;
         if (b->serving) {
-                /* Unmounting aborts the connection: the FUSE thread's read returns and its loop
-                 * ends. Lazily, so a straggling opener cannot keep qemu-nbd alive. */
+                /* Unmounted lazily, the connection ends when the last user of the disk file
+                 * lets go, and with it the FUSE thread's loop. */
                 if (umount2(b->mountpoint, MNT_DETACH) < 0)
                         r = qt_error_set(e, QT_ERR_FAILED, errno, "cannot unmount %s: %m",
                                          b->mountpoint);
                 fuse_exit(b->fuse);
-                pthread_join(b->thread, NULL);
+                struct timespec deadline;
+                clock_gettime(CLOCK_REALTIME, &deadline);
+                deadline.tv_sec += DETACH_WAIT_SECONDS;
+                if (pthread_timedjoin_np(b->thread, NULL, &deadline) != 0) {
+                        abort_connection(b);
+                        pthread_join(b->thread, NULL);
+                }
         }
-        if (b->fuse)
+        if (b->fuse) {
+                fuse_unmount(b->fuse); /* already gone; frees what libfuse keeps of the mount */
                 fuse_destroy(b->fuse);
+        }
         if (b->nbd) {
                 /* A server that is gone may have lost writes: that is a failed job, never one
                  * to convert and replace. */

@@ -57,15 +57,15 @@ static int read_backing_name(int fd, uint8_t *buf, char ret[QT_QCOW2_BACKING_NAM
  * The file qemu opens as the backing file `name` of the image at `of`: an absolute name as is,
  * a relative one from the directory of `of` as given (qemu does not resolve symlinks first).
  * A name with a protocol ("nbd:", "json:{...}", anything before a ':' and the first '/') is not
- * a local file: -EPROTONOSUPPORT. "file:" is qemu's local-file protocol, which qemu strips;
- * a relative name after it is resolved from qemu's working directory, which is unknowable here,
- * so only an absolute one is followed.
+ * a local file: -EPROTONOSUPPORT. Except "file:", qemu's local-file protocol, which qemu strips;
+ * qemu resolves a relative name after it from its own working directory, which cannot be known
+ * here: the overlay's directory is the likely one (whoever wrote such a name worked there).
  */
 static int resolve_backing(const char *of, const char *name, char ret[PATH_MAX])
 {
-        if (strncmp(name, "file:/", 6) == 0)
+        if (strncmp(name, "file:", 5) == 0)
                 name += 5;
-        if (name[strcspn(name, ":/")] == ':')
+        else if (name[strcspn(name, ":/")] == ':')
                 return -EPROTONOSUPPORT;
         int n;
         if (name[0] == '/')

@@ -22,8 +22,9 @@
  * it points to; not recursively) for a qcow2 image whose backing chain (up to 16 deep) leads to
  * the file image_st describes, as qemu would resolve the names. image_st: stat() of image.
  * Skipped: the image itself (also under other hard links), names starting with "." (qtrim's own
- * ".<name>.qtrim-XXXXXX" copies), symlinks, anything that is not a regular file, names with a
- * protocol ("nbd:", "json:"), and whatever follows the first 10000 entries of a directory.
+ * ".<name>.qtrim-XXXXXX" copies), symlinks, anything that is not a regular file, backing names
+ * with a protocol ("nbd:", "json:"; "file:" is a local file), and whatever follows the first 10000
+ * entries of a directory.
  * Returns:
  *   1            found one: its path, "<dir>/<name>", is in ret_overlay (cut to size)
  *   0            found none

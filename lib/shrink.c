@@ -13,6 +13,7 @@
 #include "discover.h"
 #include "image.h"
 #include "nbd-fuse.h"
+#include "overlays.h"
 #include "test-hooks.h"
 #include "trim.h"
 #include "util.h"
@@ -60,12 +61,27 @@ static int scratch_path(const struct shrink *s, const char *name, char buf[PATH_
 static int inspect(struct shrink *s)
 {
         struct qt_reporter *rep = s->rep;
-        int r = qt_image_check_path(s->req->image, &s->inspected, &s->error);
+        /* qtrimd resolved the path: from here on a symbolic link is a swap, not an image. */
+        int r = qt_image_check_path(s->req->image, false, &s->inspected, &s->error);
         if (r < 0)
                 return r;
         r = qt_image_probe(s->req->image, s->req->kind == QT_JOB_INSPECT, &s->info, &s->error);
         if (r < 0)
                 return r;
+        if (s->req->kind != QT_JOB_INSPECT) {
+                /* Mounting a backing file read-write writes (journal, superblock, log) into
+                 * clusters its overlays read through to. */
+                char overlay[PATH_MAX];
+                r = qt_find_overlay(s->req->image, &s->inspected, overlay, sizeof(overlay),
+                                    &s->error);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        return qt_error_set(&s->error, QT_ERR_HAS_OVERLAYS, EBUSY,
+                                            "is the backing file of %s; trimming it would corrupt "
+                                            "that image",
+                                            overlay);
+        }
         qt_emit_str(rep, "format", s->info.format);
         qt_emit_u64(rep, "virtual-size", s->info.virtual_size);
         qt_emit_u64(rep, "bytes-before", qt_file_allocated(&s->inspected));

@@ -99,6 +99,29 @@ for ((round = 1; round <= rounds; round++)); do
 done
 qt_ok "the restarted qtrimd removed the copy; image intact, nothing left ($rounds round(s))"
 
+qt_step "a host process holds a job's loop device open: the cancel still ends the job"
+restart_daemon_pausing_at trim-mounted
+start_paused_job trim-mounted
+loop=$(losetup -n -O NAME -j /run/qtrim/mnt/fuse/disk | head -n 1)
+[[ -n $loop ]] || qt_fail "no loop device over the job's FUSE disk"
+sleep 120 <"$loop" &
+holder=$!
+qt_defer qt_kill_wait "$holder" 5
+qt_qtrimctl cancel "$job" >/dev/null
+# The worker waits 10 s for the holder, then cuts the FUSE connection: the job must end.
+qt_wait_job_gone "$job" 60
+result=$(qt_job_removed_result "$job" 10 "$img") || qt_fail "no JobRemoved signal for $job"
+[[ $result == canceled ]] || qt_fail "JobRemoved says '$result', expected canceled"
+grep -q 'aborting the FUSE connection' "$QT_DAEMON_LOG" || qt_fail "the worker did not say it cut the connection"
+qt_undo qt_kill_wait "$holder" 5
+# The loop device clears itself (autoclear) once its holder is gone.
+for ((i = 0; i < 50; i++)); do
+        [[ -z $(losetup -n -O NAME -j /run/qtrim/mnt/fuse/disk) ]] && break
+        sleep 0.1
+done
+check_image
+qt_ok "canceled with the loop device held; after the holder left, nothing remains"
+
 qt_step "SIGKILL the bus with filesystems mounted: qtrimd cancels, tears down and exits"
 restart_daemon_pausing_at trim-mounted
 start_paused_job trim-mounted

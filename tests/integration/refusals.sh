@@ -1,8 +1,10 @@
 #!/bin/bash
 # Shrink() must refuse bad input with the right org.qtrim1.Error.* name, before any job exists,
-# without changing the file: nonexistent, directory, device node, not an image, in use (held by a
-# writer, held by a reader), encrypted (luks, aes), corrupt (flag set, damaged L1 table), relative path, bad
-# options. qtrimctl must exit non-zero on each.
+# without changing the file: nonexistent, directory, device node, FIFO, not an image, symbolic
+# links (to a text file, to /etc/shadow, a loop), in use (held by a writer, held by a reader),
+# encrypted (luks, aes), corrupt (flag set, damaged L1 table), the backing file of a clone,
+# relative path, bad options.
+# qtrimctl must exit non-zero on each.
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
@@ -27,9 +29,16 @@ small_qcow2() { # PATH: a valid qcow2 with 1 MiB of data in its first cluster(s)
 qt_step "make the bad inputs"
 mkdir -- "$d/a-directory"
 printf 'this is a text file, not a disk image\n' >"$d/notes.txt"
+mkfifo -- "$d/a-fifo"
+ln -s -- notes.txt "$d/link-to-notes"
+ln -s -- /etc/shadow "$d/link-to-shadow"
+ln -s -- loop-b "$d/loop-a"
+ln -s -- loop-a "$d/loop-b"
 small_qcow2 "$d/held-rw.qcow2"
 small_qcow2 "$d/held-ro.qcow2"
 small_qcow2 "$d/plain.qcow2"
+small_qcow2 "$d/base.qcow2"
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 -- "$d/clone-of-base.qcow2"
 # qemu times its PBKDF with the thread's CPU clock and gives up ("Unable to get accurate CPU
 # usage") when a coarse clock reads 0 ms for the first round, which happens now and then on VMs:
 # retry. iter-time=10 keeps each try short.
@@ -72,12 +81,17 @@ cases=(
         "directory|$d/a-directory|org.qtrim1.Error.NotRegularFile|yes"
         "device node|/dev/null|org.qtrim1.Error.NotRegularFile|yes"
         "text file|$d/notes.txt|org.qtrim1.Error.NotAnImage|yes"
+        "FIFO|$d/a-fifo|org.qtrim1.Error.NotRegularFile|yes"
+        "symlink to a text file|$d/link-to-notes|org.qtrim1.Error.NotAnImage|yes"
+        "symlink to /etc/shadow|$d/link-to-shadow|org.qtrim1.Error.NotAnImage|yes"
+        "loop of symlinks|$d/loop-a|org.qtrim1.Error.NotRegularFile|yes"
         "held by a writer|$d/held-rw.qcow2|org.qtrim1.Error.ImageInUse|yes"
         "held by a reader|$d/held-ro.qcow2|org.qtrim1.Error.ImageInUse|yes"
         "encrypted (luks)|$d/encrypted-luks.qcow2|org.qtrim1.Error.Encrypted|yes"
         "encrypted (legacy aes)|$d/encrypted-aes.qcow2|org.qtrim1.Error.Encrypted|yes"
         "corrupt flag|$d/corrupt-flag.qcow2|org.qtrim1.Error.Corrupt|yes"
         "damaged L1 table|$d/corrupt-l1.qcow2|org.qtrim1.Error.Corrupt|yes"
+        "backing file of a clone|$d/base.qcow2|org.qtrim1.Error.HasOverlays|yes"
         "relative path|images/plain.qcow2|org.qtrim1.Error.NotAbsolute|no"
 )
 

@@ -8,15 +8,15 @@
 
 /* As qemu-img 7.2 prints it for a qcow2 overlay with a snapshot and a bitmap. */
 static const char overlay_json[] =
-        "{ \"virtual-size\": 4294967296, \"filename\": \"/images/vm.qcow2\","
-        "  \"cluster-size\": 131072, \"format\": \"qcow2\", \"actual-size\": 200704,"
-        "  \"snapshots\": [ { \"id\": \"1\", \"name\": \"before-upgrade\" } ],"
-        "  \"backing-filename\": \"base, v1.qcow2\", \"backing-filename-format\": \"qcow2\","
-        "  \"format-specific\": { \"type\": \"qcow2\", \"data\": {"
-        "    \"compat\": \"1.1\", \"compression-type\": \"zstd\", \"lazy-refcounts\": true,"
-        "    \"bitmaps\": [ { \"name\": \"b0\", \"granularity\": 65536, \"flags\": [\"auto\"] } ],"
-        "    \"refcount-bits\": 16, \"corrupt\": false, \"extended-l2\": true } },"
-        "  \"dirty-flag\": false }";
+    "{ \"virtual-size\": 4294967296, \"filename\": \"/images/vm.qcow2\","
+    "  \"cluster-size\": 131072, \"format\": \"qcow2\", \"actual-size\": 200704,"
+    "  \"snapshots\": [ { \"id\": \"1\", \"name\": \"before-upgrade\" } ],"
+    "  \"backing-filename\": \"base, v1.qcow2\", \"backing-filename-format\": \"qcow2\","
+    "  \"format-specific\": { \"type\": \"qcow2\", \"data\": {"
+    "    \"compat\": \"1.1\", \"compression-type\": \"zstd\", \"lazy-refcounts\": true,"
+    "    \"bitmaps\": [ { \"name\": \"b0\", \"granularity\": 65536, \"flags\": [\"auto\"] } ],"
+    "    \"refcount-bits\": 16, \"corrupt\": false, \"extended-l2\": true } },"
+    "  \"dirty-flag\": false }";
 
 START_TEST(test_qcow2_overlay)
 {
@@ -57,13 +57,15 @@ START_TEST(test_flags_that_refuse)
 {
         struct qt_image_info info;
         struct qt_error e = {};
-        ck_assert_int_eq(qt_image_parse_info("{\"format\": \"qcow2\", \"encrypted\": true}", &info, &e), 0);
+        ck_assert_int_eq(
+            qt_image_parse_info("{\"format\": \"qcow2\", \"encrypted\": true}", &info, &e), 0);
         ck_assert(info.encrypted);
-        ck_assert_int_eq(qt_image_parse_info("{\"format\": \"qcow2\", \"format-specific\": {\"type\":"
-                                             " \"qcow2\", \"data\": {\"corrupt\": true,"
-                                             " \"data-file\": \"x.raw\"}}}",
-                                             &info, &e),
-                         0);
+        ck_assert_int_eq(
+            qt_image_parse_info("{\"format\": \"qcow2\", \"format-specific\": {\"type\":"
+                                " \"qcow2\", \"data\": {\"corrupt\": true,"
+                                " \"data-file\": \"x.raw\"}}}",
+                                &info, &e),
+            0);
         ck_assert(info.corrupt);
         ck_assert(info.has_data_file);
 }
@@ -71,8 +73,8 @@ END_TEST
 
 START_TEST(test_malformed)
 {
-        static const char *const bad[] = {"", "[]", "{", "{\"virtual-size\": 1}", "null",
-                                          "{\"format\": 7}"};
+        static const char *const bad[] = {
+            "", "[]", "{", "{\"virtual-size\": 1}", "null", "{\"format\": 7}"};
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 struct qt_image_info info;
                 struct qt_error e = {};
@@ -100,18 +102,22 @@ START_TEST(test_check_path)
 {
         struct stat st;
         struct qt_error e = {};
-        ck_assert_int_lt(qt_image_check_path("relative.qcow2", &st, &e), 0);
+        ck_assert_int_lt(qt_image_check_path("relative.qcow2", true, &st, &e), 0);
         ck_assert_int_eq(e.code, QT_ERR_NOT_ABSOLUTE);
         e = (struct qt_error){};
-        ck_assert_int_lt(qt_image_check_path("/nonexistent/x.qcow2", &st, &e), 0);
+        ck_assert_int_lt(qt_image_check_path("/nonexistent/x.qcow2", true, &st, &e), 0);
         ck_assert_int_eq(e.code, QT_ERR_NOT_FOUND);
         e = (struct qt_error){};
-        ck_assert_int_lt(qt_image_check_path("/", &st, &e), 0);
+        ck_assert_int_lt(qt_image_check_path("/", true, &st, &e), 0);
         ck_assert_int_eq(e.code, QT_ERR_NOT_REGULAR);
         e = (struct qt_error){};
-        ck_assert_int_lt(qt_image_check_path("/dev/null", &st, &e), 0);
+        ck_assert_int_lt(qt_image_check_path("/dev/null", true, &st, &e), 0);
         ck_assert_int_eq(e.code, QT_ERR_NOT_REGULAR);
-        ck_assert_int_eq(qt_image_check_path("/proc/self/exe", &st, &e), 0);
+        ck_assert_int_eq(qt_image_check_path("/proc/self/exe", true, &st, &e), 0);
+        /* not followed: a resolved path that is a link now was swapped */
+        e = (struct qt_error){};
+        ck_assert_int_lt(qt_image_check_path("/proc/self/exe", false, &st, &e), 0);
+        ck_assert_int_eq(e.code, QT_ERR_NOT_REGULAR);
 }
 END_TEST
 

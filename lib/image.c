@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "command.h"
+#include "qcow2-header.h"
 #include "util.h"
 
 /* qemu's file-posix lock protocol: byte 100 + n is held by whoever uses permission n, byte
@@ -254,6 +255,17 @@ int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret
                 return qt_error_set(
                     e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
                     "keeps its data in an external data file, which qtrim does not handle");
+        if (ret->backing_file[0]) {
+                /* What root would open on the image's word: a local regular file only, never a
+                 * device, a network protocol or a json: description. */
+                char backing[PATH_MAX];
+                struct stat st;
+                if (qt_qcow2_backing_path(path, ret->backing_file, backing) < 0 ||
+                    stat(backing, &st) < 0 || !S_ISREG(st.st_mode))
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "its backing file \"%s\" is not a local regular file",
+                                            ret->backing_file);
+        }
         if (ret->corrupt)
                 return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN,
                                     "is marked corrupt; repair it with qemu-img check -r first");

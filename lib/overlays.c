@@ -53,31 +53,6 @@ static int read_backing_name(int fd, uint8_t *buf, char ret[QT_QCOW2_BACKING_NAM
         return qt_qcow2_backing_name(buf, got, ret, QT_QCOW2_BACKING_NAME_MAX);
 }
 
-/*
- * The file qemu opens as the backing file `name` of the image at `of`: an absolute name as is,
- * a relative one from the directory of `of` as given (qemu does not resolve symlinks first).
- * A name with a protocol ("nbd:", "json:{...}", anything before a ':' and the first '/') is not
- * a local file: -EPROTONOSUPPORT. Except "file:", qemu's local-file protocol, which qemu strips;
- * qemu resolves a relative name after it from its own working directory, which cannot be known
- * here: the overlay's directory is the likely one (whoever wrote such a name worked there).
- */
-static int resolve_backing(const char *of, const char *name, char ret[PATH_MAX])
-{
-        if (strncmp(name, "file:", 5) == 0)
-                name += 5;
-        else if (name[strcspn(name, ":/")] == ':')
-                return -EPROTONOSUPPORT;
-        int n;
-        if (name[0] == '/')
-                n = snprintf(ret, PATH_MAX, "%s", name);
-        else {
-                const char *slash = strrchr(of, '/');
-                int dir_len = slash ? (int)(slash - of + 1) : 0;
-                n = snprintf(ret, PATH_MAX, "%.*s%s", dir_len, of, name);
-        }
-        return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
-}
-
 /* Whether the backing chain of the qcow2 image open as fd, found at path, leads to the image.
  * Backing files are opened as qemu opens them, following symlinks; never a FIFO or device
  * (stat first), never blocking. */
@@ -95,7 +70,7 @@ static bool chain_reaches_image(struct scan *s, int fd, const char *path, const 
                 struct stat next_st, fd_st;
 
                 if (read_backing_name(fd, s->buf, name) <= 0 ||
-                    resolve_backing(cur, name, next) < 0)
+                    qt_qcow2_backing_path(cur, name, next) < 0)
                         return false;
                 if (stat(next, &next_st) < 0)
                         return false;

@@ -2,6 +2,8 @@
 #include "qcow2-header.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 /* The header's fields, big-endian (qemu's docs/interop/qcow2.txt). */
@@ -70,4 +72,29 @@ int qt_qcow2_backing_name(const uint8_t *buf, size_t len, char *ret, size_t ret_
         memcpy(ret, name, size);
         ret[size] = '\0';
         return 1;
+}
+
+/*
+ * The file qemu opens as the backing file `name` of the image at `of`: an absolute name as is,
+ * a relative one from the directory of `of` as given (qemu does not resolve symlinks first).
+ * A name with a protocol ("nbd:", "json:{...}", anything before a ':' and the first '/') is not
+ * a local file: -EPROTONOSUPPORT. Except "file:", qemu's local-file protocol, which qemu strips;
+ * qemu resolves a relative name after it from its own working directory, which cannot be known
+ * here: the overlay's directory is the likely one (whoever wrote such a name worked there).
+ */
+int qt_qcow2_backing_path(const char *of, const char *name, char ret[PATH_MAX])
+{
+        if (strncmp(name, "file:", 5) == 0)
+                name += 5;
+        else if (name[strcspn(name, ":/")] == ':')
+                return -EPROTONOSUPPORT;
+        int n;
+        if (name[0] == '/')
+                n = snprintf(ret, PATH_MAX, "%s", name);
+        else {
+                const char *slash = strrchr(of, '/');
+                int dir_len = slash ? (int)(slash - of + 1) : 0;
+                n = snprintf(ret, PATH_MAX, "%.*s%s", dir_len, of, name);
+        }
+        return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
 }

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,3 +32,8 @@
  * Reads nothing outside [buf, buf + len); ret is only written on success.
  */
 int qt_qcow2_backing_name(const uint8_t *buf, size_t len, char *ret, size_t ret_size);
+
+/* The local file qemu opens as the backing file `name` of the image at `of`: an absolute name
+ * as is, a relative one from the directory of `of` ("file:" stripped). Returns 0, or
+ * -EPROTONOSUPPORT for a name with a protocol ("nbd:", "json:{...}"), -ENAMETOOLONG. */
+int qt_qcow2_backing_path(const char *of, const char *name, char ret[PATH_MAX]);

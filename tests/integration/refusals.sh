@@ -2,8 +2,8 @@
 # Shrink() must refuse bad input with the right org.qtrim1.Error.* name, before any job exists,
 # without changing the file: nonexistent, directory, device node, FIFO, not an image, symbolic
 # links (to a text file, to /etc/shadow, a loop), in use (held by a writer, held by a reader),
-# encrypted (luks, aes), corrupt (flag set, damaged L1 table), the backing file of a clone,
-# relative path, bad options.
+# encrypted (luks, aes), corrupt (flag set, damaged L1 table), the backing file of a clone, a
+# device or a network protocol as backing file, relative path, bad options.
 # qtrimctl must exit non-zero on each.
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
@@ -39,6 +39,9 @@ small_qcow2 "$d/held-ro.qcow2"
 small_qcow2 "$d/plain.qcow2"
 small_qcow2 "$d/base.qcow2"
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 -- "$d/clone-of-base.qcow2"
+# Backing files root must not open on an image's word (-u: qemu-img does not look at them).
+qemu-img create -q -f qcow2 -u -b /dev/zero -F raw -- "$d/backing-device.qcow2" 64M
+qemu-img create -q -f qcow2 -u -b nbd://127.0.0.1:1/x -F raw -- "$d/backing-nbd.qcow2" 64M
 # qemu times its PBKDF with the thread's CPU clock and gives up ("Unable to get accurate CPU
 # usage") when a coarse clock reads 0 ms for the first round, which happens now and then on VMs:
 # retry. iter-time=10 keeps each try short.
@@ -92,6 +95,8 @@ cases=(
         "corrupt flag|$d/corrupt-flag.qcow2|org.qtrim1.Error.Corrupt|yes"
         "damaged L1 table|$d/corrupt-l1.qcow2|org.qtrim1.Error.Corrupt|yes"
         "backing file of a clone|$d/base.qcow2|org.qtrim1.Error.HasOverlays|yes"
+        "a device as backing file|$d/backing-device.qcow2|org.qtrim1.Error.Unsupported|yes"
+        "an nbd:// backing file|$d/backing-nbd.qcow2|org.qtrim1.Error.Unsupported|yes"
         "relative path|images/plain.qcow2|org.qtrim1.Error.NotAbsolute|no"
 )
 

@@ -563,13 +563,19 @@ static int on_interrupt(sd_event_source *s, const struct signalfd_siginfo *si, v
         struct shrink_run *run = userdata;
         int r;
 
-        if (run->canceling)
-                return 0;
+        /* A second one: the user will not wait (a qtrimd that does not answer). The jobs were
+         * asked to cancel already and go on tearing down without us. */
+        if (run->canceling) {
+                progress_clear(run);
+                fprintf(stderr, "qtrimctl: not waiting any longer; the jobs are being canceled\n");
+                _exit(130);
+        }
         run->canceling = true;
 
         progress_clear(run);
         fprintf(stderr,
-                "qtrimctl: SIG%s received, canceling the jobs and waiting for them to end\n",
+                "qtrimctl: SIG%s received, canceling the jobs and waiting for them to end "
+                "(again to stop waiting)\n",
                 sigabbrev_np((int)si->ssi_signo));
 
         for (size_t i = 0; i < run->n_jobs; i++) {

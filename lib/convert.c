@@ -4,8 +4,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 
@@ -69,6 +71,20 @@ static void on_convert_line(const char *line, void *userdata)
 
 #define TEMP_INFIX ".qtrim-"
 
+/* btrfs hosts keep images No_COW (chattr +C), or every guest write fragments them; the flag
+ * only takes on an empty file, so it is copied before qemu-img writes. */
+static void copy_nocow(const char *image, int tmp_fd)
+{
+        _cleanup_close_ int fd = open(image, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        int flags = 0, tmp_flags = 0;
+        if (fd < 0 || ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0 || !(flags & FS_NOCOW_FL))
+                return;
+        if (ioctl(tmp_fd, FS_IOC_GETFLAGS, &tmp_flags) == 0) {
+                tmp_flags |= FS_NOCOW_FL;
+                (void)ioctl(tmp_fd, FS_IOC_SETFLAGS, &tmp_flags);
+        }
+}
+
 int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_error *e)
 {
         _cleanup_free_ char *dir_copy = strdup(image), *base_copy = strdup(image);
@@ -82,6 +98,7 @@ int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_
                 return qt_error_set(e, errno == ENOSPC ? QT_ERR_NO_SPACE : QT_ERR_FAILED, errno,
                                     "cannot create a temporary file beside the image: %m");
         }
+        copy_nocow(image, fd);
         close(fd);
         return 0;
 }

@@ -12,7 +12,6 @@
 static const char *const dbus_names[_QT_ERR_MAX] = {
     [QT_OK] = "",
     [QT_ERR_FAILED] = PREFIX "Failed",
-    [QT_ERR_INVALID_ARGS] = "org.freedesktop.DBus.Error.InvalidArgs",
     [QT_ERR_NOT_ABSOLUTE] = PREFIX "NotAbsolute",
     [QT_ERR_NOT_FOUND] = PREFIX "NotFound",
     [QT_ERR_NOT_REGULAR] = PREFIX "NotRegularFile",

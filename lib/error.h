@@ -13,7 +13,6 @@
 enum qt_error_code {
         QT_OK = 0,
         QT_ERR_FAILED,          /* anything not listed below; the message says what */
-        QT_ERR_INVALID_ARGS,    /* malformed request (options of the wrong type, unknown keys) */
         QT_ERR_NOT_ABSOLUTE,    /* image path is relative */
         QT_ERR_NOT_FOUND,       /* image path does not exist */
         QT_ERR_NOT_REGULAR,     /* a directory, device node, FIFO, socket */

@@ -14,6 +14,9 @@
 #include "command.h"
 #include "util.h"
 
+#define FREE_MARGIN_MIN (256ULL << 20)
+#define FREE_MARGIN_MAX (4ULL << 30)
+
 const char *qt_convert_refusal(const char *image, const struct qt_image_info *info,
                                const struct stat *st, uint64_t needed_bytes)
 {
@@ -31,8 +34,18 @@ const char *qt_convert_refusal(const char *image, const struct qt_image_info *in
         struct statvfs sv;
         if (!copy || statvfs(dirname(copy), &sv) < 0)
                 return "not converted: cannot tell the free space beside the image";
-        if ((uint64_t)sv.f_bavail * sv.f_frsize < needed_bytes)
-                return "not converted: not enough free space beside the image for the copy";
+        /* Running VMs may share this filesystem, and other jobs may be writing copies to it
+         * right now: leave a margin free after the copy (5%, 256 MiB to 4 GiB), as well as
+         * root's reserve (f_bavail). */
+        uint64_t size = (uint64_t)sv.f_blocks * sv.f_frsize;
+        uint64_t margin = size / 20;
+        if (margin < FREE_MARGIN_MIN)
+                margin = FREE_MARGIN_MIN;
+        if (margin > FREE_MARGIN_MAX)
+                margin = FREE_MARGIN_MAX;
+        if ((uint64_t)sv.f_bavail * sv.f_frsize < needed_bytes + margin)
+                return "not converted: not enough free space beside the image for the copy and "
+                       "a safety margin";
         return NULL;
 }
 

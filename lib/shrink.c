@@ -250,7 +250,10 @@ static int convert(struct shrink *s)
         if (r < 0)
                 return r;
         qt_emit_str(s->rep, "temp-file", s->tmp);
-        r = qt_convert_image(s->req->image, &s->info, s->tmp, on_convert_progress, s, &s->error);
+        r = qt_test_pause("convert-write");
+        if (r >= 0)
+                r = qt_convert_image(s->req->image, &s->info, s->tmp, on_convert_progress, s,
+                                     &s->error);
         if (r < 0)
                 return r;
         if (stat(s->tmp, &copy) < 0)

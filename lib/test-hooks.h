@@ -2,10 +2,11 @@
 /*
  * Pause points for tests, compiled only into builds configured with -Dtest_hooks=true (the test
  * build; never a release). With QTRIM_TEST_PAUSE=<point> in qtrimd's environment, a worker that
- * reaches <point> waits there (up to a minute) until it is canceled or killed, so a test can
- * cancel or kill -9 a job at a phase it chose instead of racing it. Points: the phase names
- * ("inspect", "attach", ..., "replace"), each at the start of its phase, and "trim-mounted", with
- * the first filesystem mounted.
+ * reaches <point> waits there (up to a minute) until it is canceled or killed, or until the file
+ * QTRIM_TEST_RESUME names exists, so a test can act at a phase it chose instead of racing it.
+ * Points: the phase names ("inspect", "attach", ..., "replace"), each at the start of its phase;
+ * "trim-mounted", with the first filesystem mounted; "convert-write", with the temporary copy
+ * created and qemu-img about to write it.
  */
 #pragma once
 

@@ -97,6 +97,10 @@ static int op_open(const char *path, struct fuse_file_info *fi)
          * FUSE file under a loop device are how the reclaim deadlock starts. */
         fi->direct_io = 1;
         fi->keep_cache = 0;
+        /* No FLUSH on close: a process killed while it holds the disk open (the worker, in
+         * blkid or loop setup) would wait in its exit for a FUSE thread that died with it.
+         * Detach flushes qemu-nbd explicitly. */
+        fi->noflush = 1;
         return 0;
 }
 

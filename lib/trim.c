@@ -103,9 +103,11 @@ static int trim_range(const char *dir, struct qt_fs_result *fs, bool whole_range
                         return -errno;
                 }
                 fs->trimmed += range.len;
+                /* The last step may reach past the end: done is done. */
                 if (progress)
-                        progress(step == UINT64_MAX ? 1.0
-                                                    : (double)(start + step) / (double)fs->size,
+                        progress(step >= fs->size - start
+                                     ? 1.0
+                                     : (double)(start + step) / (double)fs->size,
                                  userdata);
                 if (step > UINT64_MAX - start)
                         break;

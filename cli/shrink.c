@@ -175,7 +175,7 @@ static int read_phase_seconds(sd_bus_message *m, void *field)
         _cleanup_(json_object_putp) struct json_object *phases = json_object_new_object();
         struct json_object **ret = field;
         /* The element type: the array signature without its 'a'. */
-        const char *element = QTRIM_PHASE_TIME_SIGNATURE + 1;
+        const char *element = QTRIM_PHASE_TIME_ELEMENT;
         const char *phase;
         uint64_t usec;
         int r;

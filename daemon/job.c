@@ -280,10 +280,10 @@ static int get_phase_times(sd_bus *bus, const char *path, const char *interface,
                            sd_bus_error *error)
 {
         const struct qt_report *rep = &((struct job *)userdata)->report;
-        int r = sd_bus_message_open_container(reply, 'a', "(st)");
+        int r = sd_bus_message_open_container(reply, 'a', QTRIM_PHASE_TIME_ELEMENT);
         for (int p = QT_PHASE_INSPECT; r >= 0 && p < QT_PHASE_DONE; p++)
                 if (rep->phase_usec[p] > 0)
-                        r = sd_bus_message_append(reply, "(st)", qt_phase_name(p),
+                        r = sd_bus_message_append(reply, QTRIM_PHASE_TIME_ELEMENT, qt_phase_name(p),
                                                   rep->phase_usec[p]);
         return r < 0 ? r : sd_bus_message_close_container(reply);
 }

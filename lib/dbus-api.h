@@ -17,7 +17,8 @@
 #define QTRIM_FS_SIGNATURE       "(sstttss)"
 #define QTRIM_FS_ARRAY_SIGNATURE "a" QTRIM_FS_SIGNATURE
 /* Time spent per phase: phase name, microseconds. */
-#define QTRIM_PHASE_TIME_SIGNATURE "a(st)"
+#define QTRIM_PHASE_TIME_ELEMENT   "(st)"
+#define QTRIM_PHASE_TIME_SIGNATURE "a" QTRIM_PHASE_TIME_ELEMENT
 
 /* Shrink() options (a{sv}). */
 #define QTRIM_OPT_CONVERT                                                                          \

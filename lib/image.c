@@ -94,7 +94,7 @@ int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_e
                 goto out;
         }
         const char *format = get_str(root, "format");
-        if (!format) {
+        if (!format || !format[0]) {
                 r = qt_error_set(e, QT_ERR_FAILED, EBADMSG, "qemu-img info names no format");
                 goto out;
         }

@@ -97,10 +97,9 @@ static int op_open(const char *path, struct fuse_file_info *fi)
          * FUSE file under a loop device are how the reclaim deadlock starts. */
         fi->direct_io = 1;
         fi->keep_cache = 0;
-        /* No FLUSH on close: a process killed while it holds the disk open (the worker, in
-         * blkid or loop setup) would wait in its exit for a FUSE thread that died with it.
-         * Detach flushes qemu-nbd explicitly. */
-        fi->noflush = 1;
+        /* Known limit (see nbd-fuse.h): FLUSH on close stays on. Without it, a worker killed
+         * with filesystems mounted deadlocks in its own exit; with it, one killed in the few
+         * milliseconds it holds the disk open itself (blkid, loop setup) can. */
         return 0;
 }
 

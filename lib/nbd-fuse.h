@@ -7,6 +7,15 @@
  * Threading: one FUSE thread serves the file (reads, writes, flush, fallocate → NBD trim/zero)
  * while the caller's thread sets up loop devices and mounts on top. libnbd handles are
  * thread-safe; nothing else is shared.
+ *
+ * Known limit: the FUSE server lives in the process (and mount namespace) whose users it
+ * serves. When SIGKILL takes them all at once, the kernel's exit path may need the server it is
+ * tearing down: a request pending on the disk file (a FLUSH on close, the unmount of a guest
+ * filesystem through its loop device) then waits forever and the worker never finishes dying,
+ * until its connection is aborted through fusectl. The tested windows (killed at any phase,
+ * filesystems mounted) are safe; killed while the worker itself holds the disk open (blkid in
+ * discover, loop setup: milliseconds) is not. The fix is a server process outside the worker's
+ * namespace, handed the /dev/fuse fd after the worker mounted it.
  */
 #pragma once
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every qtrim test on this machine, as root: installs what is missing, builds with
 # ASan+UBSan (warnings are errors), runs the Check unit tests and the integration tests on real
-# images, a real private dbus-daemon, qemu-nbd, FUSE, loop devices and mounts.
-# Extra arguments go to `meson test` (e.g. --suite unit, or a test's name).
+# images, a real private dbus-daemon, qemu-nbd, FUSE, loop devices and mounts; then fuzzes the
+# parsers of untrusted input for QTRIM_FUZZ_SECONDS per target (default 20; 0 skips it).
+# Extra arguments go to `meson test` (e.g. --suite unit, or a test's name) and skip the fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,10 +30,20 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 status=0
 meson test -C "$build" --print-errorlogs --num-processes 1 "$@" || status=$?
 
+fuzz_seconds=${QTRIM_FUZZ_SECONDS:-20}
+fuzz=skipped
+if [ $# -eq 0 ] && [ "$fuzz_seconds" -gt 0 ]; then
+  if tools/fuzz.sh "$fuzz_seconds"; then fuzz=passed; else fuzz=failed status=1; fi
+fi
+
 # One plain closing line that any reader (and CI) can count.
 log="$build/meson-logs/testlog.json"
 passed=$(jq -s '[.[] | select(.result == "OK")] | length' "$log")
 failed=$(jq -s '[.[] | select(.result != "OK" and .result != "SKIP")] | length' "$log")
 skipped=$(jq -s '[.[] | select(.result == "SKIP")] | length' "$log")
+case $fuzz in
+passed) passed=$((passed + 1)) ;;
+failed) failed=$((failed + 1)) ;;
+esac
 echo "$passed passed, $failed failed, $skipped skipped"
 exit "$status"

@@ -1,8 +1,9 @@
 #!/bin/bash
-# The kill matrix: a job's worker killed with SIGKILL at each pause point (attach, filesystems
-# mounted, convert, replace, the last with the converted copy on disk); qtrimd itself killed
-# with SIGKILL with filesystems mounted and with the copy on disk, then started again; and both
-# killed at once with the copy on disk, which only the restarted qtrimd can delete. Each time
+# The kill matrix: a job's worker killed with SIGKILL at every pause point (the start of each
+# phase, filesystems mounted, the copy being written, the copy complete before the rename);
+# qtrimd itself killed with SIGKILL at every pause point, then started again; both killed at
+# once with the copy on disk, which only the restarted qtrimd can delete; a loop device held by a
+# host process during a cancel; the bus killed under a job. Each time
 # the image must stay consistent with every kept file intact, the job must end "failed", and no
 # mount, loop device, FUSE mount, qemu-nbd or temporary copy may outlive the crash. Needs a build
 # with -Dtest_hooks=true (tools/test.sh's); skipped (77) otherwise.
@@ -53,7 +54,8 @@ check_image() {
         qt_expect_files
 }
 
-for point in attach trim-mounted convert replace; do
+points=(inspect attach discover trim trim-mounted detach convert convert-write replace)
+for point in "${points[@]}"; do
         qt_step "SIGKILL the worker at $point ($rounds round(s))"
         restart_daemon_pausing_at "$point"
         for ((round = 1; round <= rounds; round++)); do
@@ -67,7 +69,7 @@ for point in attach trim-mounted convert replace; do
         qt_ok "image intact, job failed, nothing left ($rounds round(s))"
 done
 
-for point in trim-mounted replace; do
+for point in "${points[@]}"; do
         qt_step "SIGKILL qtrimd at $point, start it again ($rounds round(s))"
         for ((round = 1; round <= rounds; round++)); do
                 restart_daemon_pausing_at "$point"

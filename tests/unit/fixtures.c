@@ -70,7 +70,7 @@ char *fx_path(char ret[PATH_MAX], const char *name)
         return fx_join(ret, fx_scratch, name);
 }
 
-static char *run(const char *fmt, va_list ap)
+__attribute__((format(printf, 1, 0))) static char *run(const char *fmt, va_list ap)
 {
         _cleanup_free_ char *cmd = NULL, *line = NULL;
         ck_assert_int_ge(vasprintf(&cmd, fmt, ap), 0);

@@ -73,8 +73,13 @@ END_TEST
 
 START_TEST(test_malformed)
 {
-        static const char *const bad[] = {
-            "", "[]", "{", "{\"virtual-size\": 1}", "null", "{\"format\": 7}"};
+        static const char *const bad[] = {"",
+                                          "[]",
+                                          "{",
+                                          "{\"virtual-size\": 1}",
+                                          "null",
+                                          "{\"format\": 7}",
+                                          "{\"format\": \"\"}"};
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 struct qt_image_info info;
                 struct qt_error e = {};

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The kill matrix of tests/integration/crash.sh, ROUNDS times per pause point (default 20), on
+# the test build: a bounded stress run to catch races that one round misses. Prints crash.sh's
+# summary; exits non-zero on the first image lost or anything left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-20}
+tools/test.sh --suite unit >/dev/null # builds build-sanitize (test hooks on) and checks the basics
+QT_CRASH_ROUNDS=$rounds BUILD_DIR=$PWD/build-sanitize SOURCE_DIR=$PWD \
+  bash tests/integration/crash.sh | grep -E '^(==>|    ok:|FAIL|PASS)'

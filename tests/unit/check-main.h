@@ -4,12 +4,12 @@
 
 #include <check.h>
 
-#define CHECK_MAIN(make_suite)                                                                    \
-        int main(void)                                                                            \
-        {                                                                                         \
-                SRunner *sr = srunner_create(make_suite());                                       \
-                srunner_run_all(sr, CK_NORMAL);                                                   \
-                int failed = srunner_ntests_failed(sr);                                           \
-                srunner_free(sr);                                                                 \
-                return failed == 0 ? 0 : 1;                                                       \
+#define CHECK_MAIN(make_suite)                                                                     \
+        int main(void)                                                                             \
+        {                                                                                          \
+                SRunner *sr = srunner_create(make_suite());                                        \
+                srunner_run_all(sr, CK_NORMAL);                                                    \
+                int failed = srunner_ntests_failed(sr);                                            \
+                srunner_free(sr);                                                                  \
+                return failed == 0 ? 0 : 1;                                                        \
         }

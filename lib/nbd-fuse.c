@@ -261,10 +261,11 @@ static int spawn_server(char *const argv[], pid_t *ret_pid, int *ret_fd)
 /* qemu-nbd exits once its only client has gone; one that does not is killed. */
 static void reap_server(pid_t pid)
 {
-        for (int i = 0; i < 100; i++) {
+        /* Usually gone within milliseconds of the disconnect; at most 10 s. */
+        for (int i = 0; i < 2000; i++) {
                 if (waitpid(pid, NULL, WNOHANG) != 0)
                         return;
-                nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
+                nanosleep(&(struct timespec){.tv_nsec = 5 * 1000 * 1000}, NULL);
         }
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);

@@ -129,22 +129,36 @@ out:
         return r;
 }
 
+/* Opens the image and applies one OFD lock command to the lock bytes [start, start + len):
+ * qemu's protocol is OFD locks, and only another open file description conflicts with one.
+ * Returns the fd (which holds a lock that was set). */
+static int qemu_lock_bytes(const char *path, int cmd, struct flock *fl, struct qt_error *e)
+{
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
+        fl->l_whence = SEEK_SET;
+        if (fcntl(fd, cmd, fl) < 0)
+                return qt_error_set(e, cmd == F_OFD_SETLK ? QT_ERR_IN_USE : QT_ERR_FAILED, errno,
+                                    "cannot %s qemu's lock bytes: %m",
+                                    cmd == F_OFD_SETLK ? "take" : "test");
+        return TAKE_FD(fd);
+}
+
 /* Is another process using the image the way qemu does? Any of qemu's lock bytes held means a
  * qemu process has it open: a VM (also with the disk read-only, or as its backing file), qemu-nbd,
  * qemu-img. qemu-img info alone notices only the writers. */
 static int check_qemu_locks(const char *path, struct qt_error *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
         struct flock fl = {
             .l_type = F_WRLCK,
-            .l_whence = SEEK_SET,
             .l_start = QEMU_LOCK_PERM_BASE,
             .l_len = QEMU_LOCK_SHARED_BASE + 100 - QEMU_LOCK_PERM_BASE,
         };
-        if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot test qemu's locks: %m");
+        int fd = qemu_lock_bytes(path, F_OFD_GETLK, &fl, e);
+        if (fd < 0)
+                return fd;
+        close(fd);
         if (fl.l_type != F_UNLCK)
                 return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
                                     "is in use: another process (a running VM?) holds qemu's lock "
@@ -281,16 +295,10 @@ uint64_t qt_file_allocated(const struct stat *st)
 
 int qt_image_lock_writers_out(const char *path, struct qt_error *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
         struct flock fl = {
             .l_type = F_RDLCK,
-            .l_whence = SEEK_SET,
             .l_start = QEMU_LOCK_SHARED_BASE + QEMU_PERM_WRITE_BIT,
             .l_len = 1,
         };
-        if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
-                return qt_error_set(e, QT_ERR_IN_USE, errno, "cannot lock it against writers: %m");
-        return TAKE_FD(fd);
+        return qemu_lock_bytes(path, F_OFD_SETLK, &fl, e);
 }

@@ -20,16 +20,9 @@ max=$(busctl --system --json=short get-property org.qtrim1 /org/qtrim1 org.qtrim
 
 qt_step "qtrimctl shrink A B, sampling ListJobs"
 samples=$QT_WORK/listjobs.jsonl
-(
-        while :; do
-                busctl --system --json=short call org.qtrim1 /org/qtrim1 org.qtrim1.Manager ListJobs 2>/dev/null || true
-                sleep 0.05
-        done
-) >"$samples" &
-sampler=$!
-qt_defer qt_kill_wait "$sampler" 2
+qt_sample_jobs_start "$samples"
 qt_qtrimctl_ok shrink "$a" "$b"
-qt_undo qt_kill_wait "$sampler" 2
+qt_sample_jobs_stop
 
 most=$(jq -s '[.[] | [.data[0][] | select(.[2] == "running")] | length] | max // 0' "$samples")
 ((most >= 2)) || qt_fail "the two jobs never ran at the same time (at most $most running in $(wc -l <"$samples") samples)"

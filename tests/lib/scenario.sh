@@ -69,3 +69,17 @@ qt_qtrimctl_ok() {
         sed 's/^/    | /' "$out"
         ((rc == 0)) || qt_fail "qtrimctl $* exited with $rc"
 }
+
+# qt_sample_jobs_start FILE: records ListJobs every 50 ms (one JSON line each) until
+# qt_sample_jobs_stop, to see which jobs ran at the same time.
+qt_sample_jobs_start() {
+        (
+                while :; do
+                        busctl --system --json=short call org.qtrim1 /org/qtrim1 org.qtrim1.Manager ListJobs 2>/dev/null || true
+                        sleep 0.05
+                done
+        ) >"$1" &
+        QT_SAMPLER_PID=$!
+        qt_defer qt_kill_wait "$QT_SAMPLER_PID" 2
+}
+qt_sample_jobs_stop() { qt_undo qt_kill_wait "$QT_SAMPLER_PID" 2; }

@@ -207,6 +207,7 @@ qt_umount() {
 qt_rw_opts() {
         case $1 in
         ext4) printf 'rw,nodiscard,noinit_itable' ;;
+        ext2 | ext3) printf 'rw' ;;
         xfs) printf 'rw,nodiscard,nouuid' ;;
         btrfs) printf 'rw,nodiscard' ;;
         *) qt_fail "no mount options for fstype '$1'" ;;
@@ -216,7 +217,8 @@ qt_rw_opts() {
 # Read-only mount options that never write, not even a journal replay.
 qt_ro_opts() {
         case $1 in
-        ext4) printf 'ro,noload' ;;
+        ext3 | ext4) printf 'ro,noload' ;;
+        ext2) printf 'ro' ;;
         xfs) printf 'ro,norecovery,nouuid' ;;
         btrfs) printf 'ro,rescue=nologreplay' ;;
         *) qt_fail "no mount options for fstype '$1'" ;;

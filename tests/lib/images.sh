@@ -32,7 +32,7 @@ _qt_populate_fs() {
 
         qt_loop_attach dev "$raw" "$off" "$size"
         case $fstype in
-        ext4) mkfs.ext4 -q -F -T default -L "qt-$name" "$dev" ;;
+        ext2 | ext3 | ext4) "mkfs.$fstype" -q -F -T default -L "qt-$name" "$dev" ;;
         xfs) mkfs.xfs -q -f -L "qt-$name" "$dev" ;;
         btrfs) mkfs.btrfs -q -f -L "qt-$name" "$dev" >/dev/null ;;
         *) qt_fail "unsupported fstype $fstype" ;;
@@ -126,6 +126,18 @@ _qt_finish_qcow2() { # RAW IMG [full]
 
 # qcow2, 1 GiB virtual, every cluster allocated: GPT, p1 ext4 400 MiB, p2 xfs 400 MiB (its log
 # takes 64 MiB), 288 and 240 MiB of random data deleted, ~220 MiB unpartitioned at the end.
+# make_gpt_ext2_ext3 IMG: qcow2, 1 GiB, GPT, p1 ext2 and p2 ext3 (the older ext kinds qtrim trims).
+make_gpt_ext2_ext3() {
+        local img=$1 raw=$QT_SCRATCH/${1##*/}.raw frag=$QT_SCRATCH/${1##*/}.frag
+        rm -f -- "$raw" "$frag"
+        truncate -s 1G -- "$raw"
+        printf 'label: gpt\nsize=400MiB, type=L, name=old\nsize=400MiB, type=L, name=older\n' | sfdisk -q -- "$raw" >/dev/null
+        _qt_populate_part "$frag" "$raw" 1 ext2 240 4K 100K 1M 8M
+        _qt_populate_part "$frag" "$raw" 2 ext3 240 12K 300K 3M 16M
+        _qt_finish_qcow2 "$raw" "$img" full
+        _qt_write_manifest "$img" qcow2 gpt "$frag"
+}
+
 make_gpt_ext4_xfs() {
         local img=$1 raw=$QT_SCRATCH/${1##*/}.raw frag=$QT_SCRATCH/${1##*/}.frag
         rm -f -- "$raw" "$frag"

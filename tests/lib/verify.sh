@@ -17,7 +17,7 @@ qt_image_format() { qemu-img info -U --output=json -- "$1" | jq -r '.format'; }
 _qt_fsck_ro() { # DEV FSTYPE NAME
         local out rc=0
         case $2 in
-        ext4) out=$(e2fsck -f -n -- "$1" 2>&1) || rc=$? ;;
+        ext2 | ext3 | ext4) out=$(e2fsck -f -n -- "$1" 2>&1) || rc=$? ;;
         xfs) out=$(xfs_repair -n -- "$1" 2>&1) || rc=$? ;;
         btrfs) out=$(btrfs check --readonly -- "$1" 2>&1) || rc=$? ;;
         *) return 0 ;;

@@ -325,26 +325,33 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
         return 0;
 }
 
-/* Something on the host still holds the disk file (a tool that opened a loop device, a guest
- * filesystem whose lazy unmount is still busy): cut the connection through fusectl, so its I/O
- * fails with ENOTCONN instead of the job waiting for it forever. fusectl is mounted on the
- * (now free) bridge directory of the worker's private namespace. */
-static void abort_connection(struct qt_nbd_fuse *b)
+int qt_fuse_abort_connection(unsigned connection, const char *dir)
 {
         char path[PATH_MAX];
+        if (mount("fusectl", dir, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+                return -errno;
+        int r = 0;
+        int n = snprintf(path, sizeof(path), "%s/%u/abort", dir, connection);
+        int fd = n > 0 && (size_t)n < sizeof(path) ? open(path, O_WRONLY | O_CLOEXEC) : -1;
+        if (fd < 0 || write(fd, "1", 1) != 1)
+                r = -errno;
+        if (fd >= 0)
+                close(fd);
+        umount2(dir, MNT_DETACH);
+        return r;
+}
+
+/* Something on the host still holds the disk file (a tool that opened a loop device, a guest
+ * filesystem whose lazy unmount is still busy): cut the connection, so its I/O fails with
+ * ENOTCONN instead of the job waiting for it forever. fusectl goes on the (now free) bridge
+ * directory of the worker's private namespace. */
+static void abort_connection(struct qt_nbd_fuse *b)
+{
         fprintf(stderr,
                 "qtrim worker %d: the disk file is still in use after %d s; aborting the "
                 "FUSE connection\n",
                 (int)getpid(), DETACH_WAIT_SECONDS);
-        if (mount("fusectl", b->mountpoint, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-                return;
-        int n = snprintf(path, sizeof(path), "%s/%u/abort", b->mountpoint, minor(b->connection));
-        int fd = n > 0 && (size_t)n < sizeof(path) ? open(path, O_WRONLY | O_CLOEXEC) : -1;
-        if (fd >= 0) {
-                (void)write(fd, "1", 1);
-                close(fd);
-        }
-        umount2(b->mountpoint, MNT_DETACH);
+        (void)qt_fuse_abort_connection(qt_nbd_fuse_connection(b), b->mountpoint);
 }
 
 static int mount_bridge(struct qt_nbd_fuse *b, struct qt_error *e)
@@ -403,6 +410,11 @@ const char *qt_nbd_fuse_disk_path(const struct qt_nbd_fuse *b)
 uint64_t qt_nbd_fuse_size(const struct qt_nbd_fuse *b)
 {
         return b->size;
+}
+
+unsigned qt_nbd_fuse_connection(const struct qt_nbd_fuse *b)
+{
+        return b->connection ? minor(b->connection) : 0;
 }
 
 int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e)

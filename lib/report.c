@@ -79,6 +79,7 @@ static const struct field fields[] = {
     FIELD("converted", "Converted", FIELD_BOOL, converted),
     FIELD("message", "Message", FIELD_STR, message),
     FIELD("temp-file", NULL, FIELD_STR, temp_file),
+    FIELD("fuse-connection", NULL, FIELD_U64, fuse_connection),
 };
 
 static const struct field *field_by_key(const char *key)

@@ -69,6 +69,9 @@ struct qt_report {
         char message[QT_REPORT_STRING_MAX];
         /* The compact copy while it exists: whoever sees the worker die deletes it. */
         char temp_file[QT_REPORT_STRING_MAX];
+        /* The worker's FUSE connection (its number under fusectl) while attached, else 0: what
+         * qtrimd aborts if the worker dies and cannot finish dying (see nbd-fuse.h). */
+        uint64_t fuse_connection;
         struct qt_error error;
         bool finished; /* the worker said "end": anything after it is ignored */
 };

@@ -132,8 +132,11 @@ static int attach(struct shrink *s)
                                     fuse_dir);
         r = qt_nbd_fuse_attach(s->req->image, s->info.format, read_only, fuse_dir, &s->bridge,
                                &s->error);
-        if (r < 0 || read_only)
+        if (r < 0)
                 return r;
+        qt_emit_u64(s->rep, "fuse-connection", qt_nbd_fuse_connection(s->bridge));
+        if (read_only)
+                return 0;
 
         /* qemu-nbd holds the image now; keep VMs out until the very end, then make sure the
          * file qemu-nbd opened is the one we inspected. */
@@ -198,6 +201,7 @@ static int detach(struct shrink *s)
 {
         int r = qt_nbd_fuse_detach(s->bridge, &s->error);
         s->bridge = NULL;
+        qt_emit_u64(s->rep, "fuse-connection", 0);
         return r;
 }
 

@@ -40,8 +40,12 @@ static int run_phase(struct shrink *s, enum qt_phase phase, phase_fn fn)
         qt_emit_phase(s->rep, phase);
         /* Jobs pause for tests; the probe that answers Shrink() must not. */
         int r = s->req->kind == QT_JOB_SHRINK ? qt_test_pause(qt_phase_name(phase)) : 0;
-        if (r >= 0)
-                r = fn(s);
+        /* Detach runs whatever happened, also after a cancel: nothing may stay attached. */
+        if (r >= 0 || phase == QT_PHASE_DETACH) {
+                int k = fn(s);
+                if (r >= 0)
+                        r = k;
+        }
         qt_emit_phase_time(s->rep, phase, now_usec() - start);
         if (r == -ECANCELED && !qt_error_is_set(&s->error))
                 qt_error_set(&s->error, QT_ERR_CANCELED, r, "canceled during %s",

@@ -2,6 +2,7 @@
 /* Small helpers every module uses: scope-bound cleanup, byte and time formatting. */
 #pragma once
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -68,7 +69,6 @@ char *utf8_sanitize(char *s);
 /* Writes all of buf, retrying on EINTR and short writes. */
 int write_all(int fd, const void *buf, size_t len);
 
-#include <signal.h>
 /* Set by the worker's SIGTERM handler (Cancel(), or the daemon's death); long steps poll it
  * and stop at the next safe point. */
 extern volatile sig_atomic_t qt_cancel_requested;

@@ -13,6 +13,11 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 
 QT_QTRIMD=${QT_QTRIMD:-$QT_BUILD_DIR/daemon/qtrimd}
 QT_QTRIMCTL=${QT_QTRIMCTL:-$QT_BUILD_DIR/cli/qtrimctl}
+# How every test's qtrimd runs, from outside the test: QT_QTRIMD_WRAPPER is a command to run it
+# under (e.g. "valgrind --error-exitcode=99"), QT_QTRIMD_EXTRA_ARGS options added to each start
+# (e.g. "--attach=kernel" in the VM suite). Both are split on spaces.
+QT_QTRIMD_WRAPPER=${QT_QTRIMD_WRAPPER:-}
+QT_QTRIMD_EXTRA_ARGS=${QT_QTRIMD_EXTRA_ARGS:-}
 
 # Seconds to wait for qtrimd to own its name, and to exit after SIGTERM.
 QT_DAEMON_START_TIMEOUT=${QT_DAEMON_START_TIMEOUT:-15}
@@ -76,7 +81,9 @@ qt_daemon_start() {
         QT_DAEMON_LOG=$QT_WORK/qtrimd.log
         # Its own crash records, as systemd's StateDirectory= would give it: a restarted qtrimd
         # of this test finds them, no other test's qtrimd does.
-        STATE_DIRECTORY=$QT_WORK/state "$QT_QTRIMD" "$@" >"$QT_DAEMON_LOG" 2>&1 &
+        # shellcheck disable=SC2086 # wrapper and extra arguments are word lists
+        STATE_DIRECTORY=$QT_WORK/state $QT_QTRIMD_WRAPPER "$QT_QTRIMD" "$@" $QT_QTRIMD_EXTRA_ARGS \
+                >"$QT_DAEMON_LOG" 2>&1 &
         QT_DAEMON_PID=$!
         export QT_DAEMON_PID QT_DAEMON_LOG
         qt_defer qt_kill_wait "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"

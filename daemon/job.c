@@ -169,6 +169,8 @@ int job_start(struct job *j)
             .kind = QT_JOB_SHRINK,
             .image = j->image,
             .convert = j->convert,
+            .convert_policy = j->manager->config.convert,
+            .attach = j->manager->config.attach,
             .scratch_dir = j->manager->scratch_dir,
         };
         /* The worker's lines go straight into the job's report, over the probe's facts. */

@@ -224,6 +224,8 @@ static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         r = read_shrink_options(msg, &convert, error);
         if (r < 0)
                 return r;
+        /* The administrator's Convert=never outranks a caller's wish for a copy. */
+        convert = convert && !((struct manager *)userdata)->config.convert.never;
         return start_request(userdata, msg, QT_JOB_PROBE, image, convert, error);
 }
 
@@ -259,11 +261,48 @@ static int get_version(sd_bus *bus, const char *path, const char *interface, con
         return sd_bus_message_append(reply, "s", QTRIM_VERSION);
 }
 
+static int append_strv(sd_bus_message *reply, char *const *list, size_t n)
+{
+        int r = sd_bus_message_open_container(reply, 'a', "s");
+        for (size_t i = 0; r >= 0 && i < n; i++)
+                r = sd_bus_message_append(reply, "s", list[i]);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+static int get_image_directories(sd_bus *bus, const char *path, const char *interface,
+                                 const char *property, sd_bus_message *reply, void *userdata,
+                                 sd_bus_error *error)
+{
+        const struct manager *m = userdata;
+        return append_strv(reply, m->config.image_dirs, m->config.n_image_dirs);
+}
+
+static int get_sweep_patterns(sd_bus *bus, const char *path, const char *interface,
+                              const char *property, sd_bus_message *reply, void *userdata,
+                              sd_bus_error *error)
+{
+        const struct manager *m = userdata;
+        return append_strv(reply, m->config.sweep_patterns, m->config.n_sweep_patterns);
+}
+
+static int get_attach_backend(sd_bus *bus, const char *path, const char *interface,
+                              const char *property, sd_bus_message *reply, void *userdata,
+                              sd_bus_error *error)
+{
+        const struct manager *m = userdata;
+        return sd_bus_message_append(reply, "s", qt_attach_backend_name(m->config.attach));
+}
+
 static const sd_bus_vtable manager_vtable[] = {
     SD_BUS_VTABLE_START(0),
     SD_BUS_PROPERTY("Version", "s", get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
-    SD_BUS_PROPERTY("MaxParallelJobs", "u", NULL, offsetof(struct manager, max_parallel_jobs),
+    SD_BUS_PROPERTY("MaxParallelJobs", "u", NULL,
+                    offsetof(struct manager, config.max_parallel_jobs),
                     SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("ImageDirectories", "as", get_image_directories, 0,
+                    SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("SweepPatterns", "as", get_sweep_patterns, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("AttachBackend", "s", get_attach_backend, 0, SD_BUS_VTABLE_PROPERTY_CONST),
     SD_BUS_METHOD_WITH_ARGS("Shrink", SD_BUS_ARGS("s", image, "a{sv}", options),
                             SD_BUS_RESULT("o", job), method_shrink, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("s", image),
@@ -295,7 +334,7 @@ int manager_add_bus_objects(struct manager *m)
 void manager_dispatch_queue(struct manager *m)
 {
         for (struct job *j = m->jobs; j && !m->exiting; j = j->next)
-                if (m->n_running >= m->max_parallel_jobs)
+                if (m->n_running >= m->config.max_parallel_jobs)
                         break;
                 else if (j->state == JOB_QUEUED) {
                         job_start(j);

@@ -6,6 +6,8 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "conf-file.h"
+
 struct job;
 struct request;
 
@@ -16,7 +18,7 @@ struct request;
 struct manager {
         sd_event *event;
         sd_bus *bus;
-        unsigned max_parallel_jobs;
+        struct qt_config config;
         const char *scratch_dir; /* where workers mount their private tmpfs */
         const char *state_dir;   /* what must survive a crash of qtrimd (temp-records.h) */
 

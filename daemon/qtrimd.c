@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include "conf-file.h"
 #include "config.h"
 #include "dbus-api.h"
 #include "job.h"
@@ -23,36 +24,53 @@ static void help(void)
 {
         printf("Usage: qtrimd [OPTIONS]\n\n"
                "Shrinks QEMU disk images on request over D-Bus (org.qtrim1 on the system bus;\n"
-               "DBUS_SYSTEM_BUS_ADDRESS is honoured). Runs in the foreground.\n\n"
-               "  -j, --max-parallel-jobs=N  run at most N jobs at once (default 2)\n"
+               "DBUS_SYSTEM_BUS_ADDRESS is honoured). Runs in the foreground. Options override\n"
+               "the configuration file (qtrimd.conf(5)).\n\n"
+               "      --config=FILE          read FILE instead of " QT_CONFIG_PATH "\n"
+               "  -j, --max-parallel-jobs=N  run at most N jobs at once (1-64)\n"
+               "      --attach=BACKEND       auto, kernel (/dev/nbdN) or fuse\n"
+               "      --idle-exit-sec=N      exit after N idle seconds (0: never)\n"
                "  -h, --help                 show this help\n"
                "      --version              show the version\n");
 }
 
-static int parse_args(int argc, char **argv, struct manager *m)
+/* What the command line says; applied over the configuration file it names. */
+struct arguments {
+        const char *config_path;
+        const char *max_parallel_jobs, *attach, *idle_exit_sec;
+};
+
+static int parse_args(int argc, char **argv, struct arguments *a)
 {
+        enum { ARG_CONFIG = 0x100, ARG_ATTACH, ARG_IDLE_EXIT_SEC, ARG_VERSION };
         static const struct option options[] = {
+            {"config", required_argument, NULL, ARG_CONFIG},
             {"max-parallel-jobs", required_argument, NULL, 'j'},
+            {"attach", required_argument, NULL, ARG_ATTACH},
+            {"idle-exit-sec", required_argument, NULL, ARG_IDLE_EXIT_SEC},
             {"help", no_argument, NULL, 'h'},
-            {"version", no_argument, NULL, 'V'},
+            {"version", no_argument, NULL, ARG_VERSION},
             {},
         };
         int c;
         while ((c = getopt_long(argc, argv, "j:h", options, NULL)) >= 0)
                 switch (c) {
-                case 'j': {
-                        uint64_t n;
-                        if (parse_u64(optarg, &n) < 0 || n < 1 || n > 64) {
-                                fprintf(stderr, "qtrimd: --max-parallel-jobs takes 1 to 64\n");
-                                return -EINVAL;
-                        }
-                        m->max_parallel_jobs = (unsigned)n;
+                case ARG_CONFIG:
+                        a->config_path = optarg;
                         break;
-                }
+                case 'j':
+                        a->max_parallel_jobs = optarg;
+                        break;
+                case ARG_ATTACH:
+                        a->attach = optarg;
+                        break;
+                case ARG_IDLE_EXIT_SEC:
+                        a->idle_exit_sec = optarg;
+                        break;
                 case 'h':
                         help();
                         return 0;
-                case 'V':
+                case ARG_VERSION:
                         printf("qtrimd %s\n", QTRIM_VERSION);
                         return 0;
                 default:
@@ -63,6 +81,45 @@ static int parse_args(int argc, char **argv, struct manager *m)
                 return -EINVAL;
         }
         return 1;
+}
+
+static void on_config_warning(unsigned line, const char *message, void *userdata)
+{
+        fprintf(stderr, "qtrimd: %s:%u: %s\n", (const char *)userdata, line, message);
+}
+
+/* The file, then the command line over it, each value with the file's own syntax. */
+static int load_config(const struct arguments *a, struct qt_config *c)
+{
+        const char *path = a->config_path ? a->config_path : QT_CONFIG_PATH;
+        char err[QT_CONFIG_ERROR_MAX] = "";
+        int r = qt_config_init(c);
+        if (r < 0)
+                return r;
+        r = qt_config_load(c, path, a->config_path != NULL, on_config_warning, (void *)path, err);
+        if (r < 0) {
+                fprintf(stderr, "qtrimd: %s: %s\n", path, err);
+                qt_config_free(c);
+                return r;
+        }
+        const struct {
+                const char *option, *key, *value;
+        } overrides[] = {
+            {"--max-parallel-jobs", "MaxParallelJobs", a->max_parallel_jobs},
+            {"--attach", "Attach", a->attach},
+            {"--idle-exit-sec", "IdleExitSec", a->idle_exit_sec},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(overrides); i++) {
+                const char *why;
+                if (overrides[i].value &&
+                    qt_config_set(c, overrides[i].key, overrides[i].value, &why) < 0) {
+                        fprintf(stderr, "qtrimd: %s=%s: %s\n", overrides[i].option,
+                                overrides[i].value, why);
+                        qt_config_free(c);
+                        return -EINVAL;
+                }
+        }
+        return 0;
 }
 
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
@@ -88,6 +145,7 @@ static void manager_done(struct manager *m)
         }
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
+        qt_config_free(&m->config);
 }
 
 static int run(int argc, char **argv)
@@ -95,12 +153,15 @@ static int run(int argc, char **argv)
         /* systemd's StateDirectory= says where; tests give each daemon its own. */
         const char *state_dir = getenv("STATE_DIRECTORY");
         struct manager m = {
-            .max_parallel_jobs = 2,
             .scratch_dir = QTRIM_RUNTIME_DIR "/mnt",
             .state_dir = state_dir && state_dir[0] == '/' ? state_dir : QTRIM_STATE_DIR,
         };
-        int r = parse_args(argc, argv, &m);
+        struct arguments args = {};
+        int r = parse_args(argc, argv, &args);
         if (r <= 0)
+                return r;
+        r = load_config(&args, &m.config);
+        if (r < 0)
                 return r;
 
         /* sd-event handles these through signalfd and child sources. */
@@ -111,8 +172,9 @@ static int run(int argc, char **argv)
         sigaddset(&mask, SIGCHLD);
         sigprocmask(SIG_BLOCK, &mask, NULL);
         if (mkdir(QTRIM_RUNTIME_DIR, 0755) < 0 && errno != EEXIST) {
+                r = -errno;
                 fprintf(stderr, "qtrimd: cannot create %s: %m\n", QTRIM_RUNTIME_DIR);
-                return -errno;
+                goto out;
         }
 
         /* Copies a crash of an earlier qtrimd and its workers left behind. */
@@ -148,8 +210,9 @@ static int run(int argc, char **argv)
         }
 
         sd_notify(0, "READY=1\nSTATUS=Waiting for requests");
-        fprintf(stderr, "qtrimd %s: serving %s, at most %u job(s) at once\n", QTRIM_VERSION,
-                QTRIM_BUS_NAME, m.max_parallel_jobs);
+        fprintf(stderr, "qtrimd %s: serving %s, at most %u job(s) at once, attach: %s\n",
+                QTRIM_VERSION, QTRIM_BUS_NAME, m.config.max_parallel_jobs,
+                qt_attach_backend_name(m.config.attach));
         r = sd_event_loop(m.event);
 out:
         manager_done(&m);

@@ -271,6 +271,16 @@ static int convert(struct shrink *s)
                 qt_emit_str(s->rep, "message",
                             "kept the trimmed image: the compact copy was not smaller");
                 drop_temp(s);
+        } else if (!qt_convert_policy_accepts(&s->req->convert_policy, qt_file_allocated(&trimmed),
+                                              qt_file_allocated(&copy))) {
+                char saved[FORMAT_BYTES_MAX];
+                uint64_t t = qt_file_allocated(&trimmed), c = qt_file_allocated(&copy);
+                char msg[128];
+                snprintf(msg, sizeof(msg),
+                         "kept the trimmed image: the compact copy saved only %s (Convert= policy)",
+                         format_bytes(saved, c < t ? t - c : 0));
+                qt_emit_str(s->rep, "message", msg);
+                drop_temp(s);
         }
         return 0;
 }

@@ -8,6 +8,8 @@
 
 #include <stdbool.h>
 
+#include "attach.h"
+#include "conf-file.h"
 #include "report.h"
 
 enum qt_job_kind {
@@ -20,6 +22,8 @@ struct qt_shrink_request {
         enum qt_job_kind kind;
         const char *image; /* absolute path */
         bool convert;      /* QT_JOB_SHRINK: make a compact copy after the trim */
+        struct qt_convert_policy convert_policy; /* and keep it only if it saves enough */
+        enum qt_attach_backend attach;
         const char
             *scratch_dir; /* where the worker mounts its private tmpfs, e.g. /run/qtrim/mnt */
 };

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * /etc/qtrim/qtrimd.conf: the administrator's policy for qtrimd, one "[Daemon]" section of
+ * Key=Value lines (qtrimd.conf(5)). Parsing is separate from reading the file so that the
+ * parser, which reads bytes root wrote but a package or a careless edit may have mangled, can be
+ * fuzzed on its own.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attach.h"
+
+#define QT_CONFIG_PATH         "/etc/qtrim/qtrimd.conf"
+#define QT_CONFIG_MAX_DIRS     32
+#define QT_CONFIG_MAX_PATTERNS 16
+#define QT_CONFIG_ERROR_MAX    256
+
+/* When a compact copy replaces the trimmed image. */
+struct qt_convert_policy {
+        bool never;           /* Convert=never: trim in place only */
+        unsigned min_percent; /* Convert=N%: the copy must save N% of the trimmed allocation */
+        uint64_t min_bytes;   /* Convert=N[KMGT]: ... or that many bytes */
+};
+
+struct qt_config {
+        char *image_dirs[QT_CONFIG_MAX_DIRS]; /* absolute, no trailing slash */
+        size_t n_image_dirs;
+        char *sweep_patterns[QT_CONFIG_MAX_PATTERNS]; /* fnmatch(3) patterns of file names */
+        size_t n_sweep_patterns;
+        unsigned max_parallel_jobs;
+        struct qt_convert_policy convert;
+        enum qt_attach_backend attach;
+        uint64_t idle_exit_usec; /* 0: never */
+};
+
+/* Called for each line that is ignored but worth telling the administrator about. */
+typedef void (*qt_config_warn_fn)(unsigned line, const char *message, void *userdata);
+
+/* The defaults, as if the file were empty. Free with qt_config_free(). */
+int qt_config_init(struct qt_config *c);
+void qt_config_free(struct qt_config *c);
+
+/* Applies text (len bytes, need not be NUL-terminated) over c. On a bad value returns -EINVAL
+ * with "line N: ..." in err, and c keeps what the lines before it set. */
+int qt_config_parse(struct qt_config *c, const char *text, size_t len, qt_config_warn_fn warn,
+                    void *userdata, char err[QT_CONFIG_ERROR_MAX]);
+
+/* Reads and parses path over c. A missing file is not an error when must_exist is false. */
+int qt_config_load(struct qt_config *c, const char *path, bool must_exist, qt_config_warn_fn warn,
+                   void *userdata, char err[QT_CONFIG_ERROR_MAX]);
+
+/* Sets one key from its text (the command line uses the file's syntax): -ENOENT for an unknown
+ * key, -EINVAL/-E2BIG for a bad value, with what the key takes in *ret_why. */
+int qt_config_set(struct qt_config *c, const char *key, const char *value, const char **ret_why);
+
+/* Parsers of single values. */
+int qt_parse_convert_policy(const char *s, struct qt_convert_policy *ret);
+int qt_parse_seconds(const char *s, uint64_t *ret_usec);
+
+/* Whether the copy is worth keeping under the policy: it saves enough against the trimmed image
+ * (host bytes allocated by each). */
+bool qt_convert_policy_accepts(const struct qt_convert_policy *p, uint64_t trimmed_bytes,
+                               uint64_t copy_bytes);

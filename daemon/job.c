@@ -9,7 +9,8 @@
 #include "bus-util.h"
 #include "convert.h"
 #include "dbus-api.h"
-#include "temp-records.h"
+#include "journal.h"
+#include "state-dir.h"
 #include "util.h"
 
 static const char *const state_names[] = {
@@ -68,17 +69,19 @@ int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t ui
 static void log_result(const struct job *j)
 {
         char before[FORMAT_BYTES_MAX], after[FORMAT_BYTES_MAX], trimmed[FORMAT_BYTES_MAX],
-            took[FORMAT_DURATION_MAX];
+            took[FORMAT_DURATION_MAX], message[QT_REPORT_STRING_MAX + 256];
         const struct qt_report *r = &j->report;
         if (j->state == JOB_DONE)
-                fprintf(stderr, "%s: %s → %s allocated, %s trimmed in %s%s%s\n", j->image,
-                        format_bytes(before, r->bytes_before), format_bytes(after, r->bytes_after),
-                        format_bytes(trimmed, r->bytes_trimmed),
-                        format_duration(took, now_usec() - j->started_usec),
-                        r->message[0] ? "; " : "", r->message);
+                snprintf(message, sizeof(message), "%s → %s allocated, %s trimmed in %s%s%s",
+                         format_bytes(before, r->bytes_before), format_bytes(after, r->bytes_after),
+                         format_bytes(trimmed, r->bytes_trimmed),
+                         format_duration(took, now_usec() - j->started_usec),
+                         r->message[0] ? "; " : "", r->message);
         else
-                fprintf(stderr, "%s: %s: %s\n", j->image, job_state_name(j->state),
-                        r->error.message);
+                snprintf(message, sizeof(message), "%s: %s", job_state_name(j->state),
+                         r->error.message);
+        journal_job(j->id, j->image, job_state_name(j->state), r->bytes_before, r->bytes_after,
+                    message);
         for (size_t i = 0; i < r->n_fs; i++)
                 if (strcmp(r->fs[i].state, "skipped") == 0 || strcmp(r->fs[i].state, "failed") == 0)
                         fprintf(stderr, "%s: %s (%s): %s: %s\n", j->image, r->fs[i].name,
@@ -98,6 +101,11 @@ static void job_finish(struct job *j, enum job_state state)
                 j->report.progress = 1.0;
         }
         log_result(j);
+        int r = state == JOB_DONE ? state_shrunk_set(m->state_dir, j->image) : 0;
+        if (r < 0)
+                fprintf(stderr, "%s: cannot record the shrink in %s: %s\n", j->image, m->state_dir,
+                        strerror(-r));
+        state_job_end(m->state_dir, j->id);
 
         sd_bus_emit_properties_changed_strv(m->bus, j->path, QTRIM_JOB_IFACE, NULL);
         sd_bus_emit_signal(m->bus, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "JobRemoved", "uoss",
@@ -122,7 +130,7 @@ static void record_temp_file(struct job *j)
         const char *now = j->report.temp_file;
         if (strcmp(now, j->recorded_temp ? j->recorded_temp : "") == 0)
                 return;
-        int r = temp_record_set(j->manager->state_dir, j->id, j->image, now);
+        int r = state_job_set(j->manager->state_dir, j->id, j->image, now);
         if (r < 0)
                 fprintf(stderr, "%s: cannot record the temporary copy %s: %s, continuing\n",
                         j->image, now, strerror(-r));
@@ -173,9 +181,14 @@ int job_start(struct job *j)
             .attach = j->manager->config.attach,
             .scratch_dir = j->manager->scratch_dir,
         };
+        /* Before anything happens to the image: a crash of qtrimd from here on is reported
+         * by the next one. */
+        int r = state_job_set(j->manager->state_dir, j->id, j->image, "");
+        if (r < 0)
+                fprintf(stderr, "%s: cannot record the job in %s: %s, continuing\n", j->image,
+                        j->manager->state_dir, strerror(-r));
         /* The worker's lines go straight into the job's report, over the probe's facts. */
-        int r =
-            worker_start(j->manager->event, &req, &j->report, &job_worker_callbacks, j, &j->worker);
+        r = worker_start(j->manager->event, &req, &j->report, &job_worker_callbacks, j, &j->worker);
         if (r < 0) {
                 qt_error_set(&j->report.error, QT_ERR_FAILED, r, "cannot start a worker: %s",
                              strerror(-r));

@@ -13,12 +13,14 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include "authorize.h"
 #include "bus-util.h"
 #include "config.h"
 #include "dbus-api.h"
 #include "error.h"
 #include "image.h"
 #include "job.h"
+#include "state-dir.h"
 #include "util.h"
 #include "worker.h"
 
@@ -32,7 +34,8 @@ struct request {
         dev_t dev;
         ino_t ino;
         uid_t uid;
-        bool convert;
+        bool convert, if_changed;
+        sd_bus_slot *authorization; /* polkit's answer, while it is awaited */
         struct worker *worker;
         struct qt_report report;
 };
@@ -51,6 +54,7 @@ static void request_free(struct request *q)
                         m->n_requests--;
                         break;
                 }
+        sd_bus_slot_unref(q->authorization);
         worker_free(q->worker);
         sd_bus_message_unref(q->call);
         free(q->image);
@@ -127,76 +131,137 @@ static bool request_pending_for(struct manager *m, dev_t dev, ino_t ino)
         return false;
 }
 
-/* Validates the image path and starts the worker that will answer the call. */
-static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
-                         const char *image, bool convert, sd_bus_error *error)
+/* Whether path (absolute) lies inside one of the configured image directories. Lexical: callers
+ * check the path as given and again once resolved, so a link out of a directory is caught. */
+static bool in_image_directories(const struct manager *m, const char *path)
 {
+        if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./"))
+                return false;
+        for (size_t i = 0; i < m->config.n_image_dirs; i++) {
+                const char *dir = m->config.image_dirs[i];
+                size_t len = strlen(dir);
+                if (strncmp(path, dir, len) == 0 && path[len] == '/' && path[len + 1])
+                        return true;
+        }
+        return false;
+}
+
+/* Replies with the error and ends the request: for steps that run after the method returned. */
+static void request_fail(struct request *q, const char *name, const char *message)
+{
+        sd_bus_reply_method_errorf(q->call, name, "%s", message);
+        struct manager *m = q->manager;
+        request_free(q);
+        manager_check_exit(m);
+}
+
+/* The caller may act: check the file, resolve it, and start the worker that answers the call. */
+static void request_continue(struct request *q)
+{
+        struct manager *m = q->manager;
         struct qt_error e = {};
         struct stat st;
+        if (qt_image_check_path(q->image, true, &st, &e) < 0)
+                return request_fail(q, qt_error_dbus_name(e.code), e.message);
+        if (q->kind == QT_JOB_PROBE && (job_find_by_file(m, st.st_dev, st.st_ino) ||
+                                        request_pending_for(m, st.st_dev, st.st_ino)))
+                return request_fail(q, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
+                                    "already has a job");
+
+        /* From here on, the file itself: a symbolic link is followed once, here, so the copy
+         * replaces the file it names (not the link), beside it, on its filesystem. */
+        char *canonical = realpath(q->image, NULL);
+        if (!canonical)
+                return request_fail(q, qt_error_dbus_name(QT_ERR_NOT_FOUND),
+                                    "cannot resolve the path");
+        free(q->image);
+        q->image = canonical;
+        if (q->uid != 0 && !in_image_directories(m, q->image))
+                return request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
+                                    "resolves to a file outside the image directories");
+        if (q->if_changed && state_shrunk_unchanged(m->state_dir, q->image, &st))
+                return request_fail(q, qt_error_dbus_name(QT_ERR_UNCHANGED),
+                                    "unchanged since qtrim last shrank it");
+        q->dev = st.st_dev;
+        q->ino = st.st_ino;
+
+        struct qt_shrink_request req = {
+            .kind = q->kind, .image = q->image, .scratch_dir = m->scratch_dir};
+        int r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
+        if (r < 0)
+                request_fail(q, qt_error_dbus_name(QT_ERR_FAILED), "cannot start a worker");
+}
+
+static void on_authorized(bool allowed, const char *why, void *userdata)
+{
+        struct request *q = userdata;
+        q->authorization = sd_bus_slot_unref(q->authorization);
+        if (!allowed)
+                return request_fail(q, SD_BUS_ERROR_ACCESS_DENIED, why);
+        request_continue(q);
+}
+
+/* Shrink and Inspect: who asks, for what, then (once authorized) the image itself. The reply
+ * comes when the worker is done, or sooner with an error. */
+static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
+                         const char *image, bool convert, bool if_changed, sd_bus_error *error)
+{
         uid_t uid;
         int r = bus_sender_uid(call, &uid);
         if (r < 0)
                 return r;
-        /* Until polkit support lands, only root may make qtrimd mount and write images. */
-        if (uid != 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                        "only root may shrink or inspect images");
-        if (qt_image_check_path(image, true, &st, &e) < 0)
-                return sd_bus_error_set(error, qt_error_dbus_name(e.code), e.message);
-        if (kind == QT_JOB_PROBE && (job_find_by_file(m, st.st_dev, st.st_ino) ||
-                                     request_pending_for(m, st.st_dev, st.st_ino)))
-                return sd_bus_error_set(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
-                                        "already has a job");
         if (m->n_requests >= MAX_REQUESTS)
                 return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                          "too many requests in progress (%u); try again later",
                                          MAX_REQUESTS);
-
-        /* From here on, the file itself: a symbolic link is followed once, here, so the copy
-         * replaces the file it names (not the link), beside it, on its filesystem. */
-        char *canonical = realpath(image, NULL);
-        if (!canonical)
-                return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_NOT_FOUND),
-                                         "cannot resolve the path: %s", strerror(errno));
+        if (uid != 0 && !in_image_directories(m, image))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "only root may name images outside the image "
+                                         "directories (ImageDirectories= in qtrimd.conf)");
         struct request *q = calloc(1, sizeof(*q));
-        if (!q) {
-                free(canonical);
+        if (!q || !(q->image = strdup(image))) {
+                free(q);
                 return -ENOMEM;
         }
-        *q = (struct request){.manager = m,
-                              .call = sd_bus_message_ref(call),
-                              .kind = kind,
-                              .image = canonical,
-                              .dev = st.st_dev,
-                              .ino = st.st_ino,
-                              .uid = uid,
-                              .convert = convert,
-                              .next = m->requests};
+        q->manager = m;
+        q->call = sd_bus_message_ref(call);
+        q->kind = kind;
+        q->uid = uid;
+        q->convert = convert;
+        q->if_changed = if_changed;
+        q->next = m->requests;
         m->requests = q;
         m->n_requests++;
+        manager_update_idle(m);
 
-        struct qt_shrink_request req = {
-            .kind = kind, .image = q->image, .scratch_dir = m->scratch_dir};
-        r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
+        r = authorize(call, QTRIM_ACTION_SHRINK, image, on_authorized, q, &q->authorization);
         if (r < 0) {
                 request_free(q);
                 return r;
         }
-        return 1; /* the reply comes when the worker is done */
+        if (r > 0)
+                request_continue(q);
+        return 1; /* the reply comes later, or came already */
 }
 
-/* Shrink options: only known keys, each with its own type. */
-static int read_shrink_options(sd_bus_message *msg, bool *convert, sd_bus_error *error)
+/* Shrink options: only known keys, each a boolean. */
+static int read_shrink_options(sd_bus_message *msg, bool *convert, bool *if_changed,
+                               sd_bus_error *error)
 {
         int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
                 return r;
         while ((r = sd_bus_message_enter_container(msg, 'e', "sv")) > 0) {
                 const char *key;
+                bool *target;
                 r = sd_bus_message_read(msg, "s", &key);
                 if (r < 0)
                         return r;
-                if (strcmp(key, QTRIM_OPT_CONVERT) != 0)
+                if (strcmp(key, QTRIM_OPT_CONVERT) == 0)
+                        target = convert;
+                else if (strcmp(key, QTRIM_OPT_IF_CHANGED) == 0)
+                        target = if_changed;
+                else
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "unknown option \"%.64s\"", key);
                 int b;
@@ -204,7 +269,7 @@ static int read_shrink_options(sd_bus_message *msg, bool *convert, sd_bus_error 
                 if (r < 0)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "option \"%s\" must be a boolean", key);
-                *convert = b;
+                *target = b;
                 r = sd_bus_message_exit_container(msg);
                 if (r < 0)
                         return r;
@@ -216,17 +281,18 @@ static int read_shrink_options(sd_bus_message *msg, bool *convert, sd_bus_error 
 
 static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
+        struct manager *m = userdata;
         const char *image;
-        bool convert = true;
+        bool convert = true, if_changed = false;
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        r = read_shrink_options(msg, &convert, error);
+        r = read_shrink_options(msg, &convert, &if_changed, error);
         if (r < 0)
                 return r;
         /* The administrator's Convert=never outranks a caller's wish for a copy. */
-        convert = convert && !((struct manager *)userdata)->config.convert.never;
-        return start_request(userdata, msg, QT_JOB_PROBE, image, convert, error);
+        convert = convert && !m->config.convert.never;
+        return start_request(m, msg, QT_JOB_PROBE, image, convert, if_changed, error);
 }
 
 static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *error)
@@ -235,7 +301,7 @@ static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *err
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        return start_request(userdata, msg, QT_JOB_INSPECT, image, false, error);
+        return start_request(userdata, msg, QT_JOB_INSPECT, image, false, false, error);
 }
 
 static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error)
@@ -380,4 +446,33 @@ void manager_check_exit(struct manager *m)
 {
         if (m->exiting && m->n_running == 0 && m->n_requests == 0)
                 sd_event_exit(m->event, 0);
+        manager_update_idle(m);
+}
+
+static int on_idle(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct manager *m = userdata;
+        /* Give the name back first: a call from now on starts a new qtrimd by D-Bus activation
+         * instead of reaching one that is about to exit. */
+        sd_bus_release_name(m->bus, QTRIM_BUS_NAME);
+        manager_stop(m, "idle");
+        return 0;
+}
+
+void manager_update_idle(struct manager *m)
+{
+        bool idle =
+            !m->exiting && m->n_jobs == 0 && m->n_requests == 0 && m->config.idle_exit_usec > 0;
+        if (!idle) {
+                sd_event_source_set_enabled(m->idle_timer, SD_EVENT_OFF);
+                return;
+        }
+        if (!m->idle_timer) {
+                if (sd_event_add_time_relative(m->event, &m->idle_timer, CLOCK_MONOTONIC,
+                                               m->config.idle_exit_usec, 0, on_idle, m) < 0)
+                        fprintf(stderr, "qtrimd: cannot arm the idle timer; staying up\n");
+                return;
+        }
+        sd_event_source_set_time_relative(m->idle_timer, m->config.idle_exit_usec);
+        sd_event_source_set_enabled(m->idle_timer, SD_EVENT_ONESHOT);
 }

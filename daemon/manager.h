@@ -27,6 +27,7 @@ struct manager {
         struct request *requests;
         unsigned n_requests;
         bool exiting;
+        sd_event_source *idle_timer; /* armed while there is no job and no request */
 };
 
 int manager_add_bus_objects(struct manager *m);
@@ -34,6 +35,8 @@ int manager_add_bus_objects(struct manager *m);
 void manager_dispatch_queue(struct manager *m);
 /* Called when a job or request ends: at exit, the loop stops once nothing is left. */
 void manager_check_exit(struct manager *m);
+/* Arms the idle-exit timer when nothing is left to do, disarms it otherwise. */
+void manager_update_idle(struct manager *m);
 /* Refuses new work, cancels queued and running jobs, and exits once their workers are gone. */
 void manager_stop(struct manager *m, const char *why);
 /* Frees what is left at exit (requests whose workers never ended). */

@@ -17,7 +17,7 @@
 #include "dbus-api.h"
 #include "job.h"
 #include "manager.h"
-#include "temp-records.h"
+#include "state-dir.h"
 #include "util.h"
 
 static void help(void)
@@ -143,6 +143,7 @@ static void manager_done(struct manager *m)
                 m->jobs = j->next;
                 job_free(j);
         }
+        sd_event_source_unref(m->idle_timer);
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
         qt_config_free(&m->config);
@@ -178,7 +179,10 @@ static int run(int argc, char **argv)
         }
 
         /* Copies a crash of an earlier qtrimd and its workers left behind. */
-        temp_records_sweep(m.state_dir);
+        unsigned interrupted = state_jobs_recover(m.state_dir);
+        if (interrupted)
+                fprintf(stderr, "qtrimd: %u job(s) of an earlier qtrimd were interrupted\n",
+                        interrupted);
 
         r = sd_event_default(&m.event);
         if (r >= 0)
@@ -213,6 +217,7 @@ static int run(int argc, char **argv)
         fprintf(stderr, "qtrimd %s: serving %s, at most %u job(s) at once, attach: %s\n",
                 QTRIM_VERSION, QTRIM_BUS_NAME, m.config.max_parallel_jobs,
                 qt_attach_backend_name(m.config.attach));
+        manager_update_idle(&m);
         r = sd_event_loop(m.event);
 out:
         manager_done(&m);

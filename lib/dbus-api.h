@@ -21,9 +21,10 @@
 #define QTRIM_PHASE_TIME_SIGNATURE "a" QTRIM_PHASE_TIME_ELEMENT
 
 /* Shrink() options (a{sv}). */
-#define QTRIM_OPT_CONVERT                                                                          \
-        "convert" /* b: convert to a compact copy after the trim (default true)                    \
-                   */
+/* b: convert to a compact copy after the trim (default true) */
+#define QTRIM_OPT_CONVERT "convert"
+/* b: refuse with Error.Unchanged if nothing wrote to the image since qtrim last shrank it */
+#define QTRIM_OPT_IF_CHANGED "if-changed"
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

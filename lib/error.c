@@ -26,6 +26,7 @@ static const char *const dbus_names[_QT_ERR_MAX] = {
     [QT_ERR_NO_SPACE] = PREFIX "NoSpace",
     [QT_ERR_CANCELED] = PREFIX "Canceled",
     [QT_ERR_NO_SUCH_JOB] = PREFIX "NoSuchJob",
+    [QT_ERR_UNCHANGED] = PREFIX "Unchanged",
 };
 
 const char *qt_error_dbus_name(enum qt_error_code code)

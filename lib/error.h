@@ -27,6 +27,7 @@ enum qt_error_code {
         QT_ERR_NO_SPACE,        /* not enough room for the converted copy */
         QT_ERR_CANCELED,        /* the job was cancelled */
         QT_ERR_NO_SUCH_JOB,     /* Cancel() or a lookup named a job that does not exist */
+        QT_ERR_UNCHANGED,       /* if-changed: nothing wrote to the image since qtrim shrank it */
         _QT_ERR_MAX,
 };
 

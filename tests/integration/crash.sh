@@ -88,6 +88,8 @@ for point in "${points[@]}"; do
                 # Its worker notices (parent-death signal) and tears down on its own.
                 qt_wait_pid_gone "$worker" 60 || qt_fail "worker $worker still runs 60 s after qtrimd died"
                 qt_daemon_start >/dev/null
+                grep -q 'failed: interrupted when an earlier qtrimd stopped unexpectedly' "$QT_DAEMON_LOG" ||
+                        qt_fail "the restarted qtrimd did not report the job the dead one was running"
                 check_image
         done
         qt_ok "worker tore down after qtrimd died; image intact, nothing left ($rounds round(s))"
@@ -105,8 +107,8 @@ for ((round = 1; round <= rounds; round++)); do
         qt_wait_pid_gone "$worker" 10 || qt_fail "worker $worker survived SIGKILL"
         # Nobody was left to delete the copy: the restarted qtrimd must, from its records.
         qt_daemon_start >/dev/null
-        grep -q 'left by a job that died with an earlier qtrimd' "$QT_DAEMON_LOG" ||
-                qt_fail "the restarted qtrimd did not say it removed the dead job's copy"
+        grep -q 'interrupted when an earlier qtrimd stopped unexpectedly.*removed its temporary copy' \
+                "$QT_DAEMON_LOG" || qt_fail "the restarted qtrimd did not report the interrupted job and its removed copy"
         check_image
 done
 qt_ok "the restarted qtrimd removed the copy; image intact, nothing left ($rounds round(s))"

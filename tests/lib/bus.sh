@@ -81,9 +81,13 @@ qt_daemon_start() {
         QT_DAEMON_LOG=$QT_WORK/qtrimd.log
         # Its own crash records, as systemd's StateDirectory= would give it: a restarted qtrimd
         # of this test finds them, no other test's qtrimd does.
+        # Never the machine's /etc/qtrim/qtrimd.conf; and a test's qtrimd does not exit when
+        # idle (nothing would start it again on a private bus). A test may write its own first.
+        QT_DAEMON_CONFIG=${QT_DAEMON_CONFIG:-$QT_WORK/qtrimd.conf}
+        [[ -e $QT_DAEMON_CONFIG ]] || printf '[Daemon]\nIdleExitSec=0\n' >"$QT_DAEMON_CONFIG"
         # shellcheck disable=SC2086 # wrapper and extra arguments are word lists
-        STATE_DIRECTORY=$QT_WORK/state $QT_QTRIMD_WRAPPER "$QT_QTRIMD" "$@" $QT_QTRIMD_EXTRA_ARGS \
-                >"$QT_DAEMON_LOG" 2>&1 &
+        STATE_DIRECTORY=$QT_WORK/state $QT_QTRIMD_WRAPPER "$QT_QTRIMD" --config="$QT_DAEMON_CONFIG" \
+                "$@" $QT_QTRIMD_EXTRA_ARGS >"$QT_DAEMON_LOG" 2>&1 &
         QT_DAEMON_PID=$!
         export QT_DAEMON_PID QT_DAEMON_LOG
         qt_defer qt_kill_wait "$QT_DAEMON_PID" "$QT_DAEMON_STOP_TIMEOUT"

@@ -1,0 +1,132 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+# The bash completion of qtrimctl: commands, options per command, image files, job ids.
+# Usage: completion.sh PATH-TO-shell-completion/bash/qtrimctl. Prints TAP. Needs no root and no
+# qtrimd: qtrimctl and busctl are stubs on PATH.
+
+completion=${1:?usage: completion.sh COMPLETION-FILE}
+completion=$(realpath "$completion") || exit 1
+
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+
+# Stubs: busctl answers "status org.qtrim1" with $STUB_RUNNING; qtrimctl prints $STUB_LIST
+# for "list" and leaves a mark that it was called.
+mkdir "$tmp/bin"
+cat >"$tmp/bin/busctl" <<'EOF'
+#!/bin/bash
+[[ $STUB_RUNNING == yes ]]
+EOF
+cat >"$tmp/bin/qtrimctl" <<'EOF'
+#!/bin/bash
+touch "$STUB_MARK"
+[[ $1 == list ]] && printf '%s' "$STUB_LIST"
+EOF
+chmod +x "$tmp/bin/busctl" "$tmp/bin/qtrimctl"
+export PATH="$tmp/bin:$PATH" STUB_MARK="$tmp/called" STUB_RUNNING=yes STUB_LIST=''
+
+# Files to complete: images (one with a space, one with glob characters), other files,
+# directories.
+mkdir -p "$tmp/images/sub" "$tmp/images/dir.img"
+touch "$tmp/images/"{a.qcow2,b.img,c.raw,d.txt,e.qcow2.bak,'with space.qcow2','g[1].raw'} \
+    "$tmp/images/sub/x.qcow2" "$tmp/images/sub/y.iso"
+cd "$tmp/images" || exit 1
+
+# shellcheck source=/dev/null
+source "$completion" || exit 1
+
+n=0
+failed=0
+
+# check DESCRIPTION LINE EXPECTED: completes LINE (the cursor at its end; a trailing space starts
+# a new word) and compares the sorted candidates, one per line, with EXPECTED.
+check()
+{
+    local description=$1 line=$2 expected=$3 got
+    read -ra COMP_WORDS <<<"$line"
+    [[ $line == *' ' ]] && COMP_WORDS+=('')
+    COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+    COMP_LINE=$line
+    COMP_POINT=${#line}
+    COMPREPLY=()
+    _qtrimctl qtrimctl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
+    got=$(printf '%s\n' "${COMPREPLY[@]}" | sort -u | sed '/^$/d')
+    expected=$(printf '%s' "$expected" | sort -u | sed '/^$/d')
+
+    n=$((n + 1))
+    if [[ $got == "$expected" ]]; then
+        echo "ok $n - $description"
+    else
+        echo "not ok $n - $description"
+        echo "# line: '$line'"
+        echo "# expected: ${expected//$'\n'/ }"
+        echo "# got:      ${got//$'\n'/ }"
+        failed=1
+    fi
+}
+
+nl=$'\n'
+
+if complete -p qtrimctl | grep -q -- '-F _qtrimctl'; then
+    echo "ok $((n += 1)) - registered for qtrimctl"
+else
+    echo "not ok $((n += 1)) - registered for qtrimctl"
+    failed=1
+fi
+
+check 'commands' 'qtrimctl ' "shrink${nl}inspect${nl}list${nl}cancel"
+check 'command prefix' 'qtrimctl sh' 'shrink'
+check 'options before a command' 'qtrimctl -' "--help${nl}--version"
+check 'command after an option' 'qtrimctl --json l' 'list'
+check 'unknown command' 'qtrimctl frob ' ''
+
+check 'shrink options' 'qtrimctl shrink -' \
+    "--help${nl}--no-convert${nl}--all${nl}--no-block${nl}--json"
+check 'shrink --json excludes --no-block' 'qtrimctl shrink --json --' \
+    "--help${nl}--no-convert${nl}--all${nl}--json"
+check 'shrink --no-block excludes --json' 'qtrimctl shrink --no-block --' \
+    "--help${nl}--no-convert${nl}--all${nl}--no-block"
+check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
+    "--help${nl}--no-convert${nl}--no-block${nl}--json"
+check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
+check 'shrink --all options' 'qtrimctl shrink --all --' "--help${nl}--no-convert"
+check 'shrink images and directories' 'qtrimctl shrink ' \
+    "a.qcow2${nl}b.img${nl}c.raw${nl}with space.qcow2${nl}g[1].raw${nl}sub${nl}dir.img"
+check 'shrink image prefix' 'qtrimctl shrink a' 'a.qcow2'
+check 'shrink second image' 'qtrimctl shrink a.qcow2 b' 'b.img'
+check 'shrink in a directory' 'qtrimctl shrink sub/' 'sub/x.qcow2'
+check 'shrink an absolute path' "qtrimctl shrink $tmp/images/sub/" "$tmp/images/sub/x.qcow2"
+check 'options before shrink' 'qtrimctl --no-convert shrink c' 'c.raw'
+
+check 'inspect options' 'qtrimctl inspect -' "--help${nl}--json"
+check 'inspect image' 'qtrimctl inspect --json b' 'b.img'
+check 'inspect takes one image' 'qtrimctl inspect a.qcow2 ' ''
+
+check 'list options' 'qtrimctl list -' "--help${nl}--json"
+check 'list takes no arguments' 'qtrimctl list ' ''
+
+check 'cancel options' 'qtrimctl cancel -' '--help'
+STUB_LIST="ID  STATE    PROGRESS  IMAGE
+ 3  running       40%  /var/lib/libvirt/images/a.qcow2
+12  queued         0%  /var/lib/libvirt/images/b.img
+"
+check 'cancel job ids' 'qtrimctl cancel ' "3${nl}12"
+check 'cancel job id prefix' 'qtrimctl cancel 1' '12'
+check 'cancel more job ids' 'qtrimctl cancel 3 ' "3${nl}12"
+STUB_LIST='No jobs.
+'
+check 'cancel with no jobs' 'qtrimctl cancel ' ''
+
+# With no qtrimd running, qtrimctl is not run: its ListJobs would start one.
+STUB_RUNNING=no
+rm -f "$STUB_MARK"
+check 'cancel, qtrimd not running' 'qtrimctl cancel ' ''
+if [[ ! -e $STUB_MARK ]]; then
+    echo "ok $((n += 1)) - qtrimctl not run when qtrimd is not running"
+else
+    echo "not ok $((n += 1)) - qtrimctl not run when qtrimd is not running"
+    failed=1
+fi
+
+echo "1..$n"
+exit $failed

@@ -51,6 +51,11 @@ int bus_connect(sd_bus **ret_bus)
         if (r < 0)
                 return log_errno(r, "failed to set the method call timeout");
 
+        /* Someone at a terminal can answer a polkit agent's password prompt. */
+        r = sd_bus_set_allow_interactive_authorization(bus, isatty(STDIN_FILENO));
+        if (r < 0)
+                return log_errno(r, "failed to allow interactive authorization");
+
         *ret_bus = TAKE_PTR(bus);
         return 0;
 }
@@ -68,7 +73,8 @@ int bus_call_method(sd_bus *bus, const char *what, const char *path, const char 
                                 types, ap);
         va_end(ap);
         if (r < 0) {
-                print_bus_error(&error, r, "%s", what);
+                if (what)
+                        print_bus_error(&error, r, "%s", what);
                 if (ret_error)
                         sd_bus_error_move(ret_error, &error);
         }

@@ -25,8 +25,8 @@ void print_bus_error(const sd_bus_error *error, int r, const char *fmt, ...)
  * enough for qtrimd to check an image before it replies. */
 int bus_connect(sd_bus **ret_bus);
 
-/* Calls a method of qtrimd. A failure is printed as "WHAT: MESSAGE (ERROR NAME)" and, if
- * ret_error is not NULL, handed to the caller too. */
+/* Calls a method of qtrimd. A failure is printed as "WHAT: MESSAGE (ERROR NAME)" (unless what is
+ * NULL) and, if ret_error is not NULL, handed to the caller too. */
 int bus_call_method(sd_bus *bus, const char *what, const char *path, const char *interface,
                     const char *member, sd_bus_error *ret_error, sd_bus_message **ret_reply,
                     const char *types, ...);

@@ -18,6 +18,7 @@
 static bool arg_no_block = false;
 static bool arg_no_convert = false;
 static bool arg_json = false;
+static bool arg_all = false;
 
 static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
 {
@@ -27,6 +28,8 @@ static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
             .json = arg_json,
         };
 
+        if (arg_all)
+                return sweep_image_directories(bus, &opts);
         return shrink_images(bus, args, n_args, &opts);
 }
 
@@ -366,6 +369,7 @@ enum {
         OPTION_NO_BLOCK = 1 << 0,
         OPTION_NO_CONVERT = 1 << 1,
         OPTION_JSON = 1 << 2,
+        OPTION_ALL = 1 << 3,
 };
 
 static const struct verb_option {
@@ -376,6 +380,8 @@ static const struct verb_option {
     {OPTION_NO_BLOCK, "--no-block", "Queue the jobs, print their object paths and return"},
     {OPTION_NO_CONVERT, "--no-convert", "Only trim: do not write a compact copy"},
     {OPTION_JSON, "--json", "Print the result as JSON on stdout"},
+    {OPTION_ALL, "--all",
+     "Every image in qtrimd's image directories written to since its last shrink"},
 };
 
 static const struct verb {
@@ -387,8 +393,8 @@ static const struct verb {
         unsigned options; /* the OPTION_* flags that apply */
         int (*run)(sd_bus *bus, char **args, size_t n_args);
 } verbs[] = {
-    {"shrink", "IMAGE...", "Trim the guest filesystems of each image and compact it", 1, SIZE_MAX,
-     OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON, verb_shrink},
+    {"shrink", "IMAGE...|--all", "Trim the guest filesystems of each image and compact it", 1,
+     SIZE_MAX, OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL, verb_shrink},
     {"list", "", "List the jobs queued or running in qtrimd", 0, 0, OPTION_JSON, verb_list},
     {"cancel", "JOB...", "Cancel jobs, named by id or object path", 1, SIZE_MAX, 0, verb_cancel},
     {"inspect", "IMAGE", "Show the format, sizes and filesystems of an image", 1, 1, OPTION_JSON,
@@ -446,6 +452,14 @@ static int check_verb(const struct verb *verb, unsigned options_given, size_t n_
                         return -EINVAL;
                 }
 
+        if (arg_all) {
+                if (n_args > 0 || arg_no_block || arg_json) {
+                        fprintf(stderr, "qtrimctl: --all takes no images and goes with "
+                                        "--no-convert only\n");
+                        return -EINVAL;
+                }
+                return 0;
+        }
         if (n_args < verb->min_args || n_args > verb->max_args) {
                 fprintf(stderr, "qtrimctl: %s takes %s, see qtrimctl %s --help\n", verb->name,
                         *verb->arguments ? verb->arguments : "no arguments", verb->name);
@@ -470,6 +484,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 ARG_NO_BLOCK,
                 ARG_NO_CONVERT,
                 ARG_JSON,
+                ARG_ALL,
         };
         static const struct option options[] = {
             {"help", no_argument, NULL, 'h'},
@@ -477,6 +492,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
             {"no-block", no_argument, NULL, ARG_NO_BLOCK},
             {"no-convert", no_argument, NULL, ARG_NO_CONVERT},
             {"json", no_argument, NULL, ARG_JSON},
+            {"all", no_argument, NULL, ARG_ALL},
             {},
         };
         bool help = false;
@@ -502,6 +518,10 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 case ARG_JSON:
                         arg_json = true;
                         options_given |= OPTION_JSON;
+                        break;
+                case ARG_ALL:
+                        arg_all = true;
+                        options_given |= OPTION_ALL;
                         break;
                 default: /* getopt_long has said what is wrong */
                         return -EINVAL;

@@ -42,13 +42,18 @@ enum job_result {
         JOB_FAILED,
         JOB_CANCELED,
         JOB_REFUSED, /* Shrink returned an error: no job exists */
+        JOB_SKIPPED, /* a sweep's image refused for a reason that is no failure */
 };
 
 /* JobRemoved's result strings, which are also what --json reports. */
 static const char *const job_result_names[] = {
-    [JOB_UNSUBMITTED] = "unsubmitted",     [JOB_PENDING] = "pending",
-    [JOB_DONE] = QTRIM_STATE_DONE,         [JOB_FAILED] = QTRIM_STATE_FAILED,
-    [JOB_CANCELED] = QTRIM_STATE_CANCELED, [JOB_REFUSED] = "refused",
+    [JOB_UNSUBMITTED] = "unsubmitted",
+    [JOB_PENDING] = "pending",
+    [JOB_DONE] = QTRIM_STATE_DONE,
+    [JOB_FAILED] = QTRIM_STATE_FAILED,
+    [JOB_CANCELED] = QTRIM_STATE_CANCELED,
+    [JOB_REFUSED] = "refused",
+    [JOB_SKIPPED] = "skipped",
 };
 
 /* The Job properties qtrimctl shows (see org.qtrim1.xml); strings are NULL until received. */
@@ -88,6 +93,7 @@ struct shrink_run {
         sd_bus *bus;
         sd_event *event;
         bool convert;
+        bool sweep;
         struct job *jobs;
         size_t n_jobs;
         size_t n_pending; /* jobs in state JOB_PENDING */
@@ -675,11 +681,26 @@ static int add_matches(struct shrink_run *run)
 
 /* Submitting. */
 
-static int job_refused(struct job *job, const sd_bus_error *error)
+/* In a sweep: refusals that only mean "nothing to do here now". */
+static bool refusal_is_skip(const sd_bus_error *error)
+{
+        return sd_bus_error_has_names(
+            error, qt_error_dbus_name(QT_ERR_IN_USE), qt_error_dbus_name(QT_ERR_UNCHANGED),
+            qt_error_dbus_name(QT_ERR_HAS_OVERLAYS), qt_error_dbus_name(QT_ERR_ALREADY_RUNNING));
+}
+
+static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_error *error)
 {
         int r;
 
         job->result = JOB_REFUSED;
+        if (run->sweep && refusal_is_skip(error)) {
+                job->result = JOB_SKIPPED;
+                printf("%s: skipped: %s\n", job->name, error->message ?: "");
+        } else if (run->sweep) {
+                fprintf(stderr, "%s: failed: %s (%s)\n", job->name, error->message ?: "",
+                        error->name ?: "");
+        }
         job->ended_usec = now_usec();
         r = set_string(&job->props.error, error->name ?: "");
         if (r >= 0)
@@ -696,11 +717,13 @@ static int submit_job(struct shrink_run *run, struct job *job)
         int r;
 
         job->started_usec = now_usec();
-        r = bus_call_method(run->bus, job->name, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Shrink",
-                            &error, &reply, "sa{sv}", job->image, 1, QTRIM_OPT_CONVERT, "b",
-                            run->convert);
+        /* A sweep says what a refusal means itself (job_refused). */
+        r = bus_call_method(run->bus, run->sweep ? NULL : job->name, QTRIM_MANAGER_PATH,
+                            QTRIM_MANAGER_IFACE, "Shrink", &error, &reply, "sa{sv}", job->image, 2,
+                            QTRIM_OPT_CONVERT, "b", run->convert, QTRIM_OPT_IF_CHANGED, "b",
+                            run->sweep);
         if (r < 0)
-                return job_refused(job, &error);
+                return job_refused(run, job, &error);
 
         r = sd_bus_message_read(reply, "o", &path);
         if (r < 0)
@@ -835,6 +858,7 @@ static void report_job(const struct job *job, bool json)
                 fprintf(stderr, "%s: canceled\n", job->name);
                 break;
         case JOB_REFUSED: /* said when Shrink returned */
+        case JOB_SKIPPED:
                 break;
         case JOB_UNSUBMITTED: /* none left once the jobs have been waited for */
         case JOB_PENDING:
@@ -886,9 +910,26 @@ static void print_json(const struct shrink_run *run)
 static int exit_status(const struct shrink_run *run)
 {
         for (size_t i = 0; i < run->n_jobs; i++)
-                if (run->jobs[i].result != JOB_DONE)
+                if (run->jobs[i].result != JOB_DONE && run->jobs[i].result != JOB_SKIPPED)
                         return EXIT_FAILURE;
         return EXIT_SUCCESS;
+}
+
+static void add_totals(const struct shrink_run *run, struct shrink_totals *t)
+{
+        for (size_t i = 0; i < run->n_jobs; i++) {
+                const struct job *job = &run->jobs[i];
+                const struct job_properties *p = &job->props;
+                if (job->result == JOB_DONE) {
+                        t->shrunk++;
+                        if (p->bytes_after < p->bytes_before)
+                                t->reclaimed += p->bytes_before - p->bytes_after;
+                } else if (job->result == JOB_SKIPPED) {
+                        t->skipped++;
+                } else {
+                        t->failed++;
+                }
+        }
 }
 
 /* --no-block: queue the jobs and print their object paths. */
@@ -915,6 +956,7 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
         _cleanup_(shrink_run_done) struct shrink_run run = {
             .bus = bus,
             .convert = opts->convert,
+            .sweep = opts->sweep,
             .tty = isatty(STDERR_FILENO),
         };
         int r;
@@ -943,6 +985,8 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
                 report_job(&run.jobs[i], opts->json);
         if (opts->json)
                 print_json(&run);
+        if (opts->totals)
+                add_totals(&run, opts->totals);
 
         return exit_status(&run);
 }

@@ -7,14 +7,31 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <systemd/sd-bus.h>
+
+/* What a sweep adds up over its batches of images. */
+struct shrink_totals {
+        unsigned shrunk, skipped, failed;
+        uint64_t reclaimed; /* host bytes, over the images that were shrunk */
+};
 
 struct shrink_options {
         bool block;   /* wait for the jobs and report them, rather than print their paths */
         bool convert; /* let qtrimd write a compact copy after the trim */
         bool json;    /* report as a JSON array on stdout */
+        /* The images come from a sweep: each is shrunk only if written to since qtrim last
+         * shrank it, and a refusal that means "not now" (in use, unchanged, a backing file,
+         * already queued) is a skip, not a failure. Results are added to *totals. */
+        bool sweep;
+        struct shrink_totals *totals;
 };
 
-/* Returns EXIT_SUCCESS if every image was shrunk, EXIT_FAILURE if any was refused, failed or was
- * canceled, or a negative errno (already reported) if qtrimctl itself could not go on. */
+/* Returns EXIT_SUCCESS if every image was shrunk (or, in a sweep, skipped), EXIT_FAILURE if any
+ * was refused, failed or was canceled, or a negative errno (already reported) if qtrimctl itself
+ * could not go on. */
 int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shrink_options *opts);
+
+/* qtrimctl shrink --all: every image in qtrimd's ImageDirectories whose name matches its
+ * SweepPatterns, one line each and a summary. EXIT_FAILURE if any failed. */
+int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts);

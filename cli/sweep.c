@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * qtrimctl shrink --all, what qtrim-sweep.service runs: asks qtrimd where images live
+ * (ImageDirectories) and which files are images (SweepPatterns), and shrinks those written to
+ * since qtrim last shrank them, in batches small enough for qtrimd's queue.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "dbus-api.h"
+#include "shrink.h"
+#include "util.h"
+
+/* Below qtrimd's MAX_JOBS, so a sweep never fills the queue others use too. */
+#define SWEEP_BATCH 16
+
+struct image_list {
+        char **paths;
+        size_t n, allocated;
+};
+
+static void image_list_done(struct image_list *l)
+{
+        for (size_t i = 0; i < l->n; i++)
+                free(l->paths[i]);
+        free(l->paths);
+}
+
+static int image_list_add(struct image_list *l, const char *dir, const char *name)
+{
+        if (l->n == l->allocated) {
+                size_t n = l->allocated ? 2 * l->allocated : 16;
+                char **p = realloc(l->paths, n * sizeof(*p));
+                if (!p)
+                        return -ENOMEM;
+                l->paths = p;
+                l->allocated = n;
+        }
+        if (asprintf(&l->paths[l->n], "%s/%s", dir, name) < 0)
+                return -ENOMEM;
+        l->n++;
+        return 0;
+}
+
+static int get_strv_property(sd_bus *bus, const char *property, char ***ret)
+{
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_get_property_strv(bus, QTRIM_BUS_NAME, QTRIM_MANAGER_PATH,
+                                         QTRIM_MANAGER_IFACE, property, &error, ret);
+        if (r < 0)
+                print_bus_error(&error, r, "cannot read qtrimd's %s", property);
+        return r;
+}
+
+static bool matches_any(char **patterns, const char *name)
+{
+        for (char **p = patterns; *p; p++)
+                if (fnmatch(*p, name, 0) == 0)
+                        return true;
+        return false;
+}
+
+static void strv_free(char **v)
+{
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}
+
+/* Regular files matching a pattern, directly in dir; not hidden ones (qtrim's own temporary
+ * copies are ".NAME.qtrim-XXXXXX"). A directory that cannot be read is a failure. */
+static int collect(const char *dir, char **patterns, struct image_list *images)
+{
+        DIR *d = opendir(dir);
+        if (!d) {
+                int r = -errno;
+                fprintf(stderr, "%s: cannot read the directory: %s\n", dir, strerror(errno));
+                return r;
+        }
+        struct dirent *de;
+        int r = 0;
+        while (r >= 0 && (de = readdir(d))) {
+                struct stat st;
+                if (de->d_name[0] == '.' || !matches_any(patterns, de->d_name))
+                        continue;
+                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+                    !S_ISREG(st.st_mode))
+                        continue;
+                r = image_list_add(images, dir, de->d_name);
+        }
+        closedir(d);
+        return r;
+}
+
+static int compare_paths(const void *a, const void *b)
+{
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
+{
+        char **dirs = NULL, **patterns = NULL;
+        struct image_list images = {};
+        struct shrink_totals totals = {};
+        unsigned unreadable = 0;
+        uint64_t started = now_usec();
+        int r = get_strv_property(bus, "ImageDirectories", &dirs);
+        if (r >= 0)
+                r = get_strv_property(bus, "SweepPatterns", &patterns);
+        for (char **d = dirs; r >= 0 && *d; d++) {
+                r = collect(*d, patterns, &images);
+                if (r == -ENOMEM)
+                        break;
+                if (r < 0) {
+                        unreadable++;
+                        r = 0;
+                }
+        }
+        if (r < 0)
+                goto out;
+        qsort(images.paths, images.n, sizeof(*images.paths), compare_paths);
+
+        struct shrink_options batch = *opts;
+        batch.sweep = true;
+        batch.totals = &totals;
+        for (size_t i = 0; i < images.n; i += SWEEP_BATCH) {
+                size_t n = images.n - i < SWEEP_BATCH ? images.n - i : SWEEP_BATCH;
+                r = shrink_images(bus, images.paths + i, n, &batch);
+                if (r < 0)
+                        goto out;
+        }
+
+        char reclaimed[FORMAT_BYTES_MAX], took[FORMAT_DURATION_MAX];
+        printf("sweep: %zu image(s): %u shrunk, %u skipped, %u failed; %s reclaimed in %s%s\n",
+               images.n, totals.shrunk, totals.skipped, totals.failed,
+               format_bytes(reclaimed, totals.reclaimed),
+               format_duration(took, now_usec() - started),
+               unreadable ? "; some image directories could not be read" : "");
+        r = totals.failed || unreadable ? EXIT_FAILURE : EXIT_SUCCESS;
+out:
+        image_list_done(&images);
+        strv_free(dirs);
+        strv_free(patterns);
+        return r;
+}

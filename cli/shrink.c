@@ -406,6 +406,9 @@ static void progress_show(struct shrink_run *run, struct job *job)
                 progress_redraw(run);
                 return;
         }
+        /* A sweep's log (the journal) gets one line per image, not one per phase. */
+        if (run->sweep)
+                return;
 
         const char *phase = job->props.phase;
         if (!phase || (job->shown_phase && strcmp(job->shown_phase, phase) == 0))

@@ -78,6 +78,11 @@ static void strv_free(char **v)
 static int collect(const char *dir, char **patterns, struct image_list *images)
 {
         DIR *d = opendir(dir);
+        if (!d && errno == ENOENT) {
+                /* The default, /var/lib/libvirt/images, on a host without libvirt. */
+                printf("%s: does not exist, skipped\n", dir);
+                return 0;
+        }
         if (!d) {
                 int r = -errno;
                 fprintf(stderr, "%s: cannot read the directory: %s\n", dir, strerror(errno));

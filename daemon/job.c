@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "authorize.h"
 #include "bus-util.h"
 #include "convert.h"
 #include "dbus-api.h"
@@ -233,6 +234,41 @@ void job_free(struct job *j)
 
 /* D-Bus */
 
+/* A Cancel() of somebody else's job, waiting for polkit. The job may end meanwhile: it is found
+ * again by id. */
+struct cancel_call {
+        struct manager *manager;
+        unsigned job_id;
+        sd_bus_message *call;
+        sd_bus_slot *authorization;
+};
+
+static void cancel_call_free(struct cancel_call *c)
+{
+        sd_bus_slot_unref(c->authorization);
+        sd_bus_message_unref(c->call);
+        free(c);
+}
+
+static void on_cancel_authorized(bool allowed, const char *why, void *userdata)
+{
+        struct cancel_call *c = userdata;
+        struct job *j = NULL;
+        for (struct job *k = c->manager->jobs; k; k = k->next)
+                if (k->id == c->job_id)
+                        j = k;
+        if (!allowed)
+                sd_bus_reply_method_errorf(c->call, SD_BUS_ERROR_ACCESS_DENIED,
+                                           "only root or the job's owner may cancel it: %s", why);
+        else {
+                if (j)
+                        job_cancel(j);
+                sd_bus_reply_method_return(c->call, NULL);
+        }
+        /* The slot is being dispatched: sd-bus holds its own reference until the call returns. */
+        cancel_call_free(c);
+}
+
 static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
         struct job *j = userdata;
@@ -240,10 +276,23 @@ static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         int r = bus_sender_uid(msg, &uid);
         if (r < 0)
                 return r;
-        if (uid != 0 && uid != j->uid)
-                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                        "only root or the job's owner may cancel it");
-        job_cancel(j);
+        if (uid == j->uid) {
+                job_cancel(j);
+                return sd_bus_reply_method_return(msg, NULL);
+        }
+        struct cancel_call *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        *c = (struct cancel_call){
+            .manager = j->manager, .job_id = j->id, .call = sd_bus_message_ref(msg)};
+        r = authorize(msg, QTRIM_ACTION_CANCEL_ANY, j->image, on_cancel_authorized, c,
+                      &c->authorization);
+        if (r == 0)
+                return 1; /* polkit answers later */
+        cancel_call_free(c);
+        if (r < 0)
+                return r;
+        job_cancel(j); /* root */
         return sd_bus_reply_method_return(msg, NULL);
 }
 

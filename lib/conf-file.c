@@ -150,6 +150,21 @@ static int set_list(char **list, size_t *n, size_t max, const char *value)
         return 0;
 }
 
+/* Absolute, and no "." or ".." component: "inside this directory" is a prefix test. */
+static bool is_plain_absolute(const char *d)
+{
+        if (d[0] != '/')
+                return false;
+        for (const char *p = d; *p;) {
+                p += strspn(p, "/");
+                size_t len = strcspn(p, "/");
+                if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
+                        return false;
+                p += len;
+        }
+        return true;
+}
+
 static int set_image_dirs(struct qt_config *c, const char *value)
 {
         int r = set_list(c->image_dirs, &c->n_image_dirs, QT_CONFIG_MAX_DIRS, value);
@@ -157,9 +172,7 @@ static int set_image_dirs(struct qt_config *c, const char *value)
                 return r;
         for (size_t i = 0; i < c->n_image_dirs; i++) {
                 char *d = c->image_dirs[i];
-                /* Relative or dotted paths would make "inside this directory" mean nothing. */
-                if (d[0] != '/' || strstr(d, "/./") || strstr(d, "/../") ||
-                    (strlen(d) >= 3 && strcmp(d + strlen(d) - 3, "/..") == 0))
+                if (!is_plain_absolute(d))
                         return -EINVAL;
                 for (size_t len = strlen(d); len > 1 && d[len - 1] == '/'; len--)
                         d[len - 1] = '\0';

@@ -185,8 +185,10 @@ static void request_continue(struct request *q)
         q->dev = st.st_dev;
         q->ino = st.st_ino;
 
-        struct qt_shrink_request req = {
-            .kind = q->kind, .image = q->image, .scratch_dir = m->scratch_dir};
+        struct qt_shrink_request req = {.kind = q->kind,
+                                        .image = q->image,
+                                        .attach = m->config.attach,
+                                        .scratch_dir = m->scratch_dir};
         int r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
         if (r < 0)
                 request_fail(q, qt_error_dbus_name(QT_ERR_FAILED), "cannot start a worker");

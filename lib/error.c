@@ -62,7 +62,9 @@ int qt_error_set(struct qt_error *e, enum qt_error_code code, int err, const cha
                 if (*p == '\n' || *p == '\t')
                         *p = ' ';
         utf8_sanitize(e->message);
-        e->code = code;
+        /* A step stopped by a cancel failed because of it: the job was canceled, whatever the
+         * step calls its failure. */
+        e->code = err == -ECANCELED ? QT_ERR_CANCELED : code;
         return err;
 }
 

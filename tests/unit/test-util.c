@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Formatting users read in every summary line, number parsing, and the error table. */
 #include <check.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -97,6 +98,20 @@ START_TEST(test_error_message_is_utf8_when_cut)
 }
 END_TEST
 
+/* A step that failed because a cancel stopped it makes the job canceled, not failed. */
+START_TEST(test_cancel_is_canceled)
+{
+        struct qt_error e = {};
+        ck_assert_int_eq(qt_error_set(&e, QT_ERR_FAILED, -ECANCELED, "cannot run qemu-img check"),
+                         -ECANCELED);
+        ck_assert_int_eq(e.code, QT_ERR_CANCELED);
+        ck_assert_str_eq(qt_error_dbus_name(e.code), "org.qtrim1.Error.Canceled");
+        struct qt_error f = {};
+        qt_error_set(&f, QT_ERR_NO_SPACE, ENOSPC, "full");
+        ck_assert_int_eq(f.code, QT_ERR_NO_SPACE);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("util");
@@ -108,6 +123,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_first_error_wins);
         tcase_add_test(tc, test_utf8_sanitize);
         tcase_add_test(tc, test_error_message_is_utf8_when_cut);
+        tcase_add_test(tc, test_cancel_is_canceled);
         suite_add_tcase(s, tc);
         return s;
 }

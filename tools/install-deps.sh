@@ -13,6 +13,12 @@ packages=(
   # dbus-monitor), the manual recipe's nbdfuse
   e2fsprogs xfsprogs btrfs-progs fdisk util-linux procps jq libnbd-bin
   systemd libglib2.0-bin dbus-bin
+  # VM tests (tests/vm, bench/attach-bench.sh): a TCG guest booting Debian's kernel (nbd,
+  # partition parsing and module loading, which the build machines' kernel lacks) from a busybox
+  # initramfs over this machine's root; systemd as the guest's PID 1 with the system bus, polkit
+  # for the authorization checks, man pages for systemd-analyze verify's Documentation= check
+  linux-image-amd64 qemu-system-x86 busybox-static xz-utils
+  dbus polkitd man-db
 )
 
 missing=()

@@ -1,0 +1,124 @@
+#!/bin/bash
+# The kernel-nbd attach path (qemu-nbd -c /dev/nbdN), which the build machines' kernel cannot run
+# (no nbd module): boots a script-mode guest (run-guest.sh), loads nbd there and runs the
+# integration tests shrink-gpt, shrink-mbr-logical and shrink-raw, unchanged, with every qtrimd
+# started as `qtrimd --attach=kernel`. Then no /dev/nbdN may still be connected and no qemu-nbd
+# may run, and an nbd device must have been connected while they ran (the kernel path was taken).
+#
+# QT_VM_ATTACH=fuse runs the same tests on the FUSE path in the same guest (nbd not loaded,
+# --attach=fuse, no nbd device may ever connect): the harness's own check. QT_VM_TESTS overrides
+# the list of integration tests. Host side: as meson runs it (BUILD_DIR, SOURCE_DIR), results in
+# $BUILD_DIR/vm/results/kernel-attach[-fuse].
+set -euo pipefail
+
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+attach=${QT_VM_ATTACH:-kernel}
+tests=${QT_VM_TESTS:-shrink-gpt shrink-mbr-logical shrink-raw}
+
+# ---- on the host: boot the guest with this script as its payload --------------------------
+if [[ -z ${QTRIM_VM_GUEST:-} ]]; then
+        build_dir=${BUILD_DIR:-$here/../../build}
+        name=kernel-attach
+        [[ $attach == kernel ]] || name+=-$attach
+        export QT_VM_ENV="${QT_VM_ENV:-} QT_VM_ATTACH QT_VM_TESTS"
+        export QT_VM_ATTACH=$attach QT_VM_TESTS=$tests
+        exec "$here/run-guest.sh" script "${BASH_SOURCE[0]}" "$build_dir/vm/results/$name"
+fi
+
+# ---- in the guest (PID 1's child, script mode) ---------------------------------------------
+say() { printf '==> %s\n' "$*"; }
+fail() {
+        printf 'FAIL: %s\n' "$*" >&2
+        exit 1
+}
+
+# Connected nbd devices: the kernel shows a pid file only while a client holds the device.
+connected_nbds() {
+        local f
+        for f in /sys/block/nbd*/pid; do
+                [[ -e $f ]] && printf '%s\n' "${f%/pid}"
+        done
+        return 0
+}
+
+# Records every nbd device seen connected, while the tests run. Builtins only, even to wait
+# (read -t on a pipe nobody writes): a sleep(1) every 0.2 s is an exec, 0.1 s of CPU under TCG.
+start_nbd_watch() {
+        local log=$1
+        (
+                exec {fd}<> <(:)
+                while :; do
+                        for f in /sys/block/nbd*/pid; do
+                                [[ -e $f ]] && printf '%s\n' "${f%/pid}"
+                        done
+                        read -r -t 0.2 -u "$fd" _ || true
+                done
+        ) >"$log" 2>/dev/null &
+        watch_pid=$!
+}
+
+case $attach in
+kernel)
+        say "modprobe nbd"
+        modprobe nbd || fail "modprobe nbd failed"
+        [[ -b /dev/nbd0 ]] || fail "no /dev/nbd0 after modprobe nbd"
+        extra=--attach=kernel
+        ;;
+fuse) extra=--attach=fuse ;;
+auto) extra= ;;
+*) fail "QT_VM_ATTACH must be kernel, fuse or auto, not '$attach'" ;;
+esac
+export QT_QTRIMD_EXTRA_ARGS="${QT_QTRIMD_EXTRA_ARGS:+$QT_QTRIMD_EXTRA_ARGS }$extra"
+# Nothing else runs in this guest: every loop device, FUSE mount and qemu-nbd is a leftover.
+export QT_STRICT_LEFTOVERS=1
+say "attach path $attach: QT_QTRIMD_EXTRA_ARGS='$QT_QTRIMD_EXTRA_ARGS', work dirs in $TMPDIR ($(stat -f -c %T -- "$TMPDIR"))"
+[[ $(stat -f -c %T -- "$TMPDIR") == tmpfs ]] || fail "TMPDIR $TMPDIR is not a tmpfs"
+
+# On the guest's tmpfs (each write to the results share is a round trip), copied there after.
+watch_log=$TMPDIR/nbd-seen.log
+start_nbd_watch "$watch_log"
+
+failed=() passed=() skipped=()
+for t in $tests; do
+        say "$t"
+        t0=$(date +%s.%N)
+        rc=0
+        "$SOURCE_DIR/tests/integration/$t.sh" || rc=$?
+        secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        case $rc in
+        0) passed+=("$t (${secs}s)") ;;
+        77) skipped+=("$t") ;;
+        *) failed+=("$t (exit $rc, ${secs}s)") ;;
+        esac
+done
+
+kill "$watch_pid" 2>/dev/null || true
+wait "$watch_pid" 2>/dev/null || true
+
+say "after the tests"
+left=$(connected_nbds)
+[[ -z $left ]] || failed+=("nbd devices still connected: $(tr '\n' ' ' <<<"$left")")
+if pgrep -x qemu-nbd >/dev/null; then
+        failed+=("qemu-nbd still running: $(pgrep -a -x qemu-nbd | tr '\n' ';')")
+fi
+cp -- "$watch_log" "$QTRIM_VM_RESULTS/nbd-seen.log" || true
+seen=$(sort -u -- "$watch_log" | tr '\n' ' ')
+case $attach in
+kernel)
+        # Only if a test got as far as a shrink: then the job must have gone through /dev/nbdN.
+        if ((${#passed[@]} > 0)) && [[ -z $seen ]]; then
+                failed+=("no nbd device was ever connected: the kernel attach path was not taken")
+        fi
+        ;;
+fuse) [[ -z $seen ]] || failed+=("nbd devices connected on the FUSE path: $seen") ;;
+esac
+printf '    nbd devices seen connected: %s\n' "${seen:-none}"
+
+printf 'passed: %s\n' "${passed[*]:-none}"
+printf 'skipped: %s\n' "${skipped[*]:-none}"
+if ((${#failed[@]} > 0)); then
+        printf 'FAILED: %s\n' "${failed[@]}" >&2
+        exit 1
+fi
+((${#passed[@]} > 0)) || exit 77
+printf 'PASS kernel-attach (%s path)\n' "$attach"

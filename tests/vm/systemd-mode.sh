@@ -1,0 +1,323 @@
+#!/bin/bash
+# qtrim as installed, under systemd as PID 1, on the guest's real system bus: boots a systemd-mode
+# guest (run-guest.sh) with the build installed into it (meson install --destdir on the host,
+# copied over the guest's root) and checks, each part on its own so one failure does not hide
+# the others:
+#   a  systemd-analyze verify passes for every installed qtrim unit
+#   b  qtrimctl shrink IMG starts qtrimd by D-Bus activation (it was not running) and the image
+#      shrinks; the job's journal entry carries QTRIM_IMAGE, QTRIM_RESULT=done and the byte counts
+#   c  systemctl start qtrim-sweep.service over ImageDirectories= with three images, one served
+#      by a running qemu-nbd: two shrunk, the busy one reported skipped and left byte-identical,
+#      the summary line, and the service succeeds
+#   d  a non-root user gets AccessDenied without a polkit rule while root is allowed; with a rule
+#      granting org.qtrim1.shrink, the user may inspect inside ImageDirectories= but not outside
+#   e  qtrimd exits by itself IdleExitSec= (3 s) after its last request, with status 0, and the
+#      next call activates it again
+# Host side: as meson runs it (BUILD_DIR, SOURCE_DIR); results in $BUILD_DIR/vm/results/systemd-mode.
+set -euo pipefail
+
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+
+# ---- on the host: install the build where the guest can copy it from, boot ------------------
+if [[ -z ${QTRIM_VM_GUEST:-} ]]; then
+        build_dir=$(cd -- "${BUILD_DIR:-$here/../../build}" && pwd)
+        ((EUID == 0)) || {
+                echo "SKIP: needs root"
+                exit 77
+        }
+        dest=$build_dir/vm/install-root
+        rm -rf -- "$dest"
+        meson install -C "$build_dir" --destdir "$dest" --no-rebuild --quiet >"$build_dir/vm/install.log" 2>&1 || {
+                cat -- "$build_dir/vm/install.log" >&2
+                echo "FAIL: meson install --destdir failed" >&2
+                exit 1
+        }
+        QT_VM_PREFIX=$(meson introspect "$build_dir" --buildoptions | jq -r '.[] | select(.name == "prefix") | .value')
+        export QT_VM_DESTDIR=$dest QT_VM_PREFIX
+        export QT_VM_ENV="${QT_VM_ENV:-} QT_VM_DESTDIR QT_VM_PREFIX"
+        exec "$here/run-guest.sh" systemd "${BASH_SOURCE[0]}" "$build_dir/vm/results/systemd-mode"
+fi
+
+# ---- in the guest: the payload service of qtrim-vm.target ---------------------------------
+# Image builders, checks (qt_check_shrunk, qt_clone_image); its private-bus helpers stay unused:
+# here qtrimd is on the guest's real system bus.
+# shellcheck source=tests/lib/scenario.sh
+source "$SOURCE_DIR/tests/lib/scenario.sh"
+
+prefix=$QT_VM_PREFIX
+qtrimctl=$prefix/bin/qtrimctl
+user=qtvmuser
+idle_exit_sec=3
+
+# Each part runs in a subshell: qt_fail, or any command that fails, ends the part, not the test.
+# In the background and waited for, because set -e does not act inside `(...) || rc=$?`.
+# Cleanups a part registers (qt_defer writes them to a file) still run at the end.
+results=()
+part() { # ID DESCRIPTION FUNCTION
+        local id=$1 what=$2 rc=0 t0
+        qt_step "($id) $what"
+        t0=$(qt_now)
+        ("$3") &
+        wait $! || rc=$?
+        if ((rc == 0)); then
+                results+=("($id) PASS ($(qt_since "$t0")s) $what")
+        else
+                results+=("($id) FAIL ($(qt_since "$t0")s) $what")
+        fi
+}
+
+indent() { sed 's/^/    | /'; }
+
+unit_state() { systemctl show -p "$2" --value -- "$1"; }
+
+# The D-Bus error name of a call to org.qtrim1, or "ok", as USER (root if empty).
+# gdbus: busctl prints an error's message, never its name.
+call_error_name() { # USER METHOD ARGS...
+        local u=$1 m=$2 out
+        shift 2
+        local cmd=(gdbus call --system --dest org.qtrim1 --object-path /org/qtrim1 --method "org.qtrim1.Manager.$m" "$@")
+        [[ -n $u ]] && cmd=(runuser -u "$u" -- "${cmd[@]}")
+        if out=$("${cmd[@]}" 2>&1); then
+                printf 'ok\n'
+                return 0
+        fi
+        sed -nE 's/.*GDBus\.Error:([A-Za-z0-9_.]+):.*/\1/p' <<<"$out" | head -n 1 | grep . ||
+                printf 'unparsed: %s\n' "$out"
+}
+
+# ---- the installation -------------------------------------------------------------------
+
+# The build, installed over the overlay root as a package would be. A prefix other than /usr
+# (meson's default /usr/local) puts the D-Bus policy and the polkit action where neither
+# dbus-daemon nor polkitd looks: link them into /usr/share as an administrator would.
+install_build() {
+        cp -a -- "$QT_VM_DESTDIR/." / || qt_fail "cannot copy $QT_VM_DESTDIR into the guest"
+        local f d
+        if [[ $prefix != /usr ]]; then
+                for d in dbus-1/system.d polkit-1/actions; do
+                        for f in "$prefix/share/$d"/*; do
+                                [[ -e $f ]] || continue
+                                mkdir -p -- "/usr/share/$d"
+                                ln -sf -- "$f" "/usr/share/$d/${f##*/}"
+                                qt_info "note: prefix $prefix: linked $f into /usr/share/$d"
+                        done
+                done
+        fi
+        # The sanitizers' settings of this run reach qtrimd and the sweep's qtrimctl.
+        local v env=()
+        for v in ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS; do
+                if [[ -n ${!v:-} ]]; then env+=("\"$v=${!v}\""); fi
+        done
+        if ((${#env[@]} > 0)); then
+                for d in qtrimd.service qtrim-sweep.service; do
+                        mkdir -p -- "/etc/systemd/system/$d.d"
+                        printf '[Service]\nEnvironment=%s\n' "${env[*]}" >"/etc/systemd/system/$d.d/50-qtrim-vm-sanitizers.conf"
+                done
+        fi
+        systemctl daemon-reload
+        # dbus-daemon reads policies and activation files again (started already or not).
+        systemctl try-reload-or-restart dbus.service || true
+        [[ -x $qtrimctl ]] || qt_fail "no $qtrimctl after the install"
+        qt_ok "installed with prefix $prefix: $(cd -- "$QT_VM_DESTDIR" && find . -type f | wc -l) files"
+}
+
+# A small dirty qcow2: 192 MiB virtual, ext4 on the whole disk, 112 MiB of random data written
+# and deleted, every cluster allocated. Smaller than the integration tests' images: under TCG
+# every MiB written costs.
+make_small_dirty_qcow2() { # IMG
+        local img=$1 raw=$QT_SCRATCH/${1##*/}.raw frag=$QT_SCRATCH/${1##*/}.frag
+        rm -f -- "$raw" "$frag"
+        truncate -s 192M -- "$raw"
+        _qt_populate_fs "$frag" "$raw" disk ext4 0 $((192 * MiB)) 112 4K 256K 2M
+        qemu-img convert -S 0 -f raw -O qcow2 -- "$raw" "$img"
+        rm -f -- "$raw"
+        _qt_write_manifest "$img" qcow2 none "$frag"
+}
+
+# ---- the parts ----------------------------------------------------------------------------
+
+part_a() {
+        local units=() f out rc=0
+        while IFS= read -r f; do
+                units+=("/${f#./}")
+        done < <(cd -- "$QT_VM_DESTDIR" && find . -path '*/systemd/system/*' -type f | sort)
+        ((${#units[@]} > 0)) || qt_fail "the install has no systemd units"
+        qt_info "units: ${units[*]}"
+        out=$(systemd-analyze verify "${units[@]}" 2>&1) || rc=$?
+        [[ -z $out ]] || indent <<<"$out"
+        ((rc == 0)) || qt_fail "systemd-analyze verify exited $rc"
+        # verify exits 0 on some warnings; a unit it complains about is a failure here.
+        if grep -E 'qtrim' <<<"$out" | grep -qvE '^$'; then
+                qt_fail "systemd-analyze verify has something to say about qtrim's units"
+        fi
+        qt_ok "systemd-analyze verify: ${#units[@]} unit(s) clean"
+}
+
+part_b() {
+        local img=$QT_IMAGES/solo.qcow2 before out rc=0 j
+        [[ $(systemctl is-active qtrimd.service) != active ]] || qt_fail "qtrimd.service runs before any call"
+        busctl --system status org.qtrim1 >/dev/null 2>&1 && qt_fail "org.qtrim1 has an owner before any call"
+        qt_ok "qtrimd not running, org.qtrim1 not owned"
+        before=$(allocated_bytes "$img")
+        qt_info "\$ qtrimctl shrink $img"
+        out=$("$qtrimctl" shrink "$img" 2>&1) || rc=$?
+        indent <<<"$out"
+        ((rc == 0)) || qt_fail "qtrimctl shrink exited $rc"
+        [[ $(unit_state qtrimd.service ActiveEnterTimestampMonotonic) != 0 ]] ||
+                qt_fail "qtrimd.service was never started: who served the call?"
+        journalctl -b -u qtrimd.service -o cat --no-pager | grep -q '^Started qtrimd.service' ||
+                qt_fail "no 'Started qtrimd.service' in the journal"
+        qt_ok "qtrimd.service started by D-Bus activation"
+        qt_check_shrunk "$img" "$before" qcow2
+        # The job's structured journal entry.
+        j=$(journalctl -b -o json --no-pager "QTRIM_IMAGE=$img" | tail -n 1)
+        [[ -n $j ]] || qt_fail "no journal entry with QTRIM_IMAGE=$img"
+        jq -e '.QTRIM_RESULT == "done" and (.QTRIM_BYTES_BEFORE | tonumber) > (.QTRIM_BYTES_AFTER | tonumber)
+               and (.QTRIM_JOB_ID | length) > 0' <<<"$j" >/dev/null ||
+                qt_fail "journal entry lacks QTRIM_RESULT=done or the byte counts: $(jq -c '{MESSAGE, QTRIM_RESULT, QTRIM_BYTES_BEFORE, QTRIM_BYTES_AFTER, QTRIM_JOB_ID}' <<<"$j")"
+        qt_ok "journal: $(jq -r '.MESSAGE' <<<"$j")"
+}
+
+part_c() {
+        local a=$sweep_dir/a.qcow2 b=$sweep_dir/b.qcow2 busy=$sweep_dir/busy.qcow2 nbd_pid i
+        local before_a before_b sum t0 secs log rc=0
+        qemu-nbd --persistent --socket="$QT_WORK/busy.sock" -f qcow2 -- "$busy" >/dev/null 2>&1 &
+        nbd_pid=$!
+        qt_defer qt_kill_wait "$nbd_pid" 5
+        for ((i = 0; i < 100; i++)); do [[ -S $QT_WORK/busy.sock ]] && break; sleep 0.1; done
+        [[ -S $QT_WORK/busy.sock ]] || qt_fail "qemu-nbd did not start"
+        sum=$(qt_sha256 "$busy")
+        before_a=$(allocated_bytes "$a")
+        before_b=$(allocated_bytes "$b")
+        qt_info "\$ systemctl start qtrim-sweep.service   (busy.qcow2 served by qemu-nbd pid $nbd_pid)"
+        t0=$(qt_now)
+        systemctl start qtrim-sweep.service || rc=$?
+        secs=$(qt_since "$t0")
+        printf '%s\n' "$secs" >"$QTRIM_VM_RESULTS/sweep-seconds"
+        log=$QT_WORK/sweep.log
+        journalctl -b -u qtrim-sweep.service -o cat --no-pager >"$log"
+        indent <"$log"
+        qt_info "sweep took ${secs}s"
+        ((rc == 0)) || qt_fail "systemctl start qtrim-sweep.service exited $rc"
+        [[ $(unit_state qtrim-sweep.service Result) == success ]] ||
+                qt_fail "qtrim-sweep.service result $(unit_state qtrim-sweep.service Result)"
+        [[ $(unit_state qtrim-sweep.service ExecMainStatus) == 0 ]] ||
+                qt_fail "qtrim-sweep.service exit status $(unit_state qtrim-sweep.service ExecMainStatus)"
+        grep -qE "^$a: .* → .* allocated" "$log" || qt_fail "the sweep did not report a.qcow2 shrunk"
+        grep -qE "^$b: .* → .* allocated" "$log" || qt_fail "the sweep did not report b.qcow2 shrunk"
+        grep -qE "^$busy: skipped: " "$log" || qt_fail "the sweep did not report busy.qcow2 skipped"
+        grep -qE "^$busy: failed" "$log" && qt_fail "the sweep reported busy.qcow2 failed"
+        grep -qE '^sweep: 3 image\(s\): 2 shrunk, 1 skipped, 0 failed' "$log" || qt_fail "no summary line '3 image(s): 2 shrunk, 1 skipped, 0 failed'"
+        qt_ok "sweep log: two shrunk, busy.qcow2 skipped, summary, status 0"
+        [[ $(qt_sha256 "$busy") == "$sum" ]] || qt_fail "busy.qcow2 changed"
+        qt_ok "busy.qcow2 byte-identical"
+        qt_undo qt_kill_wait "$nbd_pid" 5
+        qt_check_shrunk "$a" "$before_a" qcow2
+        qt_check_shrunk "$b" "$before_b" qcow2
+}
+
+part_d() {
+        local inside=$sweep_dir/busy.qcow2 outside=$QT_IMAGES/solo.qcow2 e rules=/etc/polkit-1/rules.d/50-qtrim-vm.rules i
+        id "$user" >/dev/null 2>&1 || useradd -M -s /bin/bash "$user" || qt_fail "useradd $user failed"
+        for m in Shrink Inspect; do
+                if [[ $m == Shrink ]]; then
+                        e=$(call_error_name "$user" Shrink "$inside" '@a{sv} {}')
+                else
+                        e=$(call_error_name "$user" Inspect "$inside")
+                fi
+                [[ $e == org.freedesktop.DBus.Error.AccessDenied ]] ||
+                        qt_fail "$user: $m of an image in ImageDirectories gave '$e', expected AccessDenied"
+                qt_ok "$user: $m denied (AccessDenied) without polkit authorization"
+        done
+        e=$(call_error_name "" Inspect "$inside")
+        [[ $e == ok ]] || qt_fail "root: Inspect gave '$e'"
+        qt_ok "root: Inspect allowed"
+        rc=0
+        runuser -u "$user" -- "$qtrimctl" inspect "$inside" >"$QT_WORK/user-inspect.out" 2>&1 || rc=$?
+        ((rc != 0)) || qt_fail "qtrimctl inspect as $user succeeded"
+        qt_ok "qtrimctl inspect as $user exits $rc: $(head -n 1 "$QT_WORK/user-inspect.out")"
+
+        # A rule that grants the action to the user (polkitd watches rules.d).
+        mkdir -p -- "${rules%/*}"
+        qt_defer rm -f -- "$rules"
+        printf 'polkit.addRule(function(action, subject) {\n  if (action.id == "org.qtrim1.shrink" && subject.user == "%s")\n    return polkit.Result.YES;\n});\n' "$user" >"$rules"
+        for ((i = 0; i < 50; i++)); do
+                e=$(call_error_name "$user" Inspect "$inside")
+                [[ $e == ok ]] && break
+                sleep 0.2
+        done
+        [[ $e == ok ]] || qt_fail "$user: Inspect inside ImageDirectories with a polkit rule gave '$e'"
+        qt_ok "$user: Inspect allowed with a polkit rule"
+        e=$(call_error_name "$user" Inspect "$outside")
+        [[ $e == org.freedesktop.DBus.Error.AccessDenied ]] ||
+                qt_fail "$user: Inspect outside ImageDirectories with a polkit rule gave '$e', expected AccessDenied"
+        qt_ok "$user: Inspect outside ImageDirectories denied even with the rule"
+        qt_undo rm -f -- "$rules"
+}
+
+part_e() {
+        local i t0 inv limit=$((idle_exit_sec + 20))
+        # The last request: qtrimd runs now (activated if it had left) and must exit about
+        # IdleExitSec= later. Its invocation id tells this run from the next activation.
+        "$qtrimctl" list >/dev/null || qt_fail "qtrimctl list failed"
+        t0=$(qt_now)
+        inv=$(unit_state qtrimd.service InvocationID)
+        [[ -n $inv ]] || qt_fail "qtrimd.service has no invocation after a call"
+        for ((i = 0; i < limit * 10; i++)); do
+                [[ $(systemctl is-active qtrimd.service) == active ]] || break
+                sleep 0.1
+        done
+        [[ $(systemctl is-active qtrimd.service) != active ]] ||
+                qt_fail "qtrimd.service still active ${limit}s after its last request (IdleExitSec=$idle_exit_sec)"
+        qt_ok "qtrimd.service stopped $(qt_since "$t0")s after its last request (IdleExitSec=$idle_exit_sec)"
+        [[ $(unit_state qtrimd.service Result) == success && $(unit_state qtrimd.service ExecMainStatus) == 0 ]] ||
+                qt_fail "qtrimd exited with result $(unit_state qtrimd.service Result), status $(unit_state qtrimd.service ExecMainStatus)"
+        busctl --system status org.qtrim1 >/dev/null 2>&1 && qt_fail "org.qtrim1 still owned after the idle exit"
+        qt_ok "exit status 0, org.qtrim1 released"
+        "$qtrimctl" list >/dev/null || qt_fail "qtrimctl list after the idle exit failed (no re-activation?)"
+        [[ $(unit_state qtrimd.service InvocationID) != "$inv" ]] || qt_fail "the next call did not activate qtrimd again"
+        qt_ok "the next call activated qtrimd again"
+}
+
+# ---- main ---------------------------------------------------------------------------------
+
+qt_need qemu-img qemu-nbd jq gdbus busctl runuser useradd systemd-analyze
+qt_init_workdir systemd-mode
+qt_step "install the build (prefix $prefix) and configure qtrimd"
+install_build
+sweep_dir=$QT_WORK/sweep
+mkdir -p -- "$sweep_dir"
+mkdir -p /etc/qtrim
+printf '[Daemon]\nImageDirectories=%s\nIdleExitSec=%s\n' "$sweep_dir" "$idle_exit_sec" >/etc/qtrim/qtrimd.conf
+qt_info "/etc/qtrim/qtrimd.conf: $(tr '\n' ' ' </etc/qtrim/qtrimd.conf)"
+
+part a "systemd-analyze verify of the installed units" part_a
+
+qt_step "build a dirty qcow2 and three clones"
+t0=$(qt_now)
+make_small_dirty_qcow2 "$QT_IMAGES/solo.qcow2"
+assert_dirty "$QT_IMAGES/solo.qcow2"
+for n in a b busy; do
+        qt_clone_image "$QT_IMAGES/solo.qcow2" "$sweep_dir/$n.qcow2"
+done
+qt_info "images built in $(qt_since "$t0")s"
+
+part b "qtrimctl shrink starts qtrimd by D-Bus activation" part_b
+part c "qtrim-sweep.service over three images, one in use" part_c
+part d "authorization: non-root denied without polkit, root allowed" part_d
+part e "qtrimd exits after IdleExitSec" part_e
+
+qt_step "stop qtrimd, look for leftovers"
+systemctl stop qtrimd.service || true
+assert_no_leftovers
+
+qt_step "summary"
+failed=0
+for r in "${results[@]}"; do
+        printf '    %s\n' "$r"
+        [[ $r == *") FAIL "* ]] && failed=1
+done
+if ((failed)); then
+        qt_fail "systemd-mode: some parts failed"
+fi
+printf 'PASS systemd-mode\n'

@@ -4,6 +4,7 @@
 #include <blkid.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "util.h"
@@ -31,6 +32,34 @@ static void add_fs(struct qt_fs_result *fs, const char *name, uint64_t offset, u
         *fs = (struct qt_fs_result){.offset = offset, .size = size};
         snprintf(fs->name, sizeof(fs->name), "%s", name);
         snprintf(fs->state, sizeof(fs->state), "found");
+}
+
+static bool past_end(const struct qt_fs_result *fs, uint64_t disk_size)
+{
+        return fs->offset >= disk_size || fs->size > disk_size - fs->offset;
+}
+
+/* Two entries that share sectors (a damaged or hostile table) would be two read-write mounts of
+ * the same blocks, each filesystem writing over the other's: neither is touched. Both are
+ * within the disk here, so the sums cannot overflow. Partitions of a table nested in another's
+ * partition (BSD, Solaris, Minix subpartitions) overlap their parent too and are kept out the
+ * same way; qtrim trims none of their filesystems anyway. */
+static void mark_overlaps(struct qt_fs_result *fs, size_t n, uint64_t disk_size)
+{
+        for (size_t i = 0; i < n; i++) {
+                if (past_end(&fs[i], disk_size))
+                        continue;
+                for (size_t j = 0; j < n; j++) {
+                        if (j == i || past_end(&fs[j], disk_size))
+                                continue;
+                        if (fs[i].offset < fs[j].offset + fs[j].size &&
+                            fs[j].offset < fs[i].offset + fs[i].size) {
+                                snprintf(fs[i].message, sizeof(fs[i].message),
+                                         "partition overlaps partition %s", fs[j].name);
+                                break;
+                        }
+                }
+        }
 }
 
 int qt_discover(const char *disk, uint64_t disk_size, char ret_pttype[16],
@@ -71,13 +100,14 @@ int qt_discover(const char *disk, uint64_t disk_size, char ret_pttype[16],
                         snprintf(name, sizeof(name), "p%d", blkid_partition_get_partno(p));
                         add_fs(&fs[n], name, (uint64_t)start * 512u, (uint64_t)sectors * 512u);
                         /* A table may claim more than the disk has: report, never touch. */
-                        if (fs[n].offset >= disk_size || fs[n].size > disk_size - fs[n].offset)
+                        if (past_end(&fs[n], disk_size))
                                 snprintf(fs[n].message, sizeof(fs[n].message),
                                          "partition extends past the end of the disk");
                         else
                                 probe_fstype(fd, fs[n].offset, fs[n].size, fs[n].fstype);
                         n++;
                 }
+                mark_overlaps(fs, n, disk_size);
         }
         blkid_free_probe(pr);
         *ret_n = n;

@@ -11,6 +11,8 @@
 
 /* Fills fs[] with one record per partition (state "found"; fstype "" if blkid knows none), or a
  * single "disk" record when there is no partition table. Extended-partition containers are not
- * listed; their logical partitions are. ret_pttype: "gpt", "dos", "none". */
+ * listed; their logical partitions are. A partition that must not be touched has a message
+ * saying why: it extends past the end of the disk (its fstype is not probed), or it shares
+ * sectors with another partition. ret_pttype: "gpt", "dos", "none". */
 int qt_discover(const char *disk, uint64_t disk_size, char ret_pttype[16],
                 struct qt_fs_result fs[QT_MAX_FILESYSTEMS], size_t *ret_n, struct qt_error *e);

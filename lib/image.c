@@ -27,6 +27,9 @@ int qt_image_check_path(const char *path, bool follow, struct stat *ret_st, stru
                 int r = errno;
                 if (r == ENOENT || r == ENOTDIR)
                         return qt_error_set(e, QT_ERR_NOT_FOUND, r, "no such file");
+                /* No file can have such a name: a typed refusal, not a failure of qtrim's. */
+                if (r == ENAMETOOLONG)
+                        return qt_error_set(e, QT_ERR_NOT_FOUND, r, "the path is too long");
                 if (r == ELOOP)
                         return qt_error_set(e, QT_ERR_NOT_REGULAR, r,
                                             "is a loop of symbolic links");
@@ -166,6 +169,24 @@ static int check_qemu_locks(const char *path, struct qt_error *e)
         return 0;
 }
 
+#define QCOW2_MAGIC "QFI\xfb"
+
+/* Whether buf[0..len) starts a qcow2 header (version 2 or 3, the ones qemu's qcow2 driver reads;
+ * version 1 is qemu's older "qcow" format). */
+static bool is_qcow2_header(const uint8_t *buf, size_t len)
+{
+        return len >= 8 && memcmp(buf, QCOW2_MAGIC, 4) == 0 && buf[4] == 0 && buf[5] == 0 &&
+               buf[6] == 0 && (buf[7] == 2 || buf[7] == 3);
+}
+
+static bool has_qcow2_magic(const char *path)
+{
+        uint8_t buf[4];
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        return fd >= 0 && pread(fd, buf, sizeof(buf), 0) == (ssize_t)sizeof(buf) &&
+               memcmp(buf, QCOW2_MAGIC, sizeof(buf)) == 0;
+}
+
 /* qemu-img says why it could not open an image only in words; these are its words. */
 static int classify_open_failure(const char *path, const char *msg, struct qt_error *e)
 {
@@ -177,8 +198,134 @@ static int classify_open_failure(const char *path, const char *msg, struct qt_er
                 return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "%s", msg);
         if (strstr(msg, "encrypt"))
                 return qt_error_set(e, QT_ERR_ENCRYPTED, EPERM, "%s", msg);
+        /* A file that says it is a qcow2 image and that qemu cannot open is a damaged one (a
+         * truncated header, sizes or offsets that lie), not some other kind of file. qemu says
+         * "Unsupported" for versions and features newer than it knows. */
+        if (has_qcow2_magic(path)) {
+                if (strstr(msg, "Unsupported"))
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "is a qcow2 image qemu cannot open: %s", msg);
+                return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "is a damaged qcow2 image: %s",
+                                    msg);
+        }
         return qt_error_set(e, QT_ERR_NOT_AN_IMAGE, EINVAL, "is not a readable disk image: %s",
                             msg);
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+        return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
+/* Reads up to QT_QCOW2_HEADER_READ_SIZE bytes from the start of fd into buf. */
+static ssize_t read_header(int fd, uint8_t *buf)
+{
+        size_t got = 0;
+        while (got < QT_QCOW2_HEADER_READ_SIZE) {
+                ssize_t n = pread(fd, buf + got, QT_QCOW2_HEADER_READ_SIZE - got, (off_t)got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        break;
+                got += (size_t)n;
+        }
+        return (ssize_t)got;
+}
+
+/*
+ * Follows the backing chain from the image, name by name, before any qemu tool opens it: qemu
+ * follows it without end, so a qcow2 that names itself (or an earlier file of its chain) as its
+ * backing file makes qemu-img check and qemu-nbd allocate gigabytes and run for minutes. Every
+ * backing file must be a local regular file (never a device, FIFO, "nbd:" or "json:"); a
+ * qcow2 one is read on, anything else ends the chain, as does the image's own backing file if
+ * the image records it as raw. name, format: the image's backing file name and format ("" if
+ * not recorded), as its header records them.
+ */
+static int check_backing_chain(const char *path, const char *name, const char *format,
+                               struct qt_error *e)
+{
+        _cleanup_free_ struct stat *seen = calloc(QT_BACKING_CHAIN_MAX + 1, sizeof(*seen));
+        _cleanup_free_ uint8_t *buf = malloc(QT_QCOW2_HEADER_READ_SIZE);
+        char cur[PATH_MAX], next[PATH_MAX], header_name[QT_QCOW2_BACKING_NAME_MAX];
+        size_t n_seen = 0;
+
+        if (!seen || !buf)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        if (stat(path, &seen[n_seen++]) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot stat: %m");
+        if (snprintf(cur, sizeof(cur), "%s", path) >= (int)sizeof(cur))
+                return qt_error_set(e, QT_ERR_NOT_FOUND, ENAMETOOLONG, "the path is too long");
+
+        for (;;) {
+                struct stat st, fd_st;
+                if (qt_qcow2_backing_path(cur, name, next) < 0)
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "its backing file \"%s\" is not a local file", name);
+                if (stat(next, &st) < 0) {
+                        if (errno == ENOENT || errno == ENOTDIR)
+                                return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
+                                                    "its backing file \"%s\" does not exist", name);
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
+                                            "its backing file \"%s\" cannot be looked at: %m",
+                                            name);
+                }
+                if (!S_ISREG(st.st_mode))
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "its backing file \"%s\" is not a regular file", name);
+                for (size_t i = 0; i < n_seen; i++)
+                        if (same_file(&seen[i], &st))
+                                return qt_error_set(e, QT_ERR_CORRUPT, ELOOP,
+                                                    "its backing chain is a loop: \"%s\" is "
+                                                    "already in it",
+                                                    name);
+                if (n_seen > QT_BACKING_CHAIN_MAX)
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "its backing chain is longer than %d files",
+                                            QT_BACKING_CHAIN_MAX);
+                seen[n_seen++] = st;
+                if (n_seen == 2 && strcmp(format, "raw") == 0)
+                        return 0; /* qemu opens it as raw, whatever its first bytes say */
+
+                /* Never blocks: it was a regular file a moment ago, and must still be. */
+                _cleanup_close_ int fd = open(next, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+                if (fd < 0 || fstat(fd, &fd_st) < 0)
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
+                                            "its backing file \"%s\" cannot be read: %m", name);
+                if (!same_file(&fd_st, &st))
+                        return qt_error_set(e, QT_ERR_FAILED, ESTALE,
+                                            "its backing file \"%s\" changed while qtrim read it",
+                                            name);
+                ssize_t got = read_header(fd, buf);
+                if (got < 0)
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, (int)-got,
+                                            "its backing file \"%s\" cannot be read: %s", name,
+                                            strerror((int)-got));
+                if (!is_qcow2_header(buf, (size_t)got))
+                        return 0; /* raw, or a format without a backing file of its own */
+                int r = qt_qcow2_backing_name(buf, (size_t)got, header_name, sizeof(header_name));
+                if (r == 0)
+                        return 0;
+                if (r < 0)
+                        return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN,
+                                            "its backing file \"%s\" has a damaged header", name);
+                memcpy(cur, next, sizeof(cur));
+                name = header_name;
+        }
+}
+
+/* qtrim writes the image (the trim, through qemu-nbd): one that cannot be opened for writing
+ * (a read-only mount, an immutable or append-only file) is refused now, not by a failed attach
+ * once a job runs. Opening does not change the file. */
+static int check_writable(const char *path, struct qt_error *e)
+{
+        _cleanup_close_ int fd = open(path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
+                                    "cannot be opened for writing (%m); qtrim trims images in "
+                                    "place");
+        return 0;
 }
 
 /* A raw file is whatever qemu-img cannot name otherwise; require a partition table or a
@@ -269,23 +416,23 @@ int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret
                 return qt_error_set(
                     e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
                     "keeps its data in an external data file, which qtrim does not handle");
+        /* What root opens on the image's word: local regular files only, and a chain that
+         * ends. Before qemu-img check, which opens the chain. */
         if (ret->backing_file[0]) {
-                /* What root would open on the image's word: a local regular file only, never a
-                 * device, a network protocol or a json: description. */
-                char backing[PATH_MAX];
-                struct stat st;
-                if (qt_qcow2_backing_path(path, ret->backing_file, backing) < 0 ||
-                    stat(backing, &st) < 0 || !S_ISREG(st.st_mode))
-                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
-                                            "its backing file \"%s\" is not a local regular file",
-                                            ret->backing_file);
+                r = check_backing_chain(path, ret->backing_file, ret->backing_format, e);
+                if (r < 0)
+                        return r;
         }
         if (ret->corrupt)
                 return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN,
                                     "is marked corrupt; repair it with qemu-img check -r first");
         if (strcmp(ret->format, "raw") == 0)
-                return check_raw_content(path, e);
-        return check_qcow2_consistency(path, force_share, e);
+                r = check_raw_content(path, e);
+        else
+                r = check_qcow2_consistency(path, force_share, e);
+        if (r < 0 || force_share)
+                return r;
+        return check_writable(path, e);
 }
 
 uint64_t qt_file_allocated(const struct stat *st)

@@ -13,6 +13,8 @@
 #include "error.h"
 
 #define QT_IMAGE_STRING_MAX 4096
+/* Backing files qtrim follows from an image; a longer chain is refused (qemu has no bound). */
+#define QT_BACKING_CHAIN_MAX 256
 
 struct qt_image_info {
         char format[16]; /* "qcow2", "raw" */
@@ -40,9 +42,12 @@ int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_e
 
 /* Refuses an image another process uses as qemu does (qemu's lock bytes: a writer, or a reader
  * that forbids writers) with ImageInUse; runs qemu-img info without -U, then
- * refuses what qtrim must not touch: other formats, encryption, corruption (qemu-img check for
- * qcow2), a raw file with neither a partition table nor a filesystem. force_share (read-only
- * inspection) reads without qemu's lock, so an image in use can still be looked at. */
+ * refuses what qtrim must not touch: other formats, encryption, a backing chain that is not all
+ * local regular files or that loops (followed by qtrim itself, before qemu opens it), corruption
+ * (qemu-img check for qcow2; a qcow2 header qemu cannot read), a raw file with neither a
+ * partition table nor a filesystem, and a file that cannot be opened for writing. force_share
+ * (read-only inspection) reads without qemu's lock, so an image in use can still be looked at,
+ * and does not ask for write access. */
 int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret,
                    struct qt_error *e);
 

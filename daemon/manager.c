@@ -253,19 +253,25 @@ static int read_shrink_options(sd_bus_message *msg, bool *convert, bool *if_chan
         int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
                 return r;
+        bool seen_convert = false, seen_if_changed = false;
         while ((r = sd_bus_message_enter_container(msg, 'e', "sv")) > 0) {
                 const char *key;
-                bool *target;
+                bool *target, *seen;
                 r = sd_bus_message_read(msg, "s", &key);
                 if (r < 0)
                         return r;
                 if (strcmp(key, QTRIM_OPT_CONVERT) == 0)
-                        target = convert;
+                        target = convert, seen = &seen_convert;
                 else if (strcmp(key, QTRIM_OPT_IF_CHANGED) == 0)
-                        target = if_changed;
+                        target = if_changed, seen = &seen_if_changed;
                 else
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "unknown option \"%.64s\"", key);
+                /* Clients disagree on which of two copies wins: take neither. */
+                if (*seen)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "option \"%s\" given twice", key);
+                *seen = true;
                 int b;
                 r = sd_bus_message_read(msg, "v", "b", &b);
                 if (r < 0)

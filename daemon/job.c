@@ -374,6 +374,8 @@ const sd_bus_vtable job_vtable[] = {
     SD_BUS_PROPERTY("Message", "s", get_chars, REPORT(message), CHANGE),
     SD_BUS_PROPERTY("Filesystems", QTRIM_FS_ARRAY_SIGNATURE, get_filesystems, 0, CHANGE),
     SD_BUS_PROPERTY("PhaseTimes", QTRIM_PHASE_TIME_SIGNATURE, get_phase_times, 0, CHANGE),
+    SD_BUS_PROPERTY("AttachBackend", "s", get_chars, REPORT(attach_backend), CHANGE),
+    SD_BUS_PROPERTY("NbdDevice", "s", get_chars, REPORT(nbd_device), CHANGE),
     SD_BUS_PROPERTY("Error", "s", get_error_name, 0, CHANGE),
     SD_BUS_PROPERTY("ErrorMessage", "s", get_chars, REPORT(error.message), CHANGE),
     SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -26,7 +26,7 @@ static void help(void)
                "Shrinks QEMU disk images on request over D-Bus (org.qtrim1 on the system bus;\n"
                "DBUS_SYSTEM_BUS_ADDRESS is honoured). Runs in the foreground. Options override\n"
                "the configuration file (qtrimd.conf(5)).\n\n"
-               "      --config=FILE          read FILE instead of " QT_CONFIG_PATH "\n"
+               "      --config=FILE          read FILE instead of " QTRIM_CONFIG_PATH "\n"
                "  -j, --max-parallel-jobs=N  run at most N jobs at once (1-64)\n"
                "      --attach=BACKEND       auto, kernel (/dev/nbdN) or fuse\n"
                "      --idle-exit-sec=N      exit after N idle seconds (0: never)\n"
@@ -91,7 +91,7 @@ static void on_config_warning(unsigned line, const char *message, void *userdata
 /* The file, then the command line over it, each value with the file's own syntax. */
 static int load_config(const struct arguments *a, struct qt_config *c)
 {
-        const char *path = a->config_path ? a->config_path : QT_CONFIG_PATH;
+        const char *path = a->config_path ? a->config_path : QTRIM_CONFIG_PATH;
         char err[QT_CONFIG_ERROR_MAX] = "";
         int r = qt_config_init(c);
         if (r < 0)

@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "nbd-fuse.h"
+#include "nbd-kernel.h"
 #include "util.h"
 
 #define REPORT_FD 3
@@ -22,6 +23,13 @@
  * make it stuck. */
 #define WATCHDOG_USEC 1000000ULL
 #define STUCK_CHECKS  3
+/* A worker that died holding an nbd device: how often qtrimd looks whether the kernel freed it,
+ * when it kills a qemu-nbd that still serves it (it had its parent-death SIGTERM long before),
+ * and when it stops waiting for the last opener. */
+#define RELEASE_POLL_USEC     20000ULL
+#define RELEASE_ACCURACY_USEC 1000ULL /* sd-event's default would be 250 ms */
+#define RELEASE_KILL_USEC     5000000ULL
+#define RELEASE_GIVE_UP_USEC  15000000ULL
 /* A line is never longer than this; a worker that sends longer is broken. */
 #define LINE_MAX_BYTES (QT_REPORT_STRING_MAX + 1024)
 
@@ -31,8 +39,13 @@ struct worker {
         void *userdata;
         pid_t pid;
         int fd;
+        sd_event *event;
         sd_event_source *io, *child, *watchdog;
         unsigned zombie_checks;
+        /* After it died holding an nbd device: waiting for the device to be free. */
+        sd_event_source *release;
+        uint64_t release_start;
+        bool release_killed, released;
         const char *scratch_dir; /* the worker's, where a fusectl can go for an abort */
         bool eof, exited;
         int exit_status; /* as waitid's si_code/si_status say: exit code, or 128 + signal */
@@ -78,10 +91,17 @@ _Noreturn static void run_child(const struct qt_shrink_request *req, int report_
         _exit(r < 0 ? 1 : 0);
 }
 
+static void start_release(struct worker *w);
+
 static void maybe_finish(struct worker *w)
 {
         if (!w->eof || !w->exited)
                 return;
+        /* The job is not over while the device it held is not free. */
+        if (w->report->nbd_device[0] && !w->released) {
+                start_release(w);
+                return;
+        }
         if (!w->report->finished && !qt_error_is_set(&w->report->error))
                 qt_error_set(&w->report->error, QT_ERR_FAILED, EIO,
                              "the worker died unexpectedly (status %d)", w->exit_status);
@@ -165,6 +185,67 @@ static int on_watchdog(sd_event_source *s, uint64_t usec, void *userdata)
                    : sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
 
+static void release_done(struct worker *w)
+{
+        w->release = sd_event_source_disable_unref(w->release);
+        w->released = true;
+        w->report->nbd_device[0] = '\0';
+        w->report->nbd_owner = 0;
+        if (w->cb->on_change)
+                w->cb->on_change(w, "NbdDevice", w->userdata);
+        maybe_finish(w);
+}
+
+/* The worker died with an nbd device connected (nbd-kernel.h). Its qemu-nbd had a parent-death
+ * SIGTERM and disconnects; the kernel frees the device once the dead worker's mounts are gone.
+ * Make sure of both: a qemu-nbd that does not exit (stopped, stuck) is killed, and the job ends
+ * when the device is free, or after a bounded wait for someone else's open of it. */
+static int on_release(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct worker *w = userdata;
+        pid_t server;
+        const char *device = w->report->nbd_device;
+        enum qt_nbd_connection state =
+            qt_nbd_kernel_connection_state(device, w->report->nbd_owner, &server);
+        uint64_t waited = now_usec() - w->release_start;
+
+        if (state == QT_NBD_SERVED && waited >= RELEASE_KILL_USEC && !w->release_killed) {
+                fprintf(stderr,
+                        "qtrimd: the qemu-nbd (%d) of a dead worker still serves %s; killing it\n",
+                        (int)server, device);
+                kill(server, SIGKILL);
+                w->release_killed = true;
+        }
+        if (state == QT_NBD_RELEASED)
+                qt_nbd_kernel_drop_stale_partitions(device);
+        else if (state == QT_NBD_INVALID_NAME)
+                fprintf(stderr, "qtrimd: ignoring the nbd device a worker named: %s\n", device);
+        else if (waited >= RELEASE_GIVE_UP_USEC)
+                fprintf(stderr,
+                        "qtrimd: %s is still held %llu s after its worker died; giving up\n",
+                        device, (unsigned long long)(RELEASE_GIVE_UP_USEC / 1000000));
+        else
+                return sd_event_source_set_time_relative(s, RELEASE_POLL_USEC) < 0
+                           ? 0
+                           : sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        release_done(w);
+        return 0;
+}
+
+static void start_release(struct worker *w)
+{
+        if (w->release)
+                return;
+        w->release_start = now_usec();
+        /* Looked at once right away: usually the device is free by now. */
+        if (sd_event_add_time_relative(w->event, &w->release, CLOCK_MONOTONIC, 0,
+                                       RELEASE_ACCURACY_USEC, on_release, w) < 0) {
+                fprintf(stderr, "qtrimd: cannot watch %s after its worker died\n",
+                        w->report->nbd_device);
+                release_done(w);
+        }
+}
+
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 {
         struct worker *w = userdata;
@@ -200,6 +281,7 @@ int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt
         if (!w)
                 return -ENOMEM;
         w->report = report;
+        w->event = event;
         w->scratch_dir = req->scratch_dir;
         w->cb = cb;
         w->userdata = userdata;
@@ -256,6 +338,7 @@ struct worker *worker_free(struct worker *w)
         sd_event_source_disable_unref(w->io);
         sd_event_source_disable_unref(w->child);
         sd_event_source_disable_unref(w->watchdog);
+        sd_event_source_disable_unref(w->release);
         closep(&w->fd);
         free(w);
         return NULL;

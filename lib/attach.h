@@ -2,11 +2,22 @@
 /*
  * Phase 2, attach: how a worker makes an image's disk readable and trimmable by the host kernel.
  * kernel: qemu-nbd -c /dev/nbdN, partitions as the kernel's own block devices (hypervisor hosts
- * with the nbd module). fuse: qemu-nbd behind a FUSE file, loop devices at the partitions'
- * offsets (anywhere with FUSE and loop devices, nbd-fuse.h). auto: kernel where /dev/nbd* exists
- * or the nbd module loads, fuse otherwise.
+ * with the nbd module, nbd-kernel.h). fuse: qemu-nbd behind a FUSE file, loop devices at the
+ * partitions' offsets (anywhere with FUSE and loop devices, nbd-fuse.h). auto: kernel where
+ * /dev/nbd0 exists or the nbd module loads (and a device is free), fuse otherwise.
+ *
+ * Either way the rest of the job sees one struct qt_attachment: a disk (a file or a block device)
+ * for libblkid to read, and for each filesystem libblkid found there, a source to mount.
  */
 #pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "report.h"
+#include "trim.h"
 
 enum qt_attach_backend {
         QT_ATTACH_AUTO,
@@ -18,3 +29,50 @@ enum qt_attach_backend {
 const char *qt_attach_backend_name(enum qt_attach_backend b);
 /* -EINVAL for anything else. */
 int qt_attach_backend_from_name(const char *name, enum qt_attach_backend *ret);
+
+struct qt_attach_request {
+        const char *image;  /* absolute path */
+        const char *format; /* "qcow2" or "raw" */
+        bool read_only;     /* inspection: no writes, qemu's lock not taken */
+        enum qt_attach_backend backend;
+        const char *scratch_dir; /* the worker's private tmpfs: FUSE mount, qemu-nbd's socket */
+};
+
+struct qt_attachment;
+
+/* Call it in the worker's private mount namespace. With QT_ATTACH_AUTO, a host without nbd
+ * devices (or with none free) gets the FUSE path and one line on stderr saying why. */
+int qt_attach(const struct qt_attach_request *req, struct qt_attachment **ret, struct qt_error *e);
+
+/* QT_ATTACH_KERNEL or QT_ATTACH_FUSE: the path auto chose. */
+enum qt_attach_backend qt_attachment_backend(const struct qt_attachment *a);
+/* The whole disk, for libblkid: "/dev/nbd3", or "<scratch_dir>/fuse/disk". */
+const char *qt_attachment_disk(const struct qt_attachment *a);
+uint64_t qt_attachment_size(const struct qt_attachment *a);
+/* What qtrimd must know to clean up after a worker that dies attached (see report.h): the FUSE
+ * connection's number (0 on the kernel path); the nbd device ("" on the FUSE path) and the
+ * kernel's owner of its connection. */
+unsigned qt_attachment_fuse_connection(const struct qt_attachment *a);
+const char *qt_attachment_nbd_device(const struct qt_attachment *a);
+uint64_t qt_attachment_nbd_owner(const struct qt_attachment *a);
+
+/* Where to mount fs (a record of qt_discover on this attachment's disk) from. Kernel: the
+ * kernel's partition node if its sysfs start and size are what libblkid found, the whole device
+ * for a disk without partition table, else a loop device over the device at fs's offset. FUSE:
+ * a loop device over the disk file at fs's offset. Valid until qt_detach. */
+void qt_attachment_source(struct qt_attachment *a, const struct qt_fs_result *fs,
+                          struct qt_fs_source *ret);
+
+/* Undoes qt_attach: everything on top (mounts, loop devices) must be gone already. Frees a
+ * whatever happens; NULL-safe. A qemu-nbd that died or a flush that failed is an error: the
+ * image may have lost writes. */
+int qt_detach(struct qt_attachment *a, struct qt_error *e);
+
+/* The image part of a qemu-nbd command line, shared by both paths: "--format F --discard=unmap
+ * IMAGE" to write, "--read-only --image-opts driver=F,...,file.locking=off,file.filename=IMAGE"
+ * to read without taking qemu's lock (qemu-nbd has no --force-share). opts is storage for the
+ * latter. Writes at most QT_QEMU_NBD_IMAGE_ARGS_MAX arguments to argv; returns how many. */
+#define QT_QEMU_NBD_OPTS_MAX       (4096 * 2 + 128)
+#define QT_QEMU_NBD_IMAGE_ARGS_MAX 4
+size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
+                              char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[]);

@@ -13,7 +13,6 @@
 
 #include "attach.h"
 
-#define QT_CONFIG_PATH         "/etc/qtrim/qtrimd.conf"
 #define QT_CONFIG_MAX_DIRS     32
 #define QT_CONFIG_MAX_PATTERNS 16
 #define QT_CONFIG_ERROR_MAX    256

@@ -20,8 +20,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "attach.h"
 #include "command.h"
-
 #include "util.h"
 
 #define DISK_NAME "disk"
@@ -275,32 +275,10 @@ static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *
                           struct qt_error *e)
 {
         /* No --persistent: qemu-nbd must exit when its one client goes, so a killed worker
-         * leaves no server holding the image. Inspecting reads without taking qemu's lock
-         * (qemu-nbd has no --force-share; file.locking=off is the same for reading). */
-        char opts[PATH_MAX * 2 + 128];
-        char *argv[8] = {"qemu-nbd"};
-        size_t n = 1;
-        if (b->read_only) {
-                int k = snprintf(opts, sizeof(opts),
-                                 "driver=%s,file.driver=file,file.locking=off,"
-                                 "file.filename=",
-                                 format);
-                /* In qemu's option syntax a comma in a value is written twice. */
-                for (const char *p = image; *p && (size_t)k + 3 < sizeof(opts); p++) {
-                        if (*p == ',')
-                                opts[k++] = ',';
-                        opts[k++] = *p;
-                }
-                opts[k] = '\0';
-                argv[n++] = "--read-only";
-                argv[n++] = "--image-opts";
-                argv[n++] = opts;
-        } else {
-                argv[n++] = "--format";
-                argv[n++] = (char *)format;
-                argv[n++] = "--discard=unmap";
-                argv[n++] = (char *)image;
-        }
+         * leaves no server holding the image. */
+        char opts[QT_QEMU_NBD_OPTS_MAX];
+        char *argv[1 + QT_QEMU_NBD_IMAGE_ARGS_MAX + 1] = {"qemu-nbd"};
+        size_t n = 1 + qt_qemu_nbd_image_args(image, format, b->read_only, opts, argv + 1);
         argv[n] = NULL;
 
         b->nbd = nbd_create();

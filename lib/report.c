@@ -79,7 +79,10 @@ static const struct field fields[] = {
     FIELD("converted", "Converted", FIELD_BOOL, converted),
     FIELD("message", "Message", FIELD_STR, message),
     FIELD("temp-file", NULL, FIELD_STR, temp_file),
+    FIELD("attach-backend", "AttachBackend", FIELD_STR, attach_backend),
     FIELD("fuse-connection", NULL, FIELD_U64, fuse_connection),
+    FIELD("nbd-owner", NULL, FIELD_U64, nbd_owner),
+    FIELD("nbd-device", "NbdDevice", FIELD_STR, nbd_device),
 };
 
 static const struct field *field_by_key(const char *key)

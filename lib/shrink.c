@@ -12,7 +12,6 @@
 #include "convert.h"
 #include "discover.h"
 #include "image.h"
-#include "nbd-fuse.h"
 #include "overlays.h"
 #include "test-hooks.h"
 #include "trim.h"
@@ -25,7 +24,7 @@ struct shrink {
 
         struct qt_image_info info;
         struct stat inspected; /* the image as inspected: what every later step must still see */
-        struct qt_nbd_fuse *bridge;
+        struct qt_attachment *attachment;
         int image_lock_fd;  /* qemu's lock held against writers from attach to replace */
         char tmp[PATH_MAX]; /* the compact copy while it exists */
         size_t trim_index;  /* which filesystem the trim is on, for progress */
@@ -116,10 +115,21 @@ static int enter_private_namespace(struct shrink *s)
         return 0;
 }
 
-/* 2. Attach: qemu-nbd --discard=unmap behind a FUSE file. */
+/* What qtrimd must know to clean up after this worker if it dies attached, while it is (a = the
+ * attachment) and once it is no more (a = NULL, kernel: whether the nbd fields were set). The
+ * nbd owner goes before the device, so a device qtrimd sees always comes with its owner. */
+static void emit_attachment(struct shrink *s, const struct qt_attachment *a, bool kernel)
+{
+        qt_emit_u64(s->rep, "fuse-connection", a ? qt_attachment_fuse_connection(a) : 0);
+        if (kernel) {
+                qt_emit_u64(s->rep, "nbd-owner", a ? qt_attachment_nbd_owner(a) : 0);
+                qt_emit_str(s->rep, "nbd-device", a ? qt_attachment_nbd_device(a) : "");
+        }
+}
+
+/* 2. Attach: qemu-nbd --discard=unmap, through the kernel's nbd or a FUSE file (attach.h). */
 static int attach(struct shrink *s)
 {
-        char fuse_dir[PATH_MAX];
         bool read_only = s->req->kind != QT_JOB_SHRINK;
         int r = enter_private_namespace(s);
         if (r < 0)
@@ -131,14 +141,19 @@ static int attach(struct shrink *s)
         if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0)
                 fprintf(stderr, "qtrim worker %d: PR_SET_IO_FLUSHER: %m, continuing without\n",
                         (int)getpid());
-        if (scratch_path(s, "fuse", fuse_dir) < 0 || mkdir(fuse_dir, 0700) < 0)
-                return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot create %s: %m",
-                                    fuse_dir);
-        r = qt_nbd_fuse_attach(s->req->image, s->info.format, read_only, fuse_dir, &s->bridge,
-                               &s->error);
+        struct qt_attach_request req = {
+            .image = s->req->image,
+            .format = s->info.format,
+            .read_only = read_only,
+            .backend = s->req->attach,
+            .scratch_dir = s->req->scratch_dir,
+        };
+        r = qt_attach(&req, &s->attachment, &s->error);
         if (r < 0)
                 return r;
-        qt_emit_u64(s->rep, "fuse-connection", qt_nbd_fuse_connection(s->bridge));
+        enum qt_attach_backend backend = qt_attachment_backend(s->attachment);
+        qt_emit_str(s->rep, "attach-backend", qt_attach_backend_name(backend));
+        emit_attachment(s, s->attachment, backend == QT_ATTACH_KERNEL);
         if (read_only)
                 return 0;
 
@@ -161,8 +176,8 @@ static int discover(struct shrink *s)
         struct qt_fs_result fs[QT_MAX_FILESYSTEMS];
         char pttype[16];
         size_t n = 0;
-        int r = qt_discover(qt_nbd_fuse_disk_path(s->bridge), qt_nbd_fuse_size(s->bridge), pttype,
-                            fs, &n, &s->error);
+        int r = qt_discover(qt_attachment_disk(s->attachment), qt_attachment_size(s->attachment),
+                            pttype, fs, &n, &s->error);
         if (r < 0)
                 return r;
         qt_emit_str(s->rep, "partition-table", pttype);
@@ -185,11 +200,13 @@ static int trim(struct shrink *s)
 
         for (s->trim_index = 0; s->trim_index < report->n_fs; s->trim_index++) {
                 struct qt_fs_result fs = report->fs[s->trim_index];
+                struct qt_fs_source src = {};
                 char dir[PATH_MAX];
+                if (qt_trim_mounts(&fs))
+                        qt_attachment_source(s->attachment, &fs, &src);
                 int r = scratch_path(s, fs.name, dir);
                 if (r >= 0)
-                        r = qt_trim_filesystem(qt_nbd_fuse_disk_path(s->bridge), dir, &fs,
-                                               on_trim_progress, s);
+                        r = qt_trim_filesystem(&src, dir, &fs, on_trim_progress, s);
                 qt_emit_fs(s->rep, &fs);
                 total += fs.trimmed;
                 if (r < 0)
@@ -199,21 +216,31 @@ static int trim(struct shrink *s)
         return 0;
 }
 
-/* 5. Detach: everything on the bridge is gone already (each trim unmounts its filesystem, and
- * its loop device clears with the mount); stop the bridge and qemu-nbd. */
-static int detach(struct shrink *s)
-{
-        int r = qt_nbd_fuse_detach(s->bridge, &s->error);
-        s->bridge = NULL;
-        qt_emit_u64(s->rep, "fuse-connection", 0);
-        return r;
-}
-
 static int stat_image(struct shrink *s, struct stat *st)
 {
         if (stat(s->req->image, st) < 0)
                 return qt_error_set(&s->error, QT_ERR_FAILED, errno, "cannot stat: %m");
         return 0;
+}
+
+/* 5. Detach: everything on the disk is gone already (each trim unmounts its filesystem, and
+ * its loop device clears with the mount); flush, stop qemu-nbd, release the disk. */
+static int detach(struct shrink *s)
+{
+        bool kernel = s->attachment && qt_attachment_backend(s->attachment) == QT_ATTACH_KERNEL;
+        int r = qt_detach(s->attachment, &s->error);
+        s->attachment = NULL;
+        emit_attachment(s, NULL, kernel);
+        /* qemu-nbd trimmed the file it opened at attach: if the path names another one now, that
+         * one was not trimmed, and is not ours to copy, replace or report on. */
+        struct stat st;
+        if (r < 0 || s->req->kind != QT_JOB_SHRINK)
+                return r;
+        r = stat_image(s, &st);
+        if (r >= 0 && (st.st_dev != s->inspected.st_dev || st.st_ino != s->inspected.st_ino))
+                r = qt_error_set(&s->error, QT_ERR_FAILED, ESTALE,
+                                 "was replaced by another file while qtrim worked on it");
+        return r;
 }
 
 static void drop_temp(struct shrink *s)

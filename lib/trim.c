@@ -115,42 +115,63 @@ static int trim_range(const char *dir, struct qt_fs_result *fs, bool whole_range
         return 0;
 }
 
-int qt_trim_filesystem(const char *disk, const char *mount_dir, struct qt_fs_result *fs,
-                       qt_progress_fn progress, void *userdata)
+static int supported_index(const struct qt_fs_result *fs)
 {
-        size_t i;
-        if (fs->message[0]) { /* discovery already found it unusable */
-                set_outcome(fs, "skipped", "%s", fs->message);
+        for (size_t i = 0; i < ELEMENTSOF(supported); i++)
+                if (strcmp(fs->fstype, supported[i].fstype) == 0)
+                        return (int)i;
+        return -1;
+}
+
+bool qt_trim_mounts(const struct qt_fs_result *fs)
+{
+        return !fs->message[0] && fs->fstype[0] && supported_index(fs) >= 0;
+}
+
+int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
+                       struct qt_fs_result *fs, qt_progress_fn progress, void *userdata)
+{
+        if (fs->message[0]) { /* discovery already found it unusable: keep its message */
+                snprintf(fs->state, sizeof(fs->state), "skipped");
                 return 0;
         }
         if (!fs->fstype[0]) {
                 set_outcome(fs, "skipped", "no filesystem found");
                 return 0;
         }
-        for (i = 0; i < ELEMENTSOF(supported); i++)
-                if (strcmp(fs->fstype, supported[i].fstype) == 0)
-                        break;
-        if (i == ELEMENTSOF(supported)) {
+        int i = supported_index(fs);
+        if (i < 0) {
                 set_outcome(fs, "skipped", "%s is not a filesystem qtrim trims", fs->fstype);
                 return 0;
         }
 
-        char loop[QT_LOOP_PATH_MAX];
-        struct qt_error e = {};
-        int loop_fd = qt_loop_attach(disk, fs->offset, fs->size, false, loop, &e);
-        if (loop_fd < 0) {
-                set_outcome(fs, "failed", "%s", e.message);
+        if (src->unusable) {
+                set_outcome(fs, "skipped", "%s", src->unusable);
                 return 0;
+        }
+
+        char loop[QT_LOOP_PATH_MAX];
+        const char *device = src->device;
+        int loop_fd = -1;
+        if (!device) {
+                struct qt_error e = {};
+                loop_fd = qt_loop_attach(src->disk, fs->offset, fs->size, false, loop, &e);
+                if (loop_fd < 0) {
+                        set_outcome(fs, "failed", "%s", e.message);
+                        return 0;
+                }
+                device = loop;
         }
         if (mkdir(mount_dir, 0700) < 0 && errno != EEXIST) {
                 set_outcome(fs, "failed", "cannot create %s: %s", mount_dir, strerror(errno));
-                close(loop_fd);
+                closep(&loop_fd);
                 return 0;
         }
         char why[256];
-        int r = mount_fs(loop, mount_dir, fs->fstype, supported[i].options, why, sizeof(why));
-        /* The mount holds the device now (or nothing does); autoclear frees it with the mount. */
-        close(loop_fd);
+        int r = mount_fs(device, mount_dir, fs->fstype, supported[i].options, why, sizeof(why));
+        /* The mount holds the device now (or nothing does); autoclear frees a loop device with
+         * the mount. */
+        closep(&loop_fd);
         if (r < 0) {
                 set_outcome(fs, "skipped", "cannot mount: %s", why);
                 rmdir(mount_dir);

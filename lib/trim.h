@@ -3,13 +3,28 @@
  * (--discard=unmap) deallocates it in the image. Call it inside a private mount namespace. */
 #pragma once
 
+#include <stdbool.h>
+
 #include "report.h"
 
 typedef void (*qt_progress_fn)(double fraction, void *userdata);
 
-/* Trims fs (a record from qt_discover) through a loop device over disk, mounted on mount_dir.
- * The outcome goes into fs: state "trimmed" with trimmed bytes, or "skipped"/"failed" with a
- * message; a filesystem that cannot be trimmed is not an error of the job. Returns -ECANCELED
- * if a cancel arrived (the filesystem is unmounted first), 0 otherwise. */
-int qt_trim_filesystem(const char *disk, const char *mount_dir, struct qt_fs_result *fs,
-                       qt_progress_fn progress, void *userdata);
+/* Where a filesystem is mounted from (attach.h decides): a block device that is exactly the
+ * filesystem, mounted as it is (a partition node of the kernel path, or a whole nbd device), or a
+ * loop device over [fs->offset, fs->offset + fs->size) of a disk (a file or a block device). */
+struct qt_fs_source {
+        const char *device; /* NULL: use a loop device over disk */
+        const char *disk;
+        const char *unusable; /* if set: why it cannot be trimmed this way (it is skipped) */
+};
+
+/* Whether qt_trim_filesystem would mount fs (a type qtrim trims, nothing wrong found with it);
+ * the others are only marked skipped, so they need no source. */
+bool qt_trim_mounts(const struct qt_fs_result *fs);
+
+/* Trims fs (a record from qt_discover) from src, mounted on mount_dir. The outcome goes into fs:
+ * state "trimmed" with trimmed bytes, or "skipped"/"failed" with a message; a filesystem that
+ * cannot be trimmed is not an error of the job. Returns -ECANCELED if a cancel arrived (the
+ * filesystem is unmounted first), 0 otherwise. */
+int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
+                       struct qt_fs_result *fs, qt_progress_fn progress, void *userdata);

@@ -421,7 +421,8 @@ static void trim(struct bridge *br, struct qt_fs_result *fs, struct progress *pr
 {
         char dir[PATH_MAX];
         fx_join(dir, br->ns, fs->name);
-        ck_assert_int_eq(qt_trim_filesystem(br->disk, dir, fs, on_progress, progress), 0);
+        struct qt_fs_source src = {.disk = br->disk};
+        ck_assert_int_eq(qt_trim_filesystem(&src, dir, fs, on_progress, progress), 0);
         ck_assert_int_eq(access(dir, F_OK), -1);
         ck_assert_int_eq(errno, ENOENT);
         ck_assert(!fx_is_mount_point(0, dir, NULL));

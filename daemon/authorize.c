@@ -5,8 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bus-util.h"
-
 /* CheckAuthorization flag: polkit may ask an agent for a password. Only when the caller said it
  * can wait for that (the message's ALLOW_INTERACTIVE_AUTHORIZATION flag, qtrimctl sets it on a
  * terminal); otherwise auth_admin is a plain "no". */
@@ -52,13 +50,9 @@ static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *
         return 0;
 }
 
-int authorize(sd_bus_message *call, const char *action, const char *image, authorize_done_fn done,
-              void *userdata, sd_bus_slot **ret_slot)
+int authorize(sd_bus_message *call, uid_t uid, const char *action, const char *image,
+              authorize_done_fn done, void *userdata, sd_bus_slot **ret_slot)
 {
-        uid_t uid;
-        int r = bus_sender_uid(call, &uid);
-        if (r < 0)
-                return r;
         if (uid == 0)
                 return 1;
 
@@ -71,7 +65,7 @@ int authorize(sd_bus_message *call, const char *action, const char *image, autho
                              ? POLKIT_ALLOW_USER_INTERACTION
                              : 0;
         sd_bus_slot *slot = NULL;
-        r = sd_bus_call_method_async(
+        int r = sd_bus_call_method_async(
             sd_bus_message_get_bus(call), &slot, "org.freedesktop.PolicyKit1",
             "/org/freedesktop/PolicyKit1/Authority", "org.freedesktop.PolicyKit1.Authority",
             "CheckAuthorization", on_polkit_reply, p, "(sa{sv})sa{ss}us", "system-bus-name", 1,

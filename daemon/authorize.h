@@ -8,6 +8,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <sys/types.h>
 #include <systemd/sd-bus.h>
 
 #define QTRIM_ACTION_SHRINK     "org.qtrim1.shrink"
@@ -16,8 +17,9 @@
 /* allowed, or why not ("polkit is not running: ...", "not authorized"). */
 typedef void (*authorize_done_fn)(bool allowed, const char *why, void *userdata);
 
-/* Returns 1 when the caller of call is root (allowed, done is not called), 0 when polkit was
- * asked (done is called with its answer unless *ret_slot is unreferenced first), or a negative
- * errno. image, if not NULL, is passed to polkit as the detail "image" for rules to look at. */
-int authorize(sd_bus_message *call, const char *action, const char *image, authorize_done_fn done,
-              void *userdata, sd_bus_slot **ret_slot);
+/* uid is the caller's (bus_sender_uid(), asked once per call: it is a round trip to the bus).
+ * Returns 1 when it is root (allowed, done is not called), 0 when polkit was asked (done is
+ * called with its answer unless *ret_slot is unreferenced first), or a negative errno. image, if
+ * not NULL, is passed to polkit as the detail "image" for rules to look at. */
+int authorize(sd_bus_message *call, uid_t uid, const char *action, const char *image,
+              authorize_done_fn done, void *userdata, sd_bus_slot **ret_slot);

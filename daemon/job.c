@@ -285,7 +285,7 @@ static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *erro
                 return -ENOMEM;
         *c = (struct cancel_call){
             .manager = j->manager, .job_id = j->id, .call = sd_bus_message_ref(msg)};
-        r = authorize(msg, QTRIM_ACTION_CANCEL_ANY, j->image, on_cancel_authorized, c,
+        r = authorize(msg, uid, QTRIM_ACTION_CANCEL_ANY, j->image, on_cancel_authorized, c,
                       &c->authorization);
         if (r == 0)
                 return 1; /* polkit answers later */

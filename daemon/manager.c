@@ -208,14 +208,15 @@ static void on_authorized(bool allowed, const char *why, void *userdata)
 static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
                          const char *image, bool convert, bool if_changed, sd_bus_error *error)
 {
-        uid_t uid;
-        int r = bus_sender_uid(call, &uid);
-        if (r < 0)
-                return r;
+        /* The limit first: under a flood, refusing must cost no round trip to the bus. */
         if (m->n_requests >= MAX_REQUESTS)
                 return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                          "too many requests in progress (%u); try again later",
                                          MAX_REQUESTS);
+        uid_t uid;
+        int r = bus_sender_uid(call, &uid);
+        if (r < 0)
+                return r;
         if (uid != 0 && !in_image_directories(m, image))
                 return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
                                          "only root may name images outside the image "
@@ -236,7 +237,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         m->n_requests++;
         manager_update_idle(m);
 
-        r = authorize(call, QTRIM_ACTION_SHRINK, image, on_authorized, q, &q->authorization);
+        r = authorize(call, uid, QTRIM_ACTION_SHRINK, image, on_authorized, q, &q->authorization);
         if (r < 0) {
                 request_free(q);
                 return r;

@@ -192,11 +192,14 @@ static void on_trim_progress(double fraction, void *userdata)
         qt_emit_progress(s->rep, ((double)s->trim_index + fraction) / (double)s->rep->report.n_fs);
 }
 
-/* 4. Trim: every filesystem; one that cannot be trimmed is reported, not fatal. */
+/* 4. Trim: every filesystem; one that cannot be trimmed is reported, not fatal, unless none
+ * could: a job that trimmed nothing because everything failed did not succeed. */
 static int trim(struct shrink *s)
 {
         struct qt_report *report = &s->rep->report;
         uint64_t total = 0;
+        const struct qt_fs_result *first_failure = NULL;
+        bool any_trimmed = false;
 
         for (s->trim_index = 0; s->trim_index < report->n_fs; s->trim_index++) {
                 struct qt_fs_result fs = report->fs[s->trim_index];
@@ -211,8 +214,15 @@ static int trim(struct shrink *s)
                 total += fs.trimmed;
                 if (r < 0)
                         return r;
+                any_trimmed |= strcmp(fs.state, "trimmed") == 0;
+                if (!first_failure && strcmp(fs.state, "failed") == 0)
+                        first_failure = &report->fs[s->trim_index];
         }
         qt_emit_u64(s->rep, "bytes-trimmed", total);
+        if (first_failure && !any_trimmed)
+                return qt_error_set(&s->error, QT_ERR_FAILED, EIO,
+                                    "no filesystem could be trimmed: %s: %s", first_failure->name,
+                                    first_failure->message);
         return 0;
 }
 

@@ -19,6 +19,8 @@ packages=(
   # for the authorization checks, man pages for systemd-analyze verify's Documentation= check
   linux-image-amd64 qemu-system-x86 busybox-static xz-utils
   dbus polkitd man-db
+  # tools/valgrind.sh: memcheck, and glibc's symbols so it can name glibc's frames
+  valgrind libc6-dbg
 )
 
 missing=()

@@ -2,8 +2,11 @@
 # Runs every qtrim test on this machine, as root: installs what is missing, builds with
 # ASan+UBSan (warnings are errors), runs the Check unit tests and the integration tests on real
 # images, a real private dbus-daemon, qemu-nbd, FUSE, loop devices and mounts; then fuzzes the
-# parsers of untrusted input for QTRIM_FUZZ_SECONDS per target (default 20; 0 skips it).
-# Extra arguments go to `meson test` (e.g. --suite unit, or a test's name) and skip the fuzzing.
+# parsers of untrusted input for QTRIM_FUZZ_SECONDS per target (default 20; 0 skips it), and
+# runs the daemon's integration tests under valgrind (tools/valgrind.sh). The VM suite (tests/vm)
+# boots Debian's kernel in a TCG guest for the kernel attach path and systemd.
+# Extra arguments go to `meson test` (e.g. --suite unit, or a test's name) and skip the fuzzing
+# and valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,14 +39,23 @@ if [ $# -eq 0 ] && [ "$fuzz_seconds" -gt 0 ]; then
   if tools/fuzz.sh "$fuzz_seconds"; then fuzz=passed; else fuzz=failed status=1; fi
 fi
 
+# qtrimd (and its workers) under valgrind's memcheck in the daemon's integration tests: a
+# second build without sanitizers, about 6 minutes. QTRIM_VALGRIND=0 skips it.
+valgrind=skipped
+if [ $# -eq 0 ] && [ "${QTRIM_VALGRIND:-1}" != 0 ]; then
+  if tools/valgrind.sh; then valgrind=passed; else valgrind=failed status=1; fi
+fi
+
 # One plain closing line that any reader (and CI) can count.
 log="$build/meson-logs/testlog.json"
 passed=$(jq -s '[.[] | select(.result == "OK")] | length' "$log")
 failed=$(jq -s '[.[] | select(.result != "OK" and .result != "SKIP")] | length' "$log")
 skipped=$(jq -s '[.[] | select(.result == "SKIP")] | length' "$log")
-case $fuzz in
-passed) passed=$((passed + 1)) ;;
-failed) failed=$((failed + 1)) ;;
-esac
+for extra in "$fuzz" "$valgrind"; do
+  case $extra in
+  passed) passed=$((passed + 1)) ;;
+  failed) failed=$((failed + 1)) ;;
+  esac
+done
 echo "$passed passed, $failed failed, $skipped skipped"
 exit "$status"

@@ -217,23 +217,6 @@ static bool same_file(const struct stat *a, const struct stat *b)
         return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
 }
 
-/* Reads up to QT_QCOW2_HEADER_READ_SIZE bytes from the start of fd into buf. */
-static ssize_t read_header(int fd, uint8_t *buf)
-{
-        size_t got = 0;
-        while (got < QT_QCOW2_HEADER_READ_SIZE) {
-                ssize_t n = pread(fd, buf + got, QT_QCOW2_HEADER_READ_SIZE - got, (off_t)got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        break;
-                got += (size_t)n;
-        }
-        return (ssize_t)got;
-}
-
 /*
  * Follows the backing chain from the image, name by name, before any qemu tool opens it: qemu
  * follows it without end, so a qcow2 that names itself (or an earlier file of its chain) as its
@@ -297,7 +280,7 @@ static int check_backing_chain(const char *path, const char *name, const char *f
                         return qt_error_set(e, QT_ERR_FAILED, ESTALE,
                                             "its backing file \"%s\" changed while qtrim read it",
                                             name);
-                ssize_t got = read_header(fd, buf);
+                ssize_t got = qt_qcow2_read_header(fd, buf);
                 if (got < 0)
                         return qt_error_set(e, QT_ERR_UNSUPPORTED, (int)-got,
                                             "its backing file \"%s\" cannot be read: %s", name,

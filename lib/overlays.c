@@ -39,18 +39,10 @@ static bool same_file(const struct stat *a, const struct stat *b)
  * if it is no qcow2 image or cannot be read. */
 static int read_backing_name(int fd, uint8_t *buf, char ret[QT_QCOW2_BACKING_NAME_MAX])
 {
-        size_t got = 0;
-        while (got < QT_QCOW2_HEADER_READ_SIZE) {
-                ssize_t n = pread(fd, buf + got, QT_QCOW2_HEADER_READ_SIZE - got, (off_t)got);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        break;
-                got += (size_t)n;
-        }
-        return qt_qcow2_backing_name(buf, got, ret, QT_QCOW2_BACKING_NAME_MAX);
+        ssize_t got = qt_qcow2_read_header(fd, buf);
+        if (got < 0)
+                return (int)got;
+        return qt_qcow2_backing_name(buf, (size_t)got, ret, QT_QCOW2_BACKING_NAME_MAX);
 }
 
 /* Whether the backing chain of the qcow2 image open as fd, found at path, leads to the image.

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The header's fields, big-endian (qemu's docs/interop/qcow2.txt). */
 #define QCOW2_MAGIC             "QFI\xfb"
@@ -97,4 +98,20 @@ int qt_qcow2_backing_path(const char *of, const char *name, char ret[PATH_MAX])
                 n = snprintf(ret, PATH_MAX, "%.*s%s", dir_len, of, name);
         }
         return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
+}
+
+ssize_t qt_qcow2_read_header(int fd, uint8_t *buf)
+{
+        size_t got = 0;
+        while (got < QT_QCOW2_HEADER_READ_SIZE) {
+                ssize_t n = pread(fd, buf + got, QT_QCOW2_HEADER_READ_SIZE - got, (off_t)got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        break;
+                got += (size_t)n;
+        }
+        return (ssize_t)got;
 }

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* qemu refuses backing file names longer than 1023 bytes; with the NUL, ret_size this big
  * always suffices. */
@@ -19,6 +20,10 @@
  * extensions, a few hundred bytes in, so in practice it lies within the first 64 KiB. A name
  * beyond that is reported as -EINVAL (outside buf) and such an image is not recognised. */
 #define QT_QCOW2_HEADER_READ_SIZE (64u * 1024u)
+
+/* Reads up to QT_QCOW2_HEADER_READ_SIZE bytes from the start of fd into buf: how many, or a
+ * negative errno. */
+ssize_t qt_qcow2_read_header(int fd, uint8_t *buf);
 
 /*
  * Reads the backing file name from the start of a qcow2 file, buf[0..len), as qemu reads it.

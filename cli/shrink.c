@@ -929,6 +929,8 @@ static void add_totals(const struct shrink_run *run, struct shrink_totals *t)
                                 t->reclaimed += p->bytes_before - p->bytes_after;
                 } else if (job->result == JOB_SKIPPED) {
                         t->skipped++;
+                } else if (job->result == JOB_CANCELED) {
+                        t->canceled++;
                 } else {
                         t->failed++;
                 }

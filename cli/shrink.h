@@ -12,7 +12,7 @@
 
 /* What a sweep adds up over its batches of images. */
 struct shrink_totals {
-        unsigned shrunk, skipped, failed;
+        unsigned shrunk, skipped, failed, canceled;
         uint64_t reclaimed; /* host bytes, over the images that were shrunk */
 };
 

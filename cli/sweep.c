@@ -134,7 +134,8 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         struct shrink_options batch = *opts;
         batch.sweep = true;
         batch.totals = &totals;
-        for (size_t i = 0; i < images.n; i += SWEEP_BATCH) {
+        /* Ctrl-C (or systemctl stop) cancels the batch under way and ends the sweep. */
+        for (size_t i = 0; i < images.n && totals.canceled == 0; i += SWEEP_BATCH) {
                 size_t n = images.n - i < SWEEP_BATCH ? images.n - i : SWEEP_BATCH;
                 r = shrink_images(bus, images.paths + i, n, &batch);
                 if (r < 0)
@@ -142,12 +143,12 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         }
 
         char reclaimed[FORMAT_BYTES_MAX], took[FORMAT_DURATION_MAX];
-        printf("sweep: %zu image(s): %u shrunk, %u skipped, %u failed; %s reclaimed in %s%s\n",
+        printf("sweep: %zu image(s): %u shrunk, %u skipped, %u failed; %s reclaimed in %s%s%s\n",
                images.n, totals.shrunk, totals.skipped, totals.failed,
                format_bytes(reclaimed, totals.reclaimed),
-               format_duration(took, now_usec() - started),
+               format_duration(took, now_usec() - started), totals.canceled ? "; canceled" : "",
                unreadable ? "; some image directories could not be read" : "");
-        r = totals.failed || unreadable ? EXIT_FAILURE : EXIT_SUCCESS;
+        r = totals.failed || totals.canceled || unreadable ? EXIT_FAILURE : EXIT_SUCCESS;
 out:
         image_list_done(&images);
         strv_free(dirs);

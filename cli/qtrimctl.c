@@ -19,6 +19,7 @@ static bool arg_no_block = false;
 static bool arg_no_convert = false;
 static bool arg_json = false;
 static bool arg_all = false;
+static const char *arg_format = NULL;
 
 static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
 {
@@ -26,6 +27,7 @@ static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
             .block = !arg_no_block,
             .convert = !arg_no_convert,
             .json = arg_json,
+            .format = arg_format,
         };
 
         if (arg_all)
@@ -257,6 +259,7 @@ static const struct info_line {
         bool only_if_set; /* left out when empty or zero, e.g. no backing file */
 } info_lines[] = {
     {"Format", "Format:", false, false},
+    {"FormatSource", "Format from:", false, false},
     {"VirtualSize", "Virtual size:", true, false},
     {"AllocatedBytes", "Allocated:", true, false},
     {"ApparentSize", "Apparent size:", true, false},
@@ -344,7 +347,8 @@ static int verb_inspect(sd_bus *bus, char **args, size_t n_args)
                 return log_errno(r, "failed to make %s an absolute path", args[0]);
 
         r = bus_call_method(bus, args[0], QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Inspect", NULL,
-                            &reply, "s", image);
+                            &reply, "sa{sv}", image, arg_format ? 1 : 0, QTRIM_OPT_FORMAT, "s",
+                            arg_format);
         if (r < 0)
                 return r;
 
@@ -370,6 +374,7 @@ enum {
         OPTION_NO_CONVERT = 1 << 1,
         OPTION_JSON = 1 << 2,
         OPTION_ALL = 1 << 3,
+        OPTION_FORMAT = 1 << 4,
 };
 
 static const struct verb_option {
@@ -382,6 +387,8 @@ static const struct verb_option {
     {OPTION_JSON, "--json", "Print the result as JSON on stdout"},
     {OPTION_ALL, "--all",
      "Every image in qtrimd's image directories written to since its last shrink"},
+    {OPTION_FORMAT, "--format=FMT",
+     "The images are raw or qcow2: no guessing, and content that disagrees is refused"},
 };
 
 static const struct verb {
@@ -394,11 +401,12 @@ static const struct verb {
         int (*run)(sd_bus *bus, char **args, size_t n_args);
 } verbs[] = {
     {"shrink", "IMAGE...|--all", "Trim the guest filesystems of each image and compact it", 1,
-     SIZE_MAX, OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL, verb_shrink},
+     SIZE_MAX, OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL | OPTION_FORMAT,
+     verb_shrink},
     {"list", "", "List the jobs queued or running in qtrimd", 0, 0, OPTION_JSON, verb_list},
     {"cancel", "JOB...", "Cancel jobs, named by id or object path", 1, SIZE_MAX, 0, verb_cancel},
-    {"inspect", "IMAGE", "Show the format, sizes and filesystems of an image", 1, 1, OPTION_JSON,
-     verb_inspect},
+    {"inspect", "IMAGE", "Show the format, sizes and filesystems of an image", 1, 1,
+     OPTION_JSON | OPTION_FORMAT, verb_inspect},
 };
 
 static const struct verb *find_verb(const char *name)
@@ -453,9 +461,10 @@ static int check_verb(const struct verb *verb, unsigned options_given, size_t n_
                 }
 
         if (arg_all) {
-                if (n_args > 0 || arg_no_block || arg_json) {
+                if (n_args > 0 || arg_no_block || arg_json || arg_format) {
                         fprintf(stderr, "qtrimctl: --all takes no images and goes with "
-                                        "--no-convert only\n");
+                                        "--no-convert only (formats for the sweep are set "
+                                        "with Formats= in qtrimd.conf)\n");
                         return -EINVAL;
                 }
                 return 0;
@@ -485,6 +494,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 ARG_NO_CONVERT,
                 ARG_JSON,
                 ARG_ALL,
+                ARG_FORMAT,
         };
         static const struct option options[] = {
             {"help", no_argument, NULL, 'h'},
@@ -493,6 +503,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
             {"no-convert", no_argument, NULL, ARG_NO_CONVERT},
             {"json", no_argument, NULL, ARG_JSON},
             {"all", no_argument, NULL, ARG_ALL},
+            {"format", required_argument, NULL, ARG_FORMAT},
             {},
         };
         bool help = false;
@@ -522,6 +533,17 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 case ARG_ALL:
                         arg_all = true;
                         options_given |= OPTION_ALL;
+                        break;
+                case ARG_FORMAT:
+                        if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0) {
+                                fprintf(stderr,
+                                        "qtrimctl: --format takes raw or qcow2, not "
+                                        "\"%s\"\n",
+                                        optarg);
+                                return -EINVAL;
+                        }
+                        arg_format = optarg;
+                        options_given |= OPTION_FORMAT;
                         break;
                 default: /* getopt_long has said what is wrong */
                         return -EINVAL;

@@ -93,6 +93,7 @@ struct shrink_run {
         sd_bus *bus;
         sd_event *event;
         bool convert;
+        const char *format; /* declared, or NULL */
         bool sweep;
         struct job *jobs;
         size_t n_jobs;
@@ -722,9 +723,11 @@ static int submit_job(struct shrink_run *run, struct job *job)
         job->started_usec = now_usec();
         /* A sweep says what a refusal means itself (job_refused). */
         r = bus_call_method(run->bus, run->sweep ? NULL : job->name, QTRIM_MANAGER_PATH,
-                            QTRIM_MANAGER_IFACE, "Shrink", &error, &reply, "sa{sv}", job->image, 2,
-                            QTRIM_OPT_CONVERT, "b", run->convert, QTRIM_OPT_IF_CHANGED, "b",
-                            run->sweep);
+                            QTRIM_MANAGER_IFACE, "Shrink", &error, &reply, "sa{sv}", job->image,
+                            /* the format option last, and only when declared */
+                            run->format ? 3 : 2, QTRIM_OPT_CONVERT, "b", run->convert,
+                            QTRIM_OPT_IF_CHANGED, "b", run->sweep, QTRIM_OPT_FORMAT, "s",
+                            run->format);
         if (r < 0)
                 return job_refused(run, job, &error);
 
@@ -961,6 +964,7 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
         _cleanup_(shrink_run_done) struct shrink_run run = {
             .bus = bus,
             .convert = opts->convert,
+            .format = opts->format,
             .sweep = opts->sweep,
             .tty = isatty(STDERR_FILENO),
         };

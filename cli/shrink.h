@@ -17,9 +17,10 @@ struct shrink_totals {
 };
 
 struct shrink_options {
-        bool block;   /* wait for the jobs and report them, rather than print their paths */
-        bool convert; /* let qtrimd write a compact copy after the trim */
-        bool json;    /* report as a JSON array on stdout */
+        bool block;         /* wait for the jobs and report them, rather than print their paths */
+        bool convert;       /* let qtrimd write a compact copy after the trim */
+        bool json;          /* report as a JSON array on stdout */
+        const char *format; /* declared for every image ("raw", "qcow2"), NULL: not declared */
         /* The images come from a sweep: each is shrunk only if written to since qtrim last
          * shrank it, and a refusal that means "not now" (in use, unchanged, a backing file,
          * already queued) is a skip, not a failure. Results are added to *totals. */

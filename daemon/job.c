@@ -32,8 +32,16 @@ static void emit_changed(struct job *j, const char *property)
                                                NULL);
 }
 
+struct qt_format_claim job_format_claim(const struct job_format *f)
+{
+        return (struct qt_format_claim){
+            .declared = f->declared[0] ? f->declared : NULL,
+            .configured = f->configured[0] ? f->configured : NULL,
+        };
+}
+
 int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid, bool convert,
-            const struct qt_report *probed, struct job **ret)
+            const struct job_format *format, const struct qt_report *probed, struct job **ret)
 {
         struct job *j = calloc(1, sizeof(*j));
         if (!j)
@@ -44,6 +52,7 @@ int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t ui
         j->ino = ino;
         j->uid = uid;
         j->convert = convert;
+        j->format = *format;
         j->state = JOB_QUEUED;
         j->report = *probed;
         j->report.finished = false;
@@ -177,6 +186,8 @@ int job_start(struct job *j)
         struct qt_shrink_request req = {
             .kind = QT_JOB_SHRINK,
             .image = j->image,
+            .format = job_format_claim(&j->format),
+            .formats = &j->manager->config,
             .convert = j->convert,
             .convert_policy = j->manager->config.convert,
             .attach = j->manager->config.attach,
@@ -366,6 +377,7 @@ const sd_bus_vtable job_vtable[] = {
     SD_BUS_PROPERTY("StartedByUID", "u", NULL, offsetof(struct job, uid), CONST),
     SD_BUS_PROPERTY("Convert", "b", get_bool, offsetof(struct job, convert), CONST),
     SD_BUS_PROPERTY("Format", "s", get_chars, REPORT(format), CHANGE),
+    SD_BUS_PROPERTY("FormatSource", "s", get_chars, REPORT(format_source), CHANGE),
     SD_BUS_PROPERTY("VirtualSize", "t", NULL, REPORT(virtual_size), CHANGE),
     SD_BUS_PROPERTY("BytesBefore", "t", NULL, REPORT(bytes_before), CHANGE),
     SD_BUS_PROPERTY("BytesAfter", "t", NULL, REPORT(bytes_after), CHANGE),

@@ -12,6 +12,15 @@
 
 enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELED };
 
+/* What a Shrink or Inspect call and qtrimd.conf say the image's format is ("" for nothing). */
+struct job_format {
+        char declared[8];
+        char configured[8];
+};
+
+/* The claim the engine takes (image.h); points into f. */
+struct qt_format_claim job_format_claim(const struct job_format *f);
+
 struct job {
         struct manager *manager;
         struct job *next;
@@ -22,6 +31,7 @@ struct job {
         ino_t ino;
         uid_t uid;
         bool convert;
+        struct job_format format;
         enum job_state state;
         bool cancel_requested;
         struct qt_report report; /* what the daemon publishes; the worker's lines update it */
@@ -32,7 +42,7 @@ struct job {
 
 /* Creates a queued job and its bus object, sends JobNew. The manager owns it from then on. */
 int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid, bool convert,
-            const struct qt_report *probed, struct job **ret);
+            const struct job_format *format, const struct qt_report *probed, struct job **ret);
 int job_start(struct job *j);
 /* Cancel(): a queued job ends at once, a running one once its worker has torn down. */
 void job_cancel(struct job *j);

@@ -35,9 +35,22 @@ struct request {
         ino_t ino;
         uid_t uid;
         bool convert, if_changed;
+        struct job_format format;
         sd_bus_slot *authorization; /* polkit's answer, while it is awaited */
         struct worker *worker;
         struct qt_report report;
+};
+
+/* The options of Shrink and Inspect. */
+struct shrink_options {
+        bool convert, if_changed;
+        const char *format; /* "" when not declared; points into the message */
+};
+
+enum {
+        OPTION_CONVERT = 1 << 0,
+        OPTION_IF_CHANGED = 1 << 1,
+        OPTION_FORMAT = 1 << 2,
 };
 
 static int reply_qt_error(sd_bus_message *call, const struct qt_error *e)
@@ -67,12 +80,12 @@ static int reply_inspect(sd_bus_message *call, const struct qt_report *rep)
         int r = sd_bus_message_new_method_return(call, &reply);
         if (r >= 0)
                 r = sd_bus_message_append(
-                    reply, "a{sv}", 10, "Format", "s", rep->format, "VirtualSize", "t",
-                    rep->virtual_size, "AllocatedBytes", "t", rep->bytes_before, "ApparentSize",
-                    "t", rep->apparent_before, "ClusterSize", "t", rep->cluster_size, "BackingFile",
-                    "s", rep->backing_file, "BackingFormat", "s", rep->backing_format, "Snapshots",
-                    "u", rep->snapshots, "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s",
-                    rep->partition_table);
+                    reply, "a{sv}", 11, "Format", "s", rep->format, "FormatSource", "s",
+                    rep->format_source, "VirtualSize", "t", rep->virtual_size, "AllocatedBytes",
+                    "t", rep->bytes_before, "ApparentSize", "t", rep->apparent_before,
+                    "ClusterSize", "t", rep->cluster_size, "BackingFile", "s", rep->backing_file,
+                    "BackingFormat", "s", rep->backing_format, "Snapshots", "u", rep->snapshots,
+                    "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s", rep->partition_table);
         if (r >= 0)
                 r = bus_append_filesystems(reply, rep);
         if (r >= 0)
@@ -92,7 +105,7 @@ static int reply_shrink(struct request *q, const struct qt_report *rep)
         if (m->n_jobs >= MAX_JOBS)
                 return sd_bus_reply_method_errorf(q->call, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                                   "too many jobs (%u); try again later", MAX_JOBS);
-        int r = job_new(m, q->image, q->dev, q->ino, q->uid, q->convert, rep, &j);
+        int r = job_new(m, q->image, q->dev, q->ino, q->uid, q->convert, &q->format, rep, &j);
         if (r < 0)
                 return sd_bus_reply_method_errno(q->call, r, NULL);
         r = sd_bus_reply_method_return(q->call, "o", j->path);
@@ -184,9 +197,14 @@ static void request_continue(struct request *q)
                                     "unchanged since qtrim last shrank it");
         q->dev = st.st_dev;
         q->ino = st.st_ino;
+        /* The administrator's word on the file itself, as resolved. */
+        snprintf(q->format.configured, sizeof(q->format.configured), "%s",
+                 qt_config_format_for(&m->config, q->image) ?: "");
 
         struct qt_shrink_request req = {.kind = q->kind,
                                         .image = q->image,
+                                        .format = job_format_claim(&q->format),
+                                        .formats = &m->config,
                                         .attach = m->config.attach,
                                         .scratch_dir = m->scratch_dir};
         int r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
@@ -206,7 +224,7 @@ static void on_authorized(bool allowed, const char *why, void *userdata)
 /* Shrink and Inspect: who asks, for what, then (once authorized) the image itself. The reply
  * comes when the worker is done, or sooner with an error. */
 static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
-                         const char *image, bool convert, bool if_changed, sd_bus_error *error)
+                         const char *image, const struct shrink_options *o, sd_bus_error *error)
 {
         /* The limit first: under a flood, refusing must cost no round trip to the bus. */
         if (m->n_requests >= MAX_REQUESTS)
@@ -230,8 +248,9 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         q->call = sd_bus_message_ref(call);
         q->kind = kind;
         q->uid = uid;
-        q->convert = convert;
-        q->if_changed = if_changed;
+        q->convert = o->convert;
+        q->if_changed = o->if_changed;
+        snprintf(q->format.declared, sizeof(q->format.declared), "%s", o->format);
         q->next = m->requests;
         m->requests = q;
         m->n_requests++;
@@ -247,38 +266,61 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         return 1; /* the reply comes later, or came already */
 }
 
-/* Shrink options: only known keys, each a boolean. */
-static int read_shrink_options(sd_bus_message *msg, bool *convert, bool *if_changed,
-                               sd_bus_error *error)
+/* Reads the a{sv} of options: only known keys that the method takes (allowed), each once and
+ * of its type. */
+static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_options *o,
+                        sd_bus_error *error)
 {
+        static const struct {
+                const char *key;
+                unsigned flag;
+                char type;
+        } known[] = {
+            {QTRIM_OPT_CONVERT, OPTION_CONVERT, 'b'},
+            {QTRIM_OPT_IF_CHANGED, OPTION_IF_CHANGED, 'b'},
+            {QTRIM_OPT_FORMAT, OPTION_FORMAT, 's'},
+        };
         int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
                 return r;
-        bool seen_convert = false, seen_if_changed = false;
+        unsigned seen = 0;
         while ((r = sd_bus_message_enter_container(msg, 'e', "sv")) > 0) {
                 const char *key;
-                bool *target, *seen;
                 r = sd_bus_message_read(msg, "s", &key);
                 if (r < 0)
                         return r;
-                if (strcmp(key, QTRIM_OPT_CONVERT) == 0)
-                        target = convert, seen = &seen_convert;
-                else if (strcmp(key, QTRIM_OPT_IF_CHANGED) == 0)
-                        target = if_changed, seen = &seen_if_changed;
-                else
+                size_t i = 0;
+                while (i < ELEMENTSOF(known) &&
+                       !(strcmp(key, known[i].key) == 0 && (known[i].flag & allowed)))
+                        i++;
+                if (i == ELEMENTSOF(known))
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "unknown option \"%.64s\"", key);
                 /* Clients disagree on which of two copies wins: take neither. */
-                if (*seen)
+                if (seen & known[i].flag)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "option \"%s\" given twice", key);
-                *seen = true;
-                int b;
-                r = sd_bus_message_read(msg, "v", "b", &b);
-                if (r < 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "option \"%s\" must be a boolean", key);
-                *target = b;
+                seen |= known[i].flag;
+                if (known[i].type == 'b') {
+                        int b;
+                        r = sd_bus_message_read(msg, "v", "b", &b);
+                        if (r < 0)
+                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                         "option \"%s\" must be a boolean", key);
+                        if (known[i].flag == OPTION_CONVERT)
+                                o->convert = b;
+                        else
+                                o->if_changed = b;
+                } else {
+                        const char *s;
+                        r = sd_bus_message_read(msg, "v", "s", &s);
+                        if (r < 0 || !qt_format_is_known(s))
+                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                         "option \"%s\" must be \"raw\" or "
+                                                         "\"qcow2\"",
+                                                         key);
+                        o->format = s;
+                }
                 r = sd_bus_message_exit_container(msg);
                 if (r < 0)
                         return r;
@@ -292,25 +334,29 @@ static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 {
         struct manager *m = userdata;
         const char *image;
-        bool convert = true, if_changed = false;
+        struct shrink_options o = {.convert = true, .format = ""};
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        r = read_shrink_options(msg, &convert, &if_changed, error);
+        r = read_options(msg, OPTION_CONVERT | OPTION_IF_CHANGED | OPTION_FORMAT, &o, error);
         if (r < 0)
                 return r;
         /* The administrator's Convert=never outranks a caller's wish for a copy. */
-        convert = convert && !m->config.convert.never;
-        return start_request(m, msg, QT_JOB_PROBE, image, convert, if_changed, error);
+        o.convert = o.convert && !m->config.convert.never;
+        return start_request(m, msg, QT_JOB_PROBE, image, &o, error);
 }
 
 static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
         const char *image;
+        struct shrink_options o = {.format = ""};
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        return start_request(userdata, msg, QT_JOB_INSPECT, image, false, false, error);
+        r = read_options(msg, OPTION_FORMAT, &o, error);
+        if (r < 0)
+                return r;
+        return start_request(userdata, msg, QT_JOB_INSPECT, image, &o, error);
 }
 
 static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error)
@@ -380,7 +426,7 @@ static const sd_bus_vtable manager_vtable[] = {
     SD_BUS_PROPERTY("AttachBackend", "s", get_attach_backend, 0, SD_BUS_VTABLE_PROPERTY_CONST),
     SD_BUS_METHOD_WITH_ARGS("Shrink", SD_BUS_ARGS("s", image, "a{sv}", options),
                             SD_BUS_RESULT("o", job), method_shrink, SD_BUS_VTABLE_UNPRIVILEGED),
-    SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("s", image),
+    SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("s", image, "a{sv}", options),
                             SD_BUS_RESULT("a{sv}", info, QTRIM_FS_ARRAY_SIGNATURE, filesystems),
                             method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(usso)", jobs),

@@ -2,11 +2,14 @@
 #include "conf-file.h"
 
 #include <errno.h>
+#include <fnmatch.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "image.h"
 #include "util.h"
 
 /* No sane configuration comes near this; a bigger file is a mistake (or /dev/zero). */
@@ -42,6 +45,7 @@ void qt_config_free(struct qt_config *c)
 {
         free_list(c->image_dirs, &c->n_image_dirs);
         free_list(c->sweep_patterns, &c->n_sweep_patterns);
+        free_list(c->format_rules, &c->n_format_rules);
 }
 
 /* A number with an optional binary suffix: 512, 64K, 100M, 2G, 1T (also "MiB"-style). */
@@ -180,6 +184,48 @@ static int set_image_dirs(struct qt_config *c, const char *value)
         return 0;
 }
 
+/* "PATTERN:FORMAT": the format is what follows the last colon, so a pattern may hold colons. */
+static const char *rule_format(const char *rule, size_t *ret_pattern_len)
+{
+        const char *colon = strrchr(rule, ':');
+        if (!colon || colon == rule || !qt_format_is_known(colon + 1))
+                return NULL;
+        *ret_pattern_len = (size_t)(colon - rule);
+        return colon + 1;
+}
+
+static int set_format_rules(struct qt_config *c, const char *value)
+{
+        int r = set_list(c->format_rules, &c->n_format_rules, QT_CONFIG_MAX_PATTERNS, value);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c->n_format_rules; i++) {
+                size_t len;
+                if (!rule_format(c->format_rules[i], &len))
+                        return -EINVAL;
+        }
+        return 0;
+}
+
+const char *qt_config_format_for(const struct qt_config *c, const char *path)
+{
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        for (size_t i = 0; i < c->n_format_rules; i++) {
+                size_t len;
+                const char *format = rule_format(c->format_rules[i], &len);
+                char pattern[PATH_MAX];
+                if (!format || len >= sizeof(pattern))
+                        continue;
+                memcpy(pattern, c->format_rules[i], len);
+                pattern[len] = '\0';
+                bool whole_path = memchr(pattern, '/', len) != NULL;
+                if (fnmatch(pattern, whole_path ? path : base, whole_path ? FNM_PATHNAME : 0) == 0)
+                        return format;
+        }
+        return NULL;
+}
+
 int qt_config_set(struct qt_config *c, const char *key, const char *value, const char **why)
 {
         uint64_t n;
@@ -192,6 +238,10 @@ int qt_config_set(struct qt_config *c, const char *key, const char *value, const
                 *why = "takes file name patterns, separated by spaces";
                 return set_list(c->sweep_patterns, &c->n_sweep_patterns, QT_CONFIG_MAX_PATTERNS,
                                 value);
+        }
+        if (strcmp(key, "Formats") == 0) {
+                *why = "takes PATTERN:FORMAT pairs (FORMAT raw or qcow2), separated by spaces";
+                return set_format_rules(c, value);
         }
         if (strcmp(key, "MaxParallelJobs") == 0) {
                 *why = "takes a number from 1 to 64";

@@ -29,6 +29,11 @@ struct qt_config {
         size_t n_image_dirs;
         char *sweep_patterns[QT_CONFIG_MAX_PATTERNS]; /* fnmatch(3) patterns of file names */
         size_t n_sweep_patterns;
+        /* Formats=: "PATTERN:FORMAT", the first whose pattern matches an image decides its
+         * format ("raw", "qcow2"); a pattern with a '/' matches the whole path, others the
+         * file name. */
+        char *format_rules[QT_CONFIG_MAX_PATTERNS];
+        size_t n_format_rules;
         unsigned max_parallel_jobs;
         struct qt_convert_policy convert;
         enum qt_attach_backend attach;
@@ -54,6 +59,9 @@ int qt_config_load(struct qt_config *c, const char *path, bool must_exist, qt_co
 /* Sets one key from its text (the command line uses the file's syntax): -ENOENT for an unknown
  * key, -EINVAL/-E2BIG for a bad value, with what the key takes in *ret_why. */
 int qt_config_set(struct qt_config *c, const char *key, const char *value, const char **ret_why);
+
+/* The format Formats= gives the image at path (absolute, resolved), or NULL if no rule matches. */
+const char *qt_config_format_for(const struct qt_config *c, const char *path);
 
 /* Parsers of single values. */
 int qt_parse_convert_policy(const char *s, struct qt_convert_policy *ret);

@@ -191,6 +191,22 @@ static int check_copy(const char *tmp, const struct qt_image_info *info, struct 
                 return qt_error_set(
                     e, QT_ERR_FAILED, EIO,
                     "the copy differs from the image (virtual size or backing file)");
+        /* What a VM that probes, or that was told the format, must see in the copy: the format
+         * the image was opened with; a raw disk stays raw bytes of the same length. */
+        struct stat st;
+        enum qt_image_content content;
+        _cleanup_close_ int fd = open(tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot read the copy: %m");
+        r = qt_image_read_content(fd, &content);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot read the copy: %s", strerror(-r));
+        bool raw = strcmp(info->format, "raw") == 0;
+        if (raw ? content != QT_CONTENT_OTHER || (uint64_t)st.st_size != info->virtual_size
+                : content != QT_CONTENT_QCOW2)
+                return qt_error_set(e, QT_ERR_FAILED, EIO,
+                                    "the copy is not a %s image like the original; not replacing",
+                                    info->format);
         if (strcmp(info->format, "qcow2") != 0)
                 return 0;
 

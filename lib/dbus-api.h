@@ -20,11 +20,14 @@
 #define QTRIM_PHASE_TIME_ELEMENT   "(st)"
 #define QTRIM_PHASE_TIME_SIGNATURE "a" QTRIM_PHASE_TIME_ELEMENT
 
-/* Shrink() options (a{sv}). */
+/* Shrink() options (a{sv}); Inspect() takes "format" only. */
 /* b: convert to a compact copy after the trim (default true) */
 #define QTRIM_OPT_CONVERT "convert"
 /* b: refuse with Error.Unchanged if nothing wrote to the image since qtrim last shrank it */
 #define QTRIM_OPT_IF_CHANGED "if-changed"
+/* s: the image's format, "raw" or "qcow2", used end to end; content that disagrees is refused
+ * with Error.FormatMismatch. Without it qtrim guesses only in the safe direction (image.h). */
+#define QTRIM_OPT_FORMAT "format"
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

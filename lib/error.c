@@ -27,6 +27,7 @@ static const char *const dbus_names[_QT_ERR_MAX] = {
     [QT_ERR_CANCELED] = PREFIX "Canceled",
     [QT_ERR_NO_SUCH_JOB] = PREFIX "NoSuchJob",
     [QT_ERR_UNCHANGED] = PREFIX "Unchanged",
+    [QT_ERR_FORMAT_MISMATCH] = PREFIX "FormatMismatch",
 };
 
 const char *qt_error_dbus_name(enum qt_error_code code)

@@ -28,6 +28,8 @@ enum qt_error_code {
         QT_ERR_CANCELED,        /* the job was cancelled */
         QT_ERR_NO_SUCH_JOB,     /* Cancel() or a lookup named a job that does not exist */
         QT_ERR_UNCHANGED,       /* if-changed: nothing wrote to the image since qtrim shrank it */
+        QT_ERR_FORMAT_MISMATCH, /* the declared format, the configured one, the content or the
+                                   name disagree: qtrim will not guess (image.h) */
         _QT_ERR_MAX,
 };
 

@@ -171,20 +171,115 @@ static int check_qemu_locks(const char *path, struct qt_error *e)
 
 #define QCOW2_MAGIC "QFI\xfb"
 
-/* Whether buf[0..len) starts a qcow2 header (version 2 or 3, the ones qemu's qcow2 driver reads;
- * version 1 is qemu's older "qcow" format). */
-static bool is_qcow2_header(const uint8_t *buf, size_t len)
+bool qt_format_is_known(const char *format)
 {
-        return len >= 8 && memcmp(buf, QCOW2_MAGIC, 4) == 0 && buf[4] == 0 && buf[5] == 0 &&
-               buf[6] == 0 && (buf[7] == 2 || buf[7] == 3);
+        return format && (strcmp(format, "raw") == 0 || strcmp(format, "qcow2") == 0);
+}
+
+const char *qt_format_source_name(enum qt_format_source source)
+{
+        switch (source) {
+        case QT_FORMAT_DECLARED:
+                return "declared";
+        case QT_FORMAT_CONFIGURED:
+                return "configured";
+        case QT_FORMAT_GUESSED:
+                break;
+        }
+        return "guessed";
+}
+
+enum qt_image_content qt_image_content_of(const uint8_t *buf, size_t len)
+{
+        if (len < 8 || memcmp(buf, QCOW2_MAGIC, 4) != 0)
+                return QT_CONTENT_OTHER;
+        /* Versions 2 and 3 are the ones qemu's qcow2 driver reads; version 1 is qemu's older
+         * "qcow" format. */
+        if (buf[4] == 0 && buf[5] == 0 && buf[6] == 0 && (buf[7] == 2 || buf[7] == 3))
+                return QT_CONTENT_QCOW2;
+        return QT_CONTENT_QCOW_MAGIC;
+}
+
+int qt_image_read_content(int fd, enum qt_image_content *ret)
+{
+        uint8_t buf[8];
+        ssize_t got = pread(fd, buf, sizeof(buf), 0);
+        if (got < 0)
+                return -errno;
+        *ret = qt_image_content_of(buf, (size_t)got);
+        return 0;
+}
+
+static int read_content_of(const char *path, enum qt_image_content *ret)
+{
+        /* Never blocks: qtrimd checked it is a regular file. */
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        return qt_image_read_content(fd, ret);
+}
+
+/* Names that say "raw disk" by convention; a qcow2 header in such a file is not trusted. */
+static bool name_says_raw(const char *path)
+{
+        static const char *const suffixes[] = {".raw", ".img", ".bin"};
+        size_t len = strlen(path);
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                size_t n = strlen(suffixes[i]);
+                if (len > n && strcasecmp(path + len - n, suffixes[i]) == 0)
+                        return true;
+        }
+        return false;
+}
+
+bool qt_image_may_be_qcow2(const char *path, const char *configured)
+{
+        if (configured)
+                return strcmp(configured, "qcow2") == 0;
+        return !name_says_raw(path);
+}
+
+int qt_image_choose_format(const char *path, const struct qt_format_claim *claim,
+                           enum qt_image_content content, char ret_format[16],
+                           enum qt_format_source *ret_source, struct qt_error *e)
+{
+        const char *declared = claim ? claim->declared : NULL;
+        const char *configured = claim ? claim->configured : NULL;
+        if (declared && configured && strcmp(declared, configured) != 0)
+                return qt_error_set(e, QT_ERR_FORMAT_MISMATCH, EINVAL,
+                                    "declared %s, but qtrimd.conf (Formats=) says it is %s; "
+                                    "refusing",
+                                    declared, configured);
+        const char *want = declared ?: configured;
+        enum qt_format_source source = declared     ? QT_FORMAT_DECLARED
+                                       : configured ? QT_FORMAT_CONFIGURED
+                                                    : QT_FORMAT_GUESSED;
+        const char *how = declared ? "declared" : "configured as";
+        if (want && strcmp(want, "qcow2") == 0 && content != QT_CONTENT_QCOW2)
+                return qt_error_set(e, QT_ERR_FORMAT_MISMATCH, EINVAL,
+                                    "%s qcow2, but it has no qcow2 header; refusing", how);
+        if (want && strcmp(want, "raw") == 0 && content != QT_CONTENT_OTHER)
+                return qt_error_set(e, QT_ERR_FORMAT_MISMATCH, EINVAL,
+                                    "%s raw, but its first bytes are a qcow2 header; refusing",
+                                    how);
+        if (!want && content == QT_CONTENT_QCOW2) {
+                if (name_says_raw(path))
+                        return qt_error_set(
+                            e, QT_ERR_FORMAT_MISMATCH, EINVAL,
+                            "its first bytes are a qcow2 header but its name says raw; if it "
+                            "is a qcow2 image, say so (qtrimctl --format qcow2, or Formats= in "
+                            "qtrimd.conf)");
+                want = "qcow2";
+        }
+        snprintf(ret_format, 16, "%s", want ?: "");
+        *ret_source = source;
+        return 0;
 }
 
 static bool has_qcow2_magic(const char *path)
 {
-        uint8_t buf[4];
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-        return fd >= 0 && pread(fd, buf, sizeof(buf), 0) == (ssize_t)sizeof(buf) &&
-               memcmp(buf, QCOW2_MAGIC, sizeof(buf)) == 0;
+        enum qt_image_content content;
+        return read_content_of(path, &content) == 0 && content != QT_CONTENT_OTHER;
 }
 
 /* qemu-img says why it could not open an image only in words; these are its words. */
@@ -285,7 +380,16 @@ static int check_backing_chain(const char *path, const char *name, const char *f
                         return qt_error_set(e, QT_ERR_UNSUPPORTED, (int)-got,
                                             "its backing file \"%s\" cannot be read: %s", name,
                                             strerror((int)-got));
-                if (!is_qcow2_header(buf, (size_t)got))
+                enum qt_image_content content = qt_image_content_of(buf, (size_t)got);
+                /* qemu probes a backing file whose format the image does not record: the same
+                 * rule as for the image itself, for the one level whose record qtrim reads. */
+                if (n_seen == 2 && !format[0] && content == QT_CONTENT_QCOW2 && name_says_raw(next))
+                        return qt_error_set(e, QT_ERR_FORMAT_MISMATCH, EINVAL,
+                                            "its backing file \"%s\" starts with a qcow2 header, "
+                                            "but its name says raw and the image does not record "
+                                            "its format; refusing",
+                                            name);
+                if (content != QT_CONTENT_QCOW2)
                         return 0; /* raw, or a format without a backing file of its own */
                 int r = qt_qcow2_backing_name(buf, (size_t)got, header_name, sizeof(header_name));
                 if (r == 0)
@@ -363,18 +467,33 @@ static int check_qcow2_consistency(const char *path, bool force_share, struct qt
         return r;
 }
 
-int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret,
-                   struct qt_error *e)
+int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool force_share,
+                   struct qt_image_info *ret, struct qt_error *e)
 {
-        char *argv[6] = {"qemu-img", "info", "--output=json"};
+        int r = force_share ? 0 : check_qemu_locks(path, e);
+        if (r < 0)
+                return r;
+        /* The format first, from what qtrim reads itself: qemu-img is told it, never asked. */
+        enum qt_image_content content;
+        r = read_content_of(path, &content);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot read: %s", strerror(-r));
+        char format[16];
+        enum qt_format_source source;
+        r = qt_image_choose_format(path, claim, content, format, &source, e);
+        if (r < 0)
+                return r;
+
+        char *argv[8] = {"qemu-img", "info", "--output=json"};
         size_t n = 3;
+        if (format[0]) {
+                argv[n++] = "-f";
+                argv[n++] = format;
+        }
         if (force_share)
                 argv[n++] = "-U";
         argv[n++] = (char *)path;
         argv[n] = NULL;
-        int r = force_share ? 0 : check_qemu_locks(path, e);
-        if (r < 0)
-                return r;
         struct qt_command c = {.argv = argv};
         r = qt_command_run(&c);
         if (r < 0) {
@@ -388,6 +507,12 @@ int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret
         qt_command_done(&c);
         if (r < 0)
                 return r;
+        /* Undeclared and not qcow2 by content: qemu may name other formats (refused below), but
+         * never qcow2, which the content ruled out a moment ago; if it does, the file changed. */
+        if (!format[0] && strcmp(ret->format, "qcow2") == 0)
+                return qt_error_set(e, QT_ERR_FORMAT_MISMATCH, EINVAL,
+                                    "its content changed while qtrim looked at it; refusing");
+        ret->format_source = source;
 
         if (strcmp(ret->format, "luks") == 0 || ret->encrypted)
                 return qt_error_set(e, QT_ERR_ENCRYPTED, EPERM,

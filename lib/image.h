@@ -7,6 +7,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -16,8 +17,23 @@
 /* Backing files qtrim follows from an image; a longer chain is refused (qemu has no bound). */
 #define QT_BACKING_CHAIN_MAX 256
 
+/* Where the format qtrim opens an image with came from (README, "Disk formats"). */
+enum qt_format_source {
+        QT_FORMAT_GUESSED,  /* nothing declared it: read from the content, in the safe direction */
+        QT_FORMAT_DECLARED, /* the caller: the "format" option, qtrimctl --format */
+        QT_FORMAT_CONFIGURED, /* qtrimd.conf's Formats= */
+};
+
+/* What the caller and the configuration say an image's format is: "raw", "qcow2", or NULL for
+ * nothing said. */
+struct qt_format_claim {
+        const char *declared;
+        const char *configured;
+};
+
 struct qt_image_info {
-        char format[16]; /* "qcow2", "raw" */
+        char format[16]; /* "qcow2", "raw": the format every qemu tool is told (-f) */
+        enum qt_format_source format_source;
         uint64_t virtual_size;
         uint64_t cluster_size;                  /* qcow2 */
         char backing_file[QT_IMAGE_STRING_MAX]; /* as recorded in the image, "" if none */
@@ -37,6 +53,42 @@ struct qt_image_info {
  * Fills ret_st. */
 int qt_image_check_path(const char *path, bool follow, struct stat *ret_st, struct qt_error *e);
 
+/* Whether a format name is one qtrim handles ("raw", "qcow2"). */
+bool qt_format_is_known(const char *format);
+const char *qt_format_source_name(enum qt_format_source source);
+
+/* What a file's first bytes say it is. */
+enum qt_image_content {
+        QT_CONTENT_OTHER,      /* no qcow2 magic: a raw disk, or another format qemu may know */
+        QT_CONTENT_QCOW2,      /* a qcow2 header qemu's qcow2 driver reads (version 2 or 3) */
+        QT_CONTENT_QCOW_MAGIC, /* qemu's "QFI\xfb" magic with another version (qcow 1, or junk) */
+};
+enum qt_image_content qt_image_content_of(const uint8_t *buf, size_t len);
+/* Reads the first bytes of the file at fd and classifies them; a negative errno on failure. */
+int qt_image_read_content(int fd, enum qt_image_content *ret);
+
+/*
+ * Decides the format an image is opened with, before any qemu tool opens it (a format qemu
+ * probes is one the guest chose: a raw disk whose guest wrote a qcow2 header would be opened
+ * as qcow2, backing file and all). Pure; unit-tested. The rules:
+ *   - a declared and a configured format must agree;
+ *   - a declared or configured format must match the content: qcow2 needs a qcow2 header, raw
+ *     must not start with qemu's qcow magic;
+ *   - with nothing declared, a qcow2 header makes the image qcow2 unless its name says raw
+ *     (.raw, .img, .bin): then nothing may be guessed.
+ * Each refusal is QT_ERR_FORMAT_MISMATCH with a message that says what to do. On success
+ * ret_format is "raw" or "qcow2", or "" when nothing declared it and the content is not qcow2:
+ * qemu-img may probe then, and only "raw" is accepted from it.
+ */
+int qt_image_choose_format(const char *path, const struct qt_format_claim *claim,
+                           enum qt_image_content content, char ret_format[16],
+                           enum qt_format_source *ret_source, struct qt_error *e);
+
+/* Whether a file that nobody declared may be read as qcow2 at all, by the rules above:
+ * configured ("raw", "qcow2" or NULL) decides if set, else the name. For the files qtrim reads
+ * beside an image (overlays.h), which no caller declared. */
+bool qt_image_may_be_qcow2(const char *path, const char *configured);
+
 /* Parses `qemu-img info --output=json` (no backing chain). Pure: no I/O; fuzzed. */
 int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_error *e);
 
@@ -47,9 +99,10 @@ int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_e
  * (qemu-img check for qcow2; a qcow2 header qemu cannot read), a raw file with neither a
  * partition table nor a filesystem, and a file that cannot be opened for writing. force_share
  * (read-only inspection) reads without qemu's lock, so an image in use can still be looked at,
- * and does not ask for write access. */
-int qt_image_probe(const char *path, bool force_share, struct qt_image_info *ret,
-                   struct qt_error *e);
+ * and does not ask for write access. The format is chosen first (qt_image_choose_format), and
+ * is the one every qemu tool is given from then on. */
+int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool force_share,
+                   struct qt_image_info *ret, struct qt_error *e);
 
 /* Bytes the host has allocated to the file (st_blocks * 512). */
 uint64_t qt_file_allocated(const struct stat *st);

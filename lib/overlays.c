@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "image.h"
 #include "qcow2-header.h"
 #include "util.h"
 
@@ -21,7 +22,8 @@
 
 struct scan {
         const struct stat *image_st;
-        uint8_t *buf; /* QT_QCOW2_HEADER_READ_SIZE bytes */
+        const struct qt_config *formats; /* Formats=, or NULL */
+        uint8_t *buf;                    /* QT_QCOW2_HEADER_READ_SIZE bytes */
 };
 
 static void closedirp(DIR **d)
@@ -90,6 +92,13 @@ static bool chain_reaches_image(struct scan *s, int fd, const char *path, const 
 static bool is_overlay(struct scan *s, int dir_fd, const char *dir, const struct dirent *de)
 {
         struct stat st;
+        char path[PATH_MAX];
+        int n = snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        if (n < 0 || n >= (int)sizeof(path))
+                return false;
+        if (!qt_image_may_be_qcow2(path,
+                                   s->formats ? qt_config_format_for(s->formats, path) : NULL))
+                return false;
 
         /* Without a type from readdir, look before opening: opening a device node can have
          * effects of its own (a tape rewinds). */
@@ -101,10 +110,6 @@ static bool is_overlay(struct scan *s, int dir_fd, const char *dir, const struct
         _cleanup_close_ int fd =
             openat(dir_fd, de->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
         if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || same_file(&st, s->image_st))
-                return false;
-        char path[PATH_MAX];
-        int n = snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (n < 0 || n >= (int)sizeof(path))
                 return false;
         return chain_reaches_image(s, fd, path, &st);
 }
@@ -156,13 +161,13 @@ static int dir_of(const char *path, char ret[PATH_MAX])
         return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
 }
 
-int qt_find_overlay(const char *image, const struct stat *image_st, char *ret_overlay, size_t size,
-                    struct qt_error *e)
+int qt_find_overlay(const char *image, const struct stat *image_st, const struct qt_config *formats,
+                    char *ret_overlay, size_t size, struct qt_error *e)
 {
         _cleanup_free_ uint8_t *buf = malloc(QT_QCOW2_HEADER_READ_SIZE);
         if (!buf)
                 return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
-        struct scan s = {.image_st = image_st, .buf = buf};
+        struct scan s = {.image_st = image_st, .formats = formats, .buf = buf};
 
         char dir[PATH_MAX], real_dir[PATH_MAX];
         if (dir_of(image, dir) < 0)

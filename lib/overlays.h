@@ -15,13 +15,16 @@
 #include <stddef.h>
 #include <sys/stat.h>
 
+#include "conf-file.h"
 #include "error.h"
 
 /*
  * Looks in the directory holding image (and, if image is a symlink, in the one holding the file
  * it points to; not recursively) for a qcow2 image whose backing chain (up to 16 deep) leads to
  * the file image_st describes, as qemu would resolve the names. image_st: stat() of image.
- * Skipped: the image itself (also under other hard links), names starting with "." (qtrim's own
+ * Skipped: files that are raw by their name or by formats (Formats= of qtrimd.conf, may be NULL):
+ * their first bytes are the guest's, and a qcow2 header there names nothing qemu would open
+ * (image.h); the image itself (also under other hard links), names starting with "." (qtrim's own
  * ".<name>.qtrim-XXXXXX" copies), symlinks, anything that is not a regular file, backing names
  * with a protocol ("nbd:", "json:"; "file:" is a local file), and whatever follows the first 10000
  * entries of a directory.
@@ -31,5 +34,5 @@
  *   -errno       a directory could not be read, or the image path resolved (or no memory); e
  *                says why
  */
-int qt_find_overlay(const char *image, const struct stat *image_st, char *ret_overlay, size_t size,
-                    struct qt_error *e);
+int qt_find_overlay(const char *image, const struct stat *image_st, const struct qt_config *formats,
+                    char *ret_overlay, size_t size, struct qt_error *e);

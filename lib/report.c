@@ -64,6 +64,7 @@ struct field {
 
 static const struct field fields[] = {
     FIELD("format", "Format", FIELD_STR, format),
+    FIELD("format-source", "FormatSource", FIELD_STR, format_source),
     FIELD("virtual-size", "VirtualSize", FIELD_U64, virtual_size),
     FIELD("bytes-before", "BytesBefore", FIELD_U64, bytes_before),
     FIELD("apparent-before", NULL, FIELD_U64, apparent_before),

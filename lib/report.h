@@ -47,6 +47,7 @@ struct qt_fs_result {
 struct qt_report {
         /* Inspect */
         char format[16];
+        char format_source[16]; /* qt_format_source_name() */
         uint64_t virtual_size;
         uint64_t bytes_before, apparent_before; /* host allocation and st_size */
         uint64_t cluster_size;

@@ -69,15 +69,16 @@ static int inspect(struct shrink *s)
         int r = qt_image_check_path(s->req->image, false, &s->inspected, &s->error);
         if (r < 0)
                 return r;
-        r = qt_image_probe(s->req->image, s->req->kind == QT_JOB_INSPECT, &s->info, &s->error);
+        r = qt_image_probe(s->req->image, &s->req->format, s->req->kind == QT_JOB_INSPECT, &s->info,
+                           &s->error);
         if (r < 0)
                 return r;
         if (s->req->kind != QT_JOB_INSPECT) {
                 /* Mounting a backing file read-write writes (journal, superblock, log) into
                  * clusters its overlays read through to. */
                 char overlay[PATH_MAX];
-                r = qt_find_overlay(s->req->image, &s->inspected, overlay, sizeof(overlay),
-                                    &s->error);
+                r = qt_find_overlay(s->req->image, &s->inspected, s->req->formats, overlay,
+                                    sizeof(overlay), &s->error);
                 if (r < 0)
                         return r;
                 if (r > 0)
@@ -87,6 +88,7 @@ static int inspect(struct shrink *s)
                                             overlay);
         }
         qt_emit_str(rep, "format", s->info.format);
+        qt_emit_str(rep, "format-source", qt_format_source_name(s->info.format_source));
         qt_emit_u64(rep, "virtual-size", s->info.virtual_size);
         qt_emit_u64(rep, "bytes-before", qt_file_allocated(&s->inspected));
         qt_emit_u64(rep, "apparent-before", (uint64_t)s->inspected.st_size);

@@ -10,6 +10,7 @@
 
 #include "attach.h"
 #include "conf-file.h"
+#include "image.h"
 #include "report.h"
 
 enum qt_job_kind {
@@ -20,8 +21,10 @@ enum qt_job_kind {
 
 struct qt_shrink_request {
         enum qt_job_kind kind;
-        const char *image; /* absolute path */
-        bool convert;      /* QT_JOB_SHRINK: make a compact copy after the trim */
+        const char *image;               /* absolute path */
+        struct qt_format_claim format;   /* what the caller and qtrimd.conf say its format is */
+        const struct qt_config *formats; /* Formats=, for the files beside it (or NULL) */
+        bool convert;                    /* QT_JOB_SHRINK: make a compact copy after the trim */
         struct qt_convert_policy convert_policy; /* and keep it only if it saves enough */
         enum qt_attach_backend attach;
         const char

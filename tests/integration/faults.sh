@@ -116,7 +116,7 @@ refused() { # CASE IMG
         got=$(qt_shrink_error_name "$2")
         hx_expect "$1" "$got" org.qtrim1.Error.Unsupported
         [[ $(qt_file_fingerprint "$2") == "$fp" ]] || hx_failed "$1: the image changed"
-        busctl --system call org.qtrim1 /org/qtrim1 org.qtrim1.Manager Inspect s "$2" >/dev/null ||
+        busctl --system call org.qtrim1 /org/qtrim1 org.qtrim1.Manager Inspect sa{sv} "$2" 0 >/dev/null ||
                 hx_failed "$1: Inspect() failed on a read-only image"
 }
 ro_dir=$QT_WORK/ro-pool

@@ -43,7 +43,7 @@ manifest_keep() { # IMG NAME...
 # inspected_is IMG NAME MESSAGE: what Inspect() (discovery alone, nothing trimmed) says of NAME.
 inspected_is() {
         local got
-        got=$(busctl --system --json=short call org.qtrim1 /org/qtrim1 org.qtrim1.Manager Inspect s "$1" |
+        got=$(busctl --system --json=short call org.qtrim1 /org/qtrim1 org.qtrim1.Manager Inspect sa{sv} "$1" 0 |
                 jq -r --arg n "$2" '.data[1][] | select(.[0] == $n) | .[6]')
         if [[ $got == "$3" ]]; then
                 qt_ok "Inspect: $2: $got"

@@ -64,7 +64,7 @@ refuse() {
         got=$(call_error Shrink "$(gv_string "$path")" "@a{sv} {}")
         if [[ -n $inspect ]]; then
                 local got_inspect
-                got_inspect=$(call_error Inspect "$(gv_string "$path")")
+                got_inspect=$(call_error Inspect "$(gv_string "$path")" '@a{sv} {}')
                 [[ $got_inspect == "$got" ]] || got+=" (Inspect: $got_inspect)"
         fi
         # One input, one line in the tally: Shrink's answer, and Inspect's if it differs.

@@ -13,7 +13,7 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
 
 qt_scenario_start sweep
 qt_daemon_stop
-printf '[Daemon]\nIdleExitSec=0\nImageDirectories=%s %s/missing-dir\nSweepPatterns=*.qcow2 *.img\n' \
+printf '[Daemon]\nIdleExitSec=0\nImageDirectories=%s %s/missing-dir\nSweepPatterns=*.qcow2 *.img\nFormats=*.img:qcow2\n' \
         "$QT_IMAGES" "$QT_WORK" >"$QT_DAEMON_CONFIG"
 qt_daemon_start
 

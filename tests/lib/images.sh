@@ -163,6 +163,16 @@ make_mbr_logical() {
         _qt_write_manifest "$img" qcow2 dos "$frag"
 }
 
+# qcow2, 256 MiB virtual, every cluster allocated: ext4 on the whole disk, 96 MiB deleted.
+make_whole_qcow2() {
+        local img=$1 raw=$QT_SCRATCH/${1##*/}.raw frag=$QT_SCRATCH/${1##*/}.frag
+        rm -f -- "$raw" "$frag"
+        truncate -s 256M -- "$raw"
+        _qt_populate_fs "$frag" "$raw" disk ext4 0 $((256 * MiB)) 96 4K 512K 3M
+        _qt_finish_qcow2 "$raw" "$img" full
+        _qt_write_manifest "$img" qcow2 none "$frag"
+}
+
 # raw (sparse), 512 MiB: ext4 on the whole disk, no partition table.
 make_raw_whole() {
         local img=$1 frag=$QT_SCRATCH/${1##*/}.frag

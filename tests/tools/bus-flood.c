@@ -146,7 +146,7 @@ static int append_call(sd_bus *bus, const struct call *c, sd_bus_message **ret)
                 r = sd_bus_message_new_method_call(bus, &m, dest, QTRIM_MANAGER_PATH,
                                                    QTRIM_MANAGER_IFACE, "Inspect");
                 if (r >= 0)
-                        r = sd_bus_message_append(m, "s", c->args[0]);
+                        r = sd_bus_message_append(m, "sa{sv}", c->args[0], 0);
         } else if (strcmp(c->verb, "listjobs") == 0) {
                 r = sd_bus_message_new_method_call(bus, &m, dest, QTRIM_MANAGER_PATH,
                                                    QTRIM_MANAGER_IFACE, "ListJobs");

@@ -81,13 +81,13 @@ check 'command after an option' 'qtrimctl --json l' 'list'
 check 'unknown command' 'qtrimctl frob ' ''
 
 check 'shrink options' 'qtrimctl shrink -' \
-    "--help${nl}--no-convert${nl}--all${nl}--no-block${nl}--json"
+    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--no-block${nl}--json"
 check 'shrink --json excludes --no-block' 'qtrimctl shrink --json --' \
-    "--help${nl}--no-convert${nl}--all${nl}--json"
+    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--json"
 check 'shrink --no-block excludes --json' 'qtrimctl shrink --no-block --' \
-    "--help${nl}--no-convert${nl}--all${nl}--no-block"
+    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--no-block"
 check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
-    "--help${nl}--no-convert${nl}--no-block${nl}--json"
+    "--help${nl}--no-convert${nl}--format${nl}--no-block${nl}--json"
 check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
 check 'shrink --all options' 'qtrimctl shrink --all --' "--help${nl}--no-convert"
 check 'shrink images and directories' 'qtrimctl shrink ' \
@@ -98,9 +98,14 @@ check 'shrink in a directory' 'qtrimctl shrink sub/' 'sub/x.qcow2'
 check 'shrink an absolute path' "qtrimctl shrink $tmp/images/sub/" "$tmp/images/sub/x.qcow2"
 check 'options before shrink' 'qtrimctl --no-convert shrink c' 'c.raw'
 
-check 'inspect options' 'qtrimctl inspect -' "--help${nl}--json"
+check 'inspect options' 'qtrimctl inspect -' "--help${nl}--json${nl}--format"
 check 'inspect image' 'qtrimctl inspect --json b' 'b.img'
 check 'inspect takes one image' 'qtrimctl inspect a.qcow2 ' ''
+check 'format values' 'qtrimctl shrink --format ' "raw${nl}qcow2"
+check 'format value prefix' 'qtrimctl inspect --format q' 'qcow2'
+check 'format value after =' 'qtrimctl shrink --format = r' 'raw'
+check 'image after --format VALUE' 'qtrimctl shrink --format raw c' 'c.raw'
+check 'image after --format=VALUE' 'qtrimctl inspect --format = qcow2 b' 'b.img'
 
 check 'list options' 'qtrimctl list -' "--help${nl}--json"
 check 'list takes no arguments' 'qtrimctl list ' ''

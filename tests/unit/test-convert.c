@@ -37,7 +37,8 @@ static void make_dir(char ret_dir[PATH_MAX], const char *name, const char *scrip
 static void probe(const char *image, struct qt_image_info *ret)
 {
         struct qt_error e = {};
-        ck_assert_msg(qt_image_probe(image, false, ret, &e) == 0, "probe %s: %s", image, e.message);
+        ck_assert_msg(qt_image_probe(image, NULL, false, ret, &e) == 0, "probe %s: %s", image,
+                      e.message);
 }
 
 /* As qemu-img itself describes an image, through the same parser. */
@@ -362,6 +363,37 @@ START_TEST(test_replace_refuses_swapped_file)
 }
 END_TEST
 
+/* A copy of another format, or a raw copy of another length, never replaces an image: a VM told
+ * (or probing) the original's format must see the same disk. */
+START_TEST(test_replace_refuses_other_format)
+{
+        char dir[PATH_MAX], image[PATH_MAX], tmp[PATH_MAX];
+        struct qt_error e = {};
+
+        make_dir(dir, "format",
+                 "truncate -s 16M img.raw && qemu-img create -q -f qcow2 ../format-h.qcow2 1M && "
+                 "truncate -s 16M .img.raw.qtrim-q2 && "
+                 "dd if=../format-h.qcow2 of=.img.raw.qtrim-q2 conv=notrunc status=none && "
+                 "truncate -s 17M .img.raw.qtrim-long && cp img.raw ../format-ref.raw");
+        fx_join(image, dir, "img.raw");
+        struct qt_image_info info = {.format = "raw", .virtual_size = 16u << 20};
+        int image_fd = open(image, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(image_fd, 0);
+
+        /* Raw bytes of the same length, but a qcow2 header first: what a VM probing it sees. */
+        fx_join(tmp, dir, ".img.raw.qtrim-q2");
+        ck_assert_int_lt(qt_replace_image(image, image_fd, tmp, &info, &e), 0);
+        ck_assert_str_eq(e.message, "the copy is not a raw image like the original; not replacing");
+        e = (struct qt_error){};
+        fx_join(tmp, dir, ".img.raw.qtrim-long");
+        ck_assert_int_lt(qt_replace_image(image, image_fd, tmp, &info, &e), 0);
+        ck_assert_str_eq(e.message,
+                         "the copy differs from the image (virtual size or backing file)");
+        fx_sh("cmp format-ref.raw format/img.raw");
+        ck_assert_int_eq(close(image_fd), 0);
+}
+END_TEST
+
 START_TEST(test_convert_failure)
 {
         char dir[PATH_MAX], image[PATH_MAX], tmp[PATH_MAX];
@@ -432,6 +464,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_convert_keeps_bitmaps);
         tcase_add_test(tc, test_replace_keeps_owner_mode_xattrs);
         tcase_add_test(tc, test_replace_refuses_swapped_file);
+        tcase_add_test(tc, test_replace_refuses_other_format);
         tcase_add_test(tc, test_convert_failure);
         tcase_add_test(tc, test_temp_file_names);
         suite_add_tcase(s, tc);

@@ -5,6 +5,7 @@
 
 #include "check-main.h"
 #include "image.h"
+#include "util.h"
 
 /* As qemu-img 7.2 prints it for a qcow2 overlay with a snapshot and a bitmap. */
 static const char overlay_json[] =
@@ -126,12 +127,71 @@ START_TEST(test_check_path)
 }
 END_TEST
 
+/* The format rules (image.h): a declared or configured format must match the content; nothing is
+ * guessed towards qcow2 for a file whose name says raw. */
+START_TEST(test_choose_format)
+{
+        static const uint8_t qcow2_v3[8] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
+        static const uint8_t qcow_v1[8] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 1};
+        static const uint8_t mbr[8] = {0xeb, 0x63, 0x90, 0, 0, 0, 0, 0};
+        ck_assert_int_eq(qt_image_content_of(qcow2_v3, 8), QT_CONTENT_QCOW2);
+        ck_assert_int_eq(qt_image_content_of(qcow_v1, 8), QT_CONTENT_QCOW_MAGIC);
+        ck_assert_int_eq(qt_image_content_of(mbr, 8), QT_CONTENT_OTHER);
+        ck_assert_int_eq(qt_image_content_of(qcow2_v3, 4), QT_CONTENT_OTHER);
+
+        static const struct {
+                const char *path, *declared, *configured;
+                enum qt_image_content content;
+                const char *want_format; /* NULL: FormatMismatch */
+                enum qt_format_source want_source;
+        } cases[] = {
+            {"/i/vm.qcow2", NULL, NULL, QT_CONTENT_QCOW2, "qcow2", QT_FORMAT_GUESSED},
+            {"/i/vm", NULL, NULL, QT_CONTENT_QCOW2, "qcow2", QT_FORMAT_GUESSED},
+            {"/i/vm.qcow2", NULL, NULL, QT_CONTENT_OTHER, "", QT_FORMAT_GUESSED},
+            {"/i/vm.raw", NULL, NULL, QT_CONTENT_QCOW2, NULL, 0},
+            {"/i/vm.IMG", NULL, NULL, QT_CONTENT_QCOW2, NULL, 0},
+            {"/i/vm.bin", NULL, NULL, QT_CONTENT_QCOW2, NULL, 0},
+            {"/i/vm.raw", NULL, NULL, QT_CONTENT_OTHER, "", QT_FORMAT_GUESSED},
+            {"/i/vm.img", "qcow2", NULL, QT_CONTENT_QCOW2, "qcow2", QT_FORMAT_DECLARED},
+            {"/i/vm.img", NULL, "qcow2", QT_CONTENT_QCOW2, "qcow2", QT_FORMAT_CONFIGURED},
+            {"/i/vm.img", "qcow2", "qcow2", QT_CONTENT_QCOW2, "qcow2", QT_FORMAT_DECLARED},
+            {"/i/vm.raw", "raw", NULL, QT_CONTENT_OTHER, "raw", QT_FORMAT_DECLARED},
+            {"/i/vm.qcow2", NULL, "raw", QT_CONTENT_OTHER, "raw", QT_FORMAT_CONFIGURED},
+            {"/i/vm.raw", "raw", NULL, QT_CONTENT_QCOW2, NULL, 0},
+            {"/i/vm.raw", "raw", NULL, QT_CONTENT_QCOW_MAGIC, NULL, 0},
+            {"/i/vm.qcow2", NULL, "raw", QT_CONTENT_QCOW2, NULL, 0},
+            {"/i/vm.qcow2", "qcow2", NULL, QT_CONTENT_OTHER, NULL, 0},
+            {"/i/vm.qcow2", "qcow2", NULL, QT_CONTENT_QCOW_MAGIC, NULL, 0},
+            {"/i/vm.qcow2", "qcow2", "raw", QT_CONTENT_QCOW2, NULL, 0},
+            {"/i/vm.raw", "raw", "qcow2", QT_CONTENT_OTHER, NULL, 0},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                struct qt_format_claim claim = {cases[i].declared, cases[i].configured};
+                struct qt_error e = {};
+                char format[16] = "unset";
+                enum qt_format_source source = 99;
+                int r = qt_image_choose_format(cases[i].path, &claim, cases[i].content, format,
+                                               &source, &e);
+                if (!cases[i].want_format) {
+                        ck_assert_msg(r < 0 && e.code == QT_ERR_FORMAT_MISMATCH, "case %zu: %d %s",
+                                      i, r, e.message);
+                        ck_assert_str_eq(format, "unset");
+                        continue;
+                }
+                ck_assert_msg(r == 0, "case %zu: %s", i, e.message);
+                ck_assert_str_eq(format, cases[i].want_format);
+                ck_assert_int_eq(source, cases[i].want_source);
+        }
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("image");
         TCase *tc = tcase_create("info");
         tcase_add_test(tc, test_qcow2_overlay);
         tcase_add_test(tc, test_raw);
+        tcase_add_test(tc, test_choose_format);
         tcase_add_test(tc, test_flags_that_refuse);
         tcase_add_test(tc, test_malformed);
         tcase_add_test(tc, test_wrong_types_are_ignored);

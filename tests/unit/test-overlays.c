@@ -283,7 +283,7 @@ static int find(const char *dir, const char *name, char ret[PATH_MAX])
         struct qt_error e = {};
         ck_assert_msg(stat(join(image, dir, name), &st) == 0, "%s: %m", image);
         ret[0] = '\0';
-        int r = qt_find_overlay(image, &st, ret, PATH_MAX, &e);
+        int r = qt_find_overlay(image, &st, NULL, ret, PATH_MAX, &e);
         ck_assert_msg(r >= 0, "qt_find_overlay: %d %s", r, e.message);
         ck_assert(!qt_error_is_set(&e));
         return r;
@@ -498,7 +498,8 @@ START_TEST(test_unreadable_dir)
         struct qt_error e = {};
         ck_assert_int_eq(stat("/proc/self/exe", &st), 0);
         ck_assert_int_eq(
-            qt_find_overlay("/nonexistent-qtrim/x.qcow2", &st, found, sizeof(found), &e), -ENOENT);
+            qt_find_overlay("/nonexistent-qtrim/x.qcow2", &st, NULL, found, sizeof(found), &e),
+            -ENOENT);
         ck_assert_int_eq(e.code, QT_ERR_FAILED);
         ck_assert(strstr(e.message, "/nonexistent-qtrim"));
 }

@@ -223,13 +223,13 @@ part_d() {
                 if [[ $m == Shrink ]]; then
                         e=$(call_error_name "$user" Shrink "$inside" '@a{sv} {}')
                 else
-                        e=$(call_error_name "$user" Inspect "$inside")
+                        e=$(call_error_name "$user" Inspect "$inside" '@a{sv} {}')
                 fi
                 [[ $e == org.freedesktop.DBus.Error.AccessDenied ]] ||
                         qt_fail "$user: $m of an image in ImageDirectories gave '$e', expected AccessDenied"
                 qt_ok "$user: $m denied (AccessDenied) without polkit authorization"
         done
-        e=$(call_error_name "" Inspect "$inside")
+        e=$(call_error_name "" Inspect "$inside" '@a{sv} {}')
         [[ $e == ok ]] || qt_fail "root: Inspect gave '$e'"
         qt_ok "root: Inspect allowed"
         rc=0
@@ -242,13 +242,13 @@ part_d() {
         qt_defer rm -f -- "$rules"
         printf 'polkit.addRule(function(action, subject) {\n  if (action.id == "org.qtrim1.shrink" && subject.user == "%s")\n    return polkit.Result.YES;\n});\n' "$user" >"$rules"
         for ((i = 0; i < 50; i++)); do
-                e=$(call_error_name "$user" Inspect "$inside")
+                e=$(call_error_name "$user" Inspect "$inside" '@a{sv} {}')
                 [[ $e == ok ]] && break
                 sleep 0.2
         done
         [[ $e == ok ]] || qt_fail "$user: Inspect inside ImageDirectories with a polkit rule gave '$e'"
         qt_ok "$user: Inspect allowed with a polkit rule"
-        e=$(call_error_name "$user" Inspect "$outside")
+        e=$(call_error_name "$user" Inspect "$outside" '@a{sv} {}')
         [[ $e == org.freedesktop.DBus.Error.AccessDenied ]] ||
                 qt_fail "$user: Inspect outside ImageDirectories with a polkit rule gave '$e', expected AccessDenied"
         qt_ok "$user: Inspect outside ImageDirectories denied even with the rule"

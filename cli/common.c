@@ -116,40 +116,22 @@ int bus_read_dict(sd_bus_message *m,
         return sd_bus_message_exit_container(m);
 }
 
+/* The string fields of a record, in the order of QTRIM_FS_SIGNATURE's strings. */
+#define FILESYSTEM_STRINGS(fs)                                                                     \
+        {                                                                                          \
+                &(fs)->name, &(fs)->fstype, &(fs)->state, &(fs)->message, &(fs)->kind,             \
+                    &(fs)->method, &(fs)->label, &(fs)->uuid                                       \
+        }
+
 void filesystem_list_done(struct filesystem_list *list)
 {
         for (size_t i = 0; i < list->n; i++) {
-                free(list->items[i].name);
-                free(list->items[i].fstype);
-                free(list->items[i].state);
-                free(list->items[i].message);
+                char **strings[] = FILESYSTEM_STRINGS(&list->items[i]);
+                for (size_t k = 0; k < ELEMENTSOF(strings); k++)
+                        free(*strings[k]);
         }
         free(list->items);
         *list = (struct filesystem_list){};
-}
-
-static int filesystem_list_append(struct filesystem_list *list, const char *name,
-                                  const char *fstype, uint64_t offset, uint64_t size,
-                                  uint64_t trimmed, const char *state, const char *message)
-{
-        struct filesystem *items = reallocarray(list->items, list->n + 1, sizeof(*items));
-        if (!items)
-                return -ENOMEM;
-        list->items = items;
-
-        struct filesystem *fs = &items[list->n++];
-        *fs = (struct filesystem){
-            .name = strdup(name),
-            .fstype = strdup(fstype),
-            .offset = offset,
-            .size = size,
-            .trimmed = trimmed,
-            .state = strdup(state),
-            .message = strdup(message),
-        };
-        if (!fs->name || !fs->fstype || !fs->state || !fs->message)
-                return -ENOMEM;
-        return 0;
 }
 
 int bus_read_filesystems(sd_bus_message *m, struct filesystem_list *ret)
@@ -162,20 +144,27 @@ int bus_read_filesystems(sd_bus_message *m, struct filesystem_list *ret)
                 return r;
 
         for (;;) {
-                const char *name, *fstype, *state, *message;
-                uint64_t offset, size, trimmed;
+                const char *text[8];
+                struct filesystem fs = {};
 
-                r = sd_bus_message_read(m, QTRIM_FS_SIGNATURE, &name, &fstype, &offset, &size,
-                                        &trimmed, &state, &message);
+                r = sd_bus_message_read(m, QTRIM_FS_SIGNATURE, &text[0], &text[1], &fs.offset,
+                                        &fs.size, &fs.trimmed, &text[2], &text[3], &text[4],
+                                        &text[5], &text[6], &text[7]);
                 if (r < 0)
                         return r;
                 if (r == 0)
                         break;
 
-                r = filesystem_list_append(&list, name, fstype, offset, size, trimmed, state,
-                                           message);
-                if (r < 0)
-                        return r;
+                struct filesystem *items = reallocarray(list.items, list.n + 1, sizeof(*items));
+                if (!items)
+                        return -ENOMEM;
+                list.items = items;
+                items[list.n] = fs;
+                char **strings[] = FILESYSTEM_STRINGS(&items[list.n]);
+                list.n++;
+                for (size_t k = 0; k < ELEMENTSOF(strings); k++)
+                        if (!(*strings[k] = strdup(text[k])))
+                                return -ENOMEM;
         }
 
         r = sd_bus_message_exit_container(m);
@@ -202,6 +191,10 @@ struct json_object *filesystems_to_json(const struct filesystem_list *list)
                 json_object_object_add(o, "trimmed", json_object_new_uint64(fs->trimmed));
                 json_object_object_add(o, "state", json_object_new_string(fs->state));
                 json_object_object_add(o, "message", json_object_new_string(fs->message));
+                json_object_object_add(o, "kind", json_object_new_string(fs->kind));
+                json_object_object_add(o, "method", json_object_new_string(fs->method));
+                json_object_object_add(o, "label", json_object_new_string(fs->label));
+                json_object_object_add(o, "uuid", json_object_new_string(fs->uuid));
                 json_object_array_add(array, o);
         }
         return array;

@@ -49,6 +49,10 @@ struct filesystem {
         uint64_t trimmed;
         char *state;
         char *message;
+        char *kind;
+        char *method;
+        char *label;
+        char *uuid;
 };
 
 struct filesystem_list {

@@ -20,6 +20,7 @@ static bool arg_no_convert = false;
 static bool arg_json = false;
 static bool arg_all = false;
 static const char *arg_format = NULL;
+static bool arg_keep_gaps = false;
 
 static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
 {
@@ -28,6 +29,7 @@ static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
             .convert = !arg_no_convert,
             .json = arg_json,
             .format = arg_format,
+            .keep_gaps = arg_keep_gaps,
         };
 
         if (arg_all)
@@ -310,15 +312,15 @@ static void print_filesystem_table(const struct filesystem_list *filesystems)
                 fstype_width = MAX(fstype_width, (int)strlen(filesystems->items[i].fstype));
         }
 
-        printf("%-*s  %-*s  %10s  %10s\n", name_width, "NAME", fstype_width, "FSTYPE", "OFFSET",
-               "SIZE");
+        printf("%-*s  %-*s  %10s  %10s  %s\n", name_width, "NAME", fstype_width, "FSTYPE", "OFFSET",
+               "SIZE", "A SHRINK WOULD");
         for (size_t i = 0; i < filesystems->n; i++) {
                 const struct filesystem *fs = &filesystems->items[i];
                 char offset[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX];
 
-                printf("%-*s  %-*s  %10s  %10s\n", name_width, fs->name, fstype_width,
+                printf("%-*s  %-*s  %10s  %10s  %s\n", name_width, fs->name, fstype_width,
                        *fs->fstype ? fs->fstype : "-", format_bytes(offset, fs->offset),
-                       format_bytes(size, fs->size));
+                       format_bytes(size, fs->size), fs->message);
         }
 }
 
@@ -375,6 +377,7 @@ enum {
         OPTION_JSON = 1 << 2,
         OPTION_ALL = 1 << 3,
         OPTION_FORMAT = 1 << 4,
+        OPTION_KEEP_GAPS = 1 << 5,
 };
 
 static const struct verb_option {
@@ -387,6 +390,7 @@ static const struct verb_option {
     {OPTION_JSON, "--json", "Print the result as JSON on stdout"},
     {OPTION_ALL, "--all",
      "Every image in qtrimd's image directories written to since its last shrink"},
+    {OPTION_KEEP_GAPS, "--keep-gaps", "Leave the space outside the partitions as it is"},
     {OPTION_FORMAT, "--format=FMT",
      "The images are raw or qcow2: no guessing, and content that disagrees is refused"},
 };
@@ -401,7 +405,9 @@ static const struct verb {
         int (*run)(sd_bus *bus, char **args, size_t n_args);
 } verbs[] = {
     {"shrink", "IMAGE...|--all", "Trim the guest filesystems of each image and compact it", 1,
-     SIZE_MAX, OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL | OPTION_FORMAT,
+     SIZE_MAX,
+     OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL | OPTION_FORMAT |
+         OPTION_KEEP_GAPS,
      verb_shrink},
     {"list", "", "List the jobs queued or running in qtrimd", 0, 0, OPTION_JSON, verb_list},
     {"cancel", "JOB...", "Cancel jobs, named by id or object path", 1, SIZE_MAX, 0, verb_cancel},
@@ -461,10 +467,10 @@ static int check_verb(const struct verb *verb, unsigned options_given, size_t n_
                 }
 
         if (arg_all) {
-                if (n_args > 0 || arg_no_block || arg_json || arg_format) {
+                if (n_args > 0 || arg_no_block || arg_json || arg_format || arg_keep_gaps) {
                         fprintf(stderr, "qtrimctl: --all takes no images and goes with "
-                                        "--no-convert only (formats for the sweep are set "
-                                        "with Formats= in qtrimd.conf)\n");
+                                        "--no-convert only (the sweep's formats and gaps are "
+                                        "set with Formats= and TrimGaps= in qtrimd.conf)\n");
                         return -EINVAL;
                 }
                 return 0;
@@ -495,6 +501,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 ARG_JSON,
                 ARG_ALL,
                 ARG_FORMAT,
+                ARG_KEEP_GAPS,
         };
         static const struct option options[] = {
             {"help", no_argument, NULL, 'h'},
@@ -504,6 +511,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
             {"json", no_argument, NULL, ARG_JSON},
             {"all", no_argument, NULL, ARG_ALL},
             {"format", required_argument, NULL, ARG_FORMAT},
+            {"keep-gaps", no_argument, NULL, ARG_KEEP_GAPS},
             {},
         };
         bool help = false;
@@ -533,6 +541,10 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 case ARG_ALL:
                         arg_all = true;
                         options_given |= OPTION_ALL;
+                        break;
+                case ARG_KEEP_GAPS:
+                        arg_keep_gaps = true;
+                        options_given |= OPTION_KEEP_GAPS;
                         break;
                 case ARG_FORMAT:
                         if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0) {

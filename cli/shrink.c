@@ -94,6 +94,7 @@ struct shrink_run {
         sd_event *event;
         bool convert;
         const char *format; /* declared, or NULL */
+        bool keep_gaps;
         bool sweep;
         struct job *jobs;
         size_t n_jobs;
@@ -725,9 +726,9 @@ static int submit_job(struct shrink_run *run, struct job *job)
         r = bus_call_method(run->bus, run->sweep ? NULL : job->name, QTRIM_MANAGER_PATH,
                             QTRIM_MANAGER_IFACE, "Shrink", &error, &reply, "sa{sv}", job->image,
                             /* the format option last, and only when declared */
-                            run->format ? 3 : 2, QTRIM_OPT_CONVERT, "b", run->convert,
-                            QTRIM_OPT_IF_CHANGED, "b", run->sweep, QTRIM_OPT_FORMAT, "s",
-                            run->format);
+                            run->format ? 4 : 3, QTRIM_OPT_CONVERT, "b", run->convert,
+                            QTRIM_OPT_IF_CHANGED, "b", run->sweep, QTRIM_OPT_TRIM_GAPS, "b",
+                            !run->keep_gaps, QTRIM_OPT_FORMAT, "s", run->format);
         if (r < 0)
                 return job_refused(run, job, &error);
 
@@ -810,9 +811,25 @@ static int wait_for_jobs(struct shrink_run *run)
 
 /* Reporting. */
 
-static bool filesystem_needs_mention(const struct filesystem *fs)
+/* One line per volume: what was done with it, or why not. A volume without a filesystem (a
+ * gap, free extents) is named with where it lies. */
+static void print_volume(const struct filesystem *fs)
 {
-        return strcmp(fs->state, "skipped") == 0 || strcmp(fs->state, "failed") == 0;
+        char bytes[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX], offset[FORMAT_BYTES_MAX];
+
+        printf("  %s", fs->name);
+        if (*fs->fstype)
+                printf(" (%s)", fs->fstype);
+        else
+                printf(" (%s at %s)", format_bytes(size, fs->size),
+                       format_bytes(offset, fs->offset));
+        if (strcmp(fs->state, "trimmed") == 0 || strcmp(fs->state, "discarded") == 0)
+                printf(": %s %s", format_bytes(bytes, fs->trimmed), fs->state);
+        else
+                printf(": %s", fs->state);
+        if (*fs->message)
+                printf(strcmp(fs->state, "discarded") == 0 ? ", %s" : ": %s", fs->message);
+        printf("\n");
 }
 
 static void print_done_job(const struct job *job)
@@ -830,19 +847,8 @@ static void print_done_job(const struct job *job)
                 printf(" (nothing reclaimed)");
         printf(" in %s\n", format_duration(duration, job->ended_usec - job->started_usec));
 
-        for (size_t i = 0; i < p->filesystems.n; i++) {
-                const struct filesystem *fs = &p->filesystems.items[i];
-
-                if (!filesystem_needs_mention(fs))
-                        continue;
-                printf("  %s", fs->name);
-                if (*fs->fstype)
-                        printf(" (%s)", fs->fstype);
-                printf(": %s", fs->state);
-                if (*fs->message)
-                        printf(": %s", fs->message);
-                printf("\n");
-        }
+        for (size_t i = 0; i < p->filesystems.n; i++)
+                print_volume(&p->filesystems.items[i]);
 
         if (empty_to_null(p->message))
                 printf("  note: %s\n", p->message);
@@ -965,6 +971,7 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
             .bus = bus,
             .convert = opts->convert,
             .format = opts->format,
+            .keep_gaps = opts->keep_gaps,
             .sweep = opts->sweep,
             .tty = isatty(STDERR_FILENO),
         };

@@ -9,7 +9,8 @@ int bus_append_filesystems(sd_bus_message *m, const struct qt_report *report)
         for (size_t i = 0; r >= 0 && i < report->n_fs; i++) {
                 const struct qt_fs_result *fs = &report->fs[i];
                 r = sd_bus_message_append(m, QTRIM_FS_SIGNATURE, fs->name, fs->fstype, fs->offset,
-                                          fs->size, fs->trimmed, fs->state, fs->message);
+                                          fs->size, fs->trimmed, fs->state, fs->message, fs->kind,
+                                          fs->method, fs->label, fs->uuid);
         }
         return r < 0 ? r : sd_bus_message_close_container(m);
 }

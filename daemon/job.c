@@ -40,8 +40,8 @@ struct qt_format_claim job_format_claim(const struct job_format *f)
         };
 }
 
-int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid, bool convert,
-            const struct job_format *format, const struct qt_report *probed, struct job **ret)
+int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid,
+            const struct job_options *options, const struct qt_report *probed, struct job **ret)
 {
         struct job *j = calloc(1, sizeof(*j));
         if (!j)
@@ -51,8 +51,7 @@ int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t ui
         j->dev = dev;
         j->ino = ino;
         j->uid = uid;
-        j->convert = convert;
-        j->format = *format;
+        j->options = *options;
         j->state = JOB_QUEUED;
         j->report = *probed;
         j->report.finished = false;
@@ -186,9 +185,10 @@ int job_start(struct job *j)
         struct qt_shrink_request req = {
             .kind = QT_JOB_SHRINK,
             .image = j->image,
-            .format = job_format_claim(&j->format),
+            .format = job_format_claim(&j->options.format),
             .formats = &j->manager->config,
-            .convert = j->convert,
+            .convert = j->options.convert,
+            .keep_gaps = j->options.keep_gaps,
             .convert_policy = j->manager->config.convert,
             .attach = j->manager->config.attach,
             .scratch_dir = j->manager->scratch_dir,
@@ -375,7 +375,7 @@ const sd_bus_vtable job_vtable[] = {
     SD_BUS_PROPERTY("Phase", "s", get_phase, 0, CHANGE),
     SD_BUS_PROPERTY("Progress", "d", NULL, REPORT(progress), CHANGE),
     SD_BUS_PROPERTY("StartedByUID", "u", NULL, offsetof(struct job, uid), CONST),
-    SD_BUS_PROPERTY("Convert", "b", get_bool, offsetof(struct job, convert), CONST),
+    SD_BUS_PROPERTY("Convert", "b", get_bool, offsetof(struct job, options.convert), CONST),
     SD_BUS_PROPERTY("Format", "s", get_chars, REPORT(format), CHANGE),
     SD_BUS_PROPERTY("FormatSource", "s", get_chars, REPORT(format_source), CHANGE),
     SD_BUS_PROPERTY("VirtualSize", "t", NULL, REPORT(virtual_size), CHANGE),

@@ -21,6 +21,13 @@ struct job_format {
 /* The claim the engine takes (image.h); points into f. */
 struct qt_format_claim job_format_claim(const struct job_format *f);
 
+/* What a Shrink call asked for, with qtrimd.conf's word already applied. */
+struct job_options {
+        bool convert;   /* write a compact copy after the trim */
+        bool keep_gaps; /* leave the space outside the partitions alone */
+        struct job_format format;
+};
+
 struct job {
         struct manager *manager;
         struct job *next;
@@ -30,8 +37,7 @@ struct job {
         dev_t dev; /* identity of the image, so the same file is never worked on twice at once */
         ino_t ino;
         uid_t uid;
-        bool convert;
-        struct job_format format;
+        struct job_options options;
         enum job_state state;
         bool cancel_requested;
         struct qt_report report; /* what the daemon publishes; the worker's lines update it */
@@ -41,8 +47,8 @@ struct job {
 };
 
 /* Creates a queued job and its bus object, sends JobNew. The manager owns it from then on. */
-int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid, bool convert,
-            const struct job_format *format, const struct qt_report *probed, struct job **ret);
+int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid,
+            const struct job_options *options, const struct qt_report *probed, struct job **ret);
 int job_start(struct job *j);
 /* Cancel(): a queued job ends at once, a running one once its worker has torn down. */
 void job_cancel(struct job *j);

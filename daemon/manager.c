@@ -34,8 +34,8 @@ struct request {
         dev_t dev;
         ino_t ino;
         uid_t uid;
-        bool convert, if_changed;
-        struct job_format format;
+        bool if_changed;
+        struct job_options options;
         sd_bus_slot *authorization; /* polkit's answer, while it is awaited */
         struct worker *worker;
         struct qt_report report;
@@ -43,7 +43,7 @@ struct request {
 
 /* The options of Shrink and Inspect. */
 struct shrink_options {
-        bool convert, if_changed;
+        bool convert, if_changed, trim_gaps;
         const char *format; /* "" when not declared; points into the message */
 };
 
@@ -51,6 +51,7 @@ enum {
         OPTION_CONVERT = 1 << 0,
         OPTION_IF_CHANGED = 1 << 1,
         OPTION_FORMAT = 1 << 2,
+        OPTION_TRIM_GAPS = 1 << 3,
 };
 
 static int reply_qt_error(sd_bus_message *call, const struct qt_error *e)
@@ -105,7 +106,7 @@ static int reply_shrink(struct request *q, const struct qt_report *rep)
         if (m->n_jobs >= MAX_JOBS)
                 return sd_bus_reply_method_errorf(q->call, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                                   "too many jobs (%u); try again later", MAX_JOBS);
-        int r = job_new(m, q->image, q->dev, q->ino, q->uid, q->convert, &q->format, rep, &j);
+        int r = job_new(m, q->image, q->dev, q->ino, q->uid, &q->options, rep, &j);
         if (r < 0)
                 return sd_bus_reply_method_errno(q->call, r, NULL);
         r = sd_bus_reply_method_return(q->call, "o", j->path);
@@ -198,12 +199,12 @@ static void request_continue(struct request *q)
         q->dev = st.st_dev;
         q->ino = st.st_ino;
         /* The administrator's word on the file itself, as resolved. */
-        snprintf(q->format.configured, sizeof(q->format.configured), "%s",
+        snprintf(q->options.format.configured, sizeof(q->options.format.configured), "%s",
                  qt_config_format_for(&m->config, q->image) ?: "");
 
         struct qt_shrink_request req = {.kind = q->kind,
                                         .image = q->image,
-                                        .format = job_format_claim(&q->format),
+                                        .format = job_format_claim(&q->options.format),
                                         .formats = &m->config,
                                         .attach = m->config.attach,
                                         .scratch_dir = m->scratch_dir};
@@ -248,9 +249,10 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         q->call = sd_bus_message_ref(call);
         q->kind = kind;
         q->uid = uid;
-        q->convert = o->convert;
+        q->options.convert = o->convert;
+        q->options.keep_gaps = !o->trim_gaps;
         q->if_changed = o->if_changed;
-        snprintf(q->format.declared, sizeof(q->format.declared), "%s", o->format);
+        snprintf(q->options.format.declared, sizeof(q->options.format.declared), "%s", o->format);
         q->next = m->requests;
         m->requests = q;
         m->n_requests++;
@@ -279,6 +281,7 @@ static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_opt
             {QTRIM_OPT_CONVERT, OPTION_CONVERT, 'b'},
             {QTRIM_OPT_IF_CHANGED, OPTION_IF_CHANGED, 'b'},
             {QTRIM_OPT_FORMAT, OPTION_FORMAT, 's'},
+            {QTRIM_OPT_TRIM_GAPS, OPTION_TRIM_GAPS, 'b'},
         };
         int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
@@ -309,8 +312,10 @@ static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_opt
                                                          "option \"%s\" must be a boolean", key);
                         if (known[i].flag == OPTION_CONVERT)
                                 o->convert = b;
-                        else
+                        else if (known[i].flag == OPTION_IF_CHANGED)
                                 o->if_changed = b;
+                        else
+                                o->trim_gaps = b;
                 } else {
                         const char *s;
                         r = sd_bus_message_read(msg, "v", "s", &s);
@@ -334,15 +339,18 @@ static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 {
         struct manager *m = userdata;
         const char *image;
-        struct shrink_options o = {.convert = true, .format = ""};
+        struct shrink_options o = {.convert = true, .trim_gaps = true, .format = ""};
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        r = read_options(msg, OPTION_CONVERT | OPTION_IF_CHANGED | OPTION_FORMAT, &o, error);
+        r = read_options(msg, OPTION_CONVERT | OPTION_IF_CHANGED | OPTION_FORMAT | OPTION_TRIM_GAPS,
+                         &o, error);
         if (r < 0)
                 return r;
-        /* The administrator's Convert=never outranks a caller's wish for a copy. */
+        /* The administrator's Convert=never outranks a caller's wish for a copy, and
+         * TrimGaps=no a caller's wish for the gaps. */
         o.convert = o.convert && !m->config.convert.never;
+        o.trim_gaps = o.trim_gaps && m->config.trim_gaps;
         return start_request(m, msg, QT_JOB_PROBE, image, &o, error);
 }
 
@@ -427,7 +435,7 @@ static const sd_bus_vtable manager_vtable[] = {
     SD_BUS_METHOD_WITH_ARGS("Shrink", SD_BUS_ARGS("s", image, "a{sv}", options),
                             SD_BUS_RESULT("o", job), method_shrink, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("s", image, "a{sv}", options),
-                            SD_BUS_RESULT("a{sv}", info, QTRIM_FS_ARRAY_SIGNATURE, filesystems),
+                            SD_BUS_RESULT("a{sv}", info, QTRIM_FS_ARRAY_SIGNATURE, volumes),
                             method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(usso)", jobs),
                             method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -3,19 +3,17 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "attach.h"
+#include "cancel.h"
 #include "config.h"
-#include "nbd-fuse.h"
-#include "nbd-kernel.h"
 #include "util.h"
 
 #define REPORT_FD 3
@@ -130,21 +128,6 @@ static void apply_lines(struct worker *w)
                 w->len = 0;
 }
 
-/* In a child with a mount namespace of its own, so the fusectl mount is nobody else's. */
-static void abort_in_child(unsigned connection, const char *scratch_dir)
-{
-        pid_t pid = fork();
-        if (pid == 0) {
-                if (unshare(CLONE_NEWNS) < 0 ||
-                    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-                        _exit(1);
-                (void)mkdir(scratch_dir, 0700);
-                _exit(qt_fuse_abort_connection(connection, scratch_dir) < 0 ? 1 : 0);
-        }
-        if (pid > 0)
-                waitpid(pid, NULL, 0);
-}
-
 /* Whether the worker's main thread has died while another of its threads lives on: the state
  * of a worker whose exit waits on its own dead FUSE thread (nbd-fuse.h). */
 static bool leader_is_zombie(pid_t pid)
@@ -175,7 +158,8 @@ static int on_watchdog(sd_event_source *s, uint64_t usec, void *userdata)
                                 "qtrimd: worker %d is stuck dying; aborting its FUSE "
                                 "connection %llu\n",
                                 (int)w->pid, (unsigned long long)w->report->fuse_connection);
-                        abort_in_child((unsigned)w->report->fuse_connection, w->scratch_dir);
+                        (void)qt_attach_abort_fuse((unsigned)w->report->fuse_connection,
+                                                   w->scratch_dir);
                 } else
                         fprintf(stderr, "qtrimd: worker %d is slow to exit (no FUSE connection)\n",
                                 (int)w->pid);
@@ -205,8 +189,7 @@ static int on_release(sd_event_source *s, uint64_t usec, void *userdata)
         struct worker *w = userdata;
         pid_t server;
         const char *device = w->report->nbd_device;
-        enum qt_nbd_connection state =
-            qt_nbd_kernel_connection_state(device, w->report->nbd_owner, &server);
+        enum qt_nbd_connection state = qt_attach_nbd_state(device, w->report->nbd_owner, &server);
         uint64_t waited = now_usec() - w->release_start;
 
         if (state == QT_NBD_SERVED && waited >= RELEASE_KILL_USEC && !w->release_killed) {
@@ -217,7 +200,7 @@ static int on_release(sd_event_source *s, uint64_t usec, void *userdata)
                 w->release_killed = true;
         }
         if (state == QT_NBD_RELEASED)
-                qt_nbd_kernel_drop_stale_partitions(device);
+                qt_attach_nbd_drop_stale(device);
         else if (state == QT_NBD_INVALID_NAME)
                 fprintf(stderr, "qtrimd: ignoring the nbd device a worker named: %s\n", device);
         else if (waited >= RELEASE_GIVE_UP_USEC)

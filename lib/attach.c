@@ -2,11 +2,19 @@
 #include "attach.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
+#include "cancel.h"
 #include "nbd-fuse.h"
 #include "nbd-kernel.h"
 #include "util.h"
@@ -37,32 +45,6 @@ struct qt_attachment {
         struct qt_nbd_fuse *bridge; /* fuse */
         struct qt_nbd_kernel *nbd;  /* kernel */
 };
-
-size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
-                              char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[])
-{
-        size_t n = 0;
-        if (!read_only) {
-                argv[n++] = "--format";
-                argv[n++] = (char *)format;
-                argv[n++] = "--discard=unmap";
-                argv[n++] = (char *)image;
-                return n;
-        }
-        int k = snprintf(opts, QT_QEMU_NBD_OPTS_MAX,
-                         "driver=%s,file.driver=file,file.locking=off,file.filename=", format);
-        /* In qemu's option syntax a comma in a value is written twice. */
-        for (const char *p = image; *p && (size_t)k + 3 < QT_QEMU_NBD_OPTS_MAX; p++) {
-                if (*p == ',')
-                        opts[k++] = ',';
-                opts[k++] = *p;
-        }
-        opts[k] = '\0';
-        argv[n++] = "--read-only";
-        argv[n++] = "--image-opts";
-        argv[n++] = opts;
-        return n;
-}
 
 static int attach_fuse(const struct qt_attach_request *req, struct qt_attachment *a,
                        struct qt_error *e)
@@ -169,14 +151,95 @@ void qt_attachment_source(struct qt_attachment *a, const struct qt_fs_result *fs
                 ret->device = qt_nbd_kernel_device(a->nbd);
                 return;
         }
-        unsigned number = 0;
-        if (sscanf(fs->name, "p%u", &number) != 1 || number > INT_MAX)
-                number = 0;
-        ret->device = qt_nbd_kernel_partition(a->nbd, (int)number, fs->offset, fs->size);
+        /* The kernel's node of a partition; for an LV, a partition node made over its extents
+         * (discards go straight to nbd, where a loop device over it could not pass them). */
+        ret->device = qt_nbd_kernel_partition(a->nbd, fs->partno, fs->offset, fs->size);
         /* Else the loop device over the nbd device, at the offset libblkid found. */
         if (!ret->device && !qt_nbd_kernel_loop_can_discard(a->nbd))
                 ret->unusable = "no partition node for it, and a loop device over the nbd device "
                                 "cannot discard on this kernel (Attach=fuse can)";
+}
+
+#define DISCARD_STEP (1ULL << 30)
+
+/* Zeroes [offset, +length) for real: the part of an image cluster that a discard would leave
+ * as it was (qcow2 frees whole clusters only; a trim is advisory). */
+static int zero_range(int fd, bool block, uint64_t offset, uint64_t length)
+{
+        if (length == 0)
+                return 0;
+        if (fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+                      (off_t)length) == 0)
+                return 0;
+        uint64_t range[2] = {offset, length};
+        if (block && (errno == EOPNOTSUPP || errno == EINVAL) && ioctl(fd, BLKZEROOUT, range) == 0)
+                return 0;
+        return -errno;
+}
+
+static int punch_range(int fd, bool block, uint64_t offset, uint64_t length)
+{
+        /* A block device punches with write-zeroes that may unmap; one without them takes a
+         * plain discard, which is all the space needs. */
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+                      (off_t)length) == 0)
+                return 0;
+        uint64_t range[2] = {offset, length};
+        if (block && (errno == EOPNOTSUPP || errno == EINVAL) && ioctl(fd, BLKDISCARD, range) == 0)
+                return 0;
+        return -errno;
+}
+
+int qt_attachment_discard(struct qt_attachment *a, uint64_t offset, uint64_t length,
+                          uint64_t cluster, qt_progress_fn progress, void *userdata,
+                          struct qt_error *e)
+{
+        uint64_t size = qt_attachment_size(a);
+        if (offset % 512 || length % 512 || offset > size || length > size - offset ||
+            cluster == 0 || cluster % 4096)
+                return qt_error_set(e, QT_ERR_FAILED, EINVAL,
+                                    "discard of %llu+%llu outside the disk or unaligned",
+                                    (unsigned long long)offset, (unsigned long long)length);
+        const char *disk = qt_attachment_disk(a);
+        _cleanup_close_ int fd = open(disk, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open %s: %m", disk);
+        bool block = a->nbd != NULL;
+        uint64_t end = offset + length;
+        uint64_t head = (offset + cluster - 1) / cluster * cluster;
+        uint64_t tail = end / cluster * cluster;
+        if (head > end)
+                head = end;
+        if (tail < head)
+                tail = head;
+        int r = zero_range(fd, block, offset, head - offset);
+        if (r >= 0)
+                r = zero_range(fd, block, tail, end - tail);
+        for (uint64_t done = head; r >= 0 && done < tail;) {
+                if (qt_cancel_requested)
+                        return -ECANCELED;
+                uint64_t n = tail - done < DISCARD_STEP ? tail - done : DISCARD_STEP;
+                r = punch_range(fd, block, done, n);
+                done += n;
+                if (r >= 0 && progress)
+                        progress((double)(done - head) / (double)(tail - head), userdata);
+        }
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot discard %s at %llu: %s", disk,
+                                    (unsigned long long)offset, strerror(-r));
+        return 0;
+}
+
+void qt_attachment_hide(struct qt_attachment *a, const struct qt_fs_result *fs)
+{
+        if (!a->nbd || (strcmp(fs->fstype, "LVM2_member") != 0 &&
+                        strcmp(fs->fstype, "linux_raid_member") != 0))
+                return;
+        int r = qt_nbd_kernel_hide_partition(a->nbd, fs->offset, fs->size);
+        if (r < 0)
+                fprintf(stderr, "qtrim worker %d: cannot remove the node of %s (%s) on %s: %s\n",
+                        (int)getpid(), fs->name, fs->fstype, qt_nbd_kernel_device(a->nbd),
+                        strerror(-r));
 }
 
 int qt_detach(struct qt_attachment *a, struct qt_error *e)
@@ -186,4 +249,31 @@ int qt_detach(struct qt_attachment *a, struct qt_error *e)
         int r = a->nbd ? qt_nbd_kernel_detach(a->nbd, e) : qt_nbd_fuse_detach(a->bridge, e);
         free(a);
         return r;
+}
+
+int qt_attach_abort_fuse(unsigned connection, const char *scratch_dir)
+{
+        pid_t pid = fork();
+        if (pid == 0) {
+                if (unshare(CLONE_NEWNS) < 0 ||
+                    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+                        _exit(1);
+                (void)mkdir(scratch_dir, 0700);
+                _exit(qt_fuse_abort_connection(connection, scratch_dir) < 0 ? 1 : 0);
+        }
+        int status;
+        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0)
+                return -1;
+        return 0;
+}
+
+enum qt_nbd_connection qt_attach_nbd_state(const char *device, uint64_t owner, pid_t *ret_server)
+{
+        return qt_nbd_kernel_connection_state(device, owner, ret_server);
+}
+
+void qt_attach_nbd_drop_stale(const char *device)
+{
+        qt_nbd_kernel_drop_stale_partitions(device);
 }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "nbd-kernel.h"
 #include "report.h"
 #include "trim.h"
 
@@ -57,22 +58,48 @@ const char *qt_attachment_nbd_device(const struct qt_attachment *a);
 uint64_t qt_attachment_nbd_owner(const struct qt_attachment *a);
 
 /* Where to mount fs (a record of qt_discover on this attachment's disk) from. Kernel: the
- * kernel's partition node if its sysfs start and size are what libblkid found, the whole device
- * for a disk without partition table, else a loop device over the device at fs's offset. FUSE:
+ * kernel's partition node if its sysfs start and size are what libblkid found (one is made with
+ * BLKPG where there is none, for an LV over its extents, its PV's node out of the way), the
+ * whole device for a disk without partition table, else a loop device over the device at fs's
+ * offset. FUSE:
  * a loop device over the disk file at fs's offset. Valid until qt_detach. */
 void qt_attachment_source(struct qt_attachment *a, const struct qt_fs_result *fs,
                           struct qt_fs_source *ret);
+
+/* Keeps what fs holds from the host's own storage stack while the disk is attached: on the
+ * kernel path, the kernel's partition node of a guest's LVM PV or RAID member is removed (the
+ * host's LVM would list the guest's VG, a clone of a host VG included, and write backups of it).
+ * Nothing to do on the FUSE path, where the host has no device for it. */
+void qt_attachment_hide(struct qt_attachment *a, const struct qt_fs_result *fs);
+
+/*
+ * Gives [offset, offset + length) of the disk back to the image (offset and length multiples of
+ * 512, within the disk): whole clusters of the image (cluster: its cluster size, a multiple of
+ * 4 KiB) get a hole punched through the FUSE file (an NBD write-zeroes that may unmap, or a
+ * trim) or in the nbd device (write-zeroes, or BLKDISCARD where the device has none); the parts
+ * of clusters at either end are written with zeroes, so the whole range reads as zeroes. For
+ * space no filesystem describes: swap areas past their header, gaps, free extents. In steps of
+ * at most 1 GiB; between steps progress is called and a cancel honoured (-ECANCELED). Returns 0
+ * or a negative errno, with e set.
+ */
+int qt_attachment_discard(struct qt_attachment *a, uint64_t offset, uint64_t length,
+                          uint64_t cluster, qt_progress_fn progress, void *userdata,
+                          struct qt_error *e);
 
 /* Undoes qt_attach: everything on top (mounts, loop devices) must be gone already. Frees a
  * whatever happens; NULL-safe. A qemu-nbd that died or a flush that failed is an error: the
  * image may have lost writes. */
 int qt_detach(struct qt_attachment *a, struct qt_error *e);
 
-/* The image part of a qemu-nbd command line, shared by both paths: "--format F --discard=unmap
- * IMAGE" to write, "--read-only --image-opts driver=F,...,file.locking=off,file.filename=IMAGE"
- * to read without taking qemu's lock (qemu-nbd has no --force-share). opts is storage for the
- * latter. Writes at most QT_QEMU_NBD_IMAGE_ARGS_MAX arguments to argv; returns how many. */
-#define QT_QEMU_NBD_OPTS_MAX       (4096 * 2 + 128)
-#define QT_QEMU_NBD_IMAGE_ARGS_MAX 4
-size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
-                              char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[]);
+/*
+ * For qtrimd, after a worker died attached (what it reported of its attachment: report.h's
+ * fuse-connection, nbd-device and nbd-owner):
+ * - qt_attach_abort_fuse() cuts the FUSE connection of a worker stuck in its exit (its FUSE
+ *   thread gone), in a child with a mount namespace of its own for the fusectl mount under
+ *   scratch_dir; 0, or -1 if the child failed.
+ * - qt_attach_nbd_state() and qt_attach_nbd_drop_stale() watch and clean the nbd device it held
+ *   (nbd-kernel.h: qt_nbd_kernel_connection_state(), qt_nbd_kernel_drop_stale_partitions()).
+ */
+int qt_attach_abort_fuse(unsigned connection, const char *scratch_dir);
+enum qt_nbd_connection qt_attach_nbd_state(const char *device, uint64_t owner, pid_t *ret_server);
+void qt_attach_nbd_drop_stale(const char *device);

@@ -10,6 +10,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
+#include "cancel.h"
 #include "util.h"
 
 #define STREAM_MAX (4u << 20)

@@ -21,6 +21,7 @@ int qt_config_init(struct qt_config *c)
             .max_parallel_jobs = 2,
             .attach = QT_ATTACH_AUTO,
             .idle_exit_usec = 60 * 1000000ULL,
+            .trim_gaps = true,
         };
         static const char *const patterns[] = {"*.qcow2", "*.img", "*.raw"};
         c->image_dirs[c->n_image_dirs++] = strdup("/var/lib/libvirt/images");
@@ -257,6 +258,14 @@ int qt_config_set(struct qt_config *c, const char *key, const char *value, const
         if (strcmp(key, "Attach") == 0) {
                 *why = "takes auto, kernel or fuse";
                 return qt_attach_backend_from_name(value, &c->attach);
+        }
+        if (strcmp(key, "TrimGaps") == 0) {
+                *why = "takes yes or no";
+                if (strcmp(value, "yes") == 0 || strcmp(value, "no") == 0) {
+                        c->trim_gaps = value[0] == 'y';
+                        return 0;
+                }
+                return -EINVAL;
         }
         if (strcmp(key, "IdleExitSec") == 0) {
                 *why = "takes a number of seconds (0: never exit when idle)";

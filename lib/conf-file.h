@@ -38,6 +38,7 @@ struct qt_config {
         struct qt_convert_policy convert;
         enum qt_attach_backend attach;
         uint64_t idle_exit_usec; /* 0: never */
+        bool trim_gaps;          /* TrimGaps=: discard the space outside the partitions */
 };
 
 /* Called for each line that is ignored but worth telling the administrator about. */

@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 
+#include "cancel.h"
 #include "command.h"
 #include "util.h"
 

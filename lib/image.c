@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backing.h"
 #include "command.h"
 #include "qcow2-header.h"
 #include "util.h"
@@ -307,11 +308,6 @@ static int classify_open_failure(const char *path, const char *msg, struct qt_er
                             msg);
 }
 
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-        return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
-}
-
 /*
  * Follows the backing chain from the image, name by name, before any qemu tool opens it: qemu
  * follows it without end, so a qcow2 that names itself (or an earlier file of its chain) as its
@@ -337,44 +333,42 @@ static int check_backing_chain(const char *path, const char *name, const char *f
                 return qt_error_set(e, QT_ERR_NOT_FOUND, ENAMETOOLONG, "the path is too long");
 
         for (;;) {
-                struct stat st, fd_st;
-                if (qt_qcow2_backing_path(cur, name, next) < 0)
-                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
-                                            "its backing file \"%s\" is not a local file", name);
-                if (stat(next, &st) < 0) {
-                        if (errno == ENOENT || errno == ENOTDIR)
-                                return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
-                                                    "its backing file \"%s\" does not exist", name);
-                        return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
-                                            "its backing file \"%s\" cannot be looked at: %m",
-                                            name);
-                }
-                if (!S_ISREG(st.st_mode))
-                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
-                                            "its backing file \"%s\" is not a regular file", name);
-                for (size_t i = 0; i < n_seen; i++)
-                        if (same_file(&seen[i], &st))
-                                return qt_error_set(e, QT_ERR_CORRUPT, ELOOP,
-                                                    "its backing chain is a loop: \"%s\" is "
-                                                    "already in it",
-                                                    name);
+                struct stat st;
                 if (n_seen > QT_BACKING_CHAIN_MAX)
                         return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
                                             "its backing chain is longer than %d files",
                                             QT_BACKING_CHAIN_MAX);
+                _cleanup_close_ int fd = qt_backing_open(cur, name, seen, n_seen, next, &st);
+                switch (fd) {
+                case -EPROTONOSUPPORT:
+                case -ENAMETOOLONG:
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "its backing file \"%s\" is not a local file", name);
+                case -ENOENT:
+                case -ENOTDIR:
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, -fd,
+                                            "its backing file \"%s\" does not exist", name);
+                case -EOPNOTSUPP:
+                        return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
+                                            "its backing file \"%s\" is not a regular file", name);
+                case -ELOOP:
+                        return qt_error_set(e, QT_ERR_CORRUPT, ELOOP,
+                                            "its backing chain is a loop: \"%s\" is already in it",
+                                            name);
+                case -ESTALE:
+                        return qt_error_set(e, QT_ERR_FAILED, ESTALE,
+                                            "its backing file \"%s\" changed while qtrim read it",
+                                            name);
+                default:
+                        if (fd < 0)
+                                return qt_error_set(e, QT_ERR_UNSUPPORTED, -fd,
+                                                    "its backing file \"%s\" cannot be read: %s",
+                                                    name, strerror(-fd));
+                }
                 seen[n_seen++] = st;
                 if (n_seen == 2 && strcmp(format, "raw") == 0)
                         return 0; /* qemu opens it as raw, whatever its first bytes say */
 
-                /* Never blocks: it was a regular file a moment ago, and must still be. */
-                _cleanup_close_ int fd = open(next, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-                if (fd < 0 || fstat(fd, &fd_st) < 0)
-                        return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
-                                            "its backing file \"%s\" cannot be read: %m", name);
-                if (!same_file(&fd_st, &st))
-                        return qt_error_set(e, QT_ERR_FAILED, ESTALE,
-                                            "its backing file \"%s\" changed while qtrim read it",
-                                            name);
                 ssize_t got = qt_qcow2_read_header(fd, buf);
                 if (got < 0)
                         return qt_error_set(e, QT_ERR_UNSUPPORTED, (int)-got,
@@ -541,6 +535,58 @@ int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool f
         if (r < 0 || force_share)
                 return r;
         return check_writable(path, e);
+}
+
+struct map_walk {
+        qt_extent_fn fn;
+        void *userdata;
+        bool bad; /* a line that is not an extent: the map cannot be trusted */
+};
+
+/* One line of `qemu-img map --output=json`: "[{ ... }," then "{ ... }," and "{ ... }]". */
+static void on_map_line(const char *line, void *userdata)
+{
+        struct map_walk *w = userdata;
+        const char *open = strchr(line, '{'), *close = strrchr(line, '}');
+        if (!open || !close || close < open) {
+                if (strspn(line, " []\r") != strlen(line))
+                        w->bad = true;
+                return;
+        }
+        char buf[512];
+        size_t len = (size_t)(close - open) + 1;
+        if (len >= sizeof(buf)) {
+                w->bad = true;
+                return;
+        }
+        memcpy(buf, open, len);
+        buf[len] = '\0';
+        struct json_object *e = json_tokener_parse(buf);
+        if (!e || !json_object_is_type(e, json_type_object)) {
+                w->bad = true;
+                json_object_put(e);
+                return;
+        }
+        if (get_bool(e, "data") && get_u64(e, "depth") == 0)
+                w->fn(get_u64(e, "start"), get_u64(e, "length"), w->userdata);
+        json_object_put(e);
+}
+
+int qt_image_map(const char *path, const char *format, qt_extent_fn fn, void *userdata,
+                 struct qt_error *e)
+{
+        char *argv[] = {"qemu-img", "map",          "--output=json", "-U",
+                        "-f",       (char *)format, (char *)path,    NULL};
+        struct map_walk w = {.fn = fn, .userdata = userdata};
+        struct qt_command c = {.argv = argv, .on_line = on_map_line, .userdata = &w};
+        int r = qt_command_run(&c);
+        if (r >= 0 && (c.status != 0 || w.bad))
+                r = qt_error_set(e, QT_ERR_FAILED, EIO, "qemu-img map failed: %s",
+                                 c.status != 0 ? c.err : "unexpected output");
+        else if (r < 0)
+                r = qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img map: %s", strerror(-r));
+        qt_command_done(&c);
+        return r;
 }
 
 uint64_t qt_file_allocated(const struct stat *st)

@@ -104,6 +104,15 @@ int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_e
 int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool force_share,
                    struct qt_image_info *ret, struct qt_error *e);
 
+/* Called for each range of the virtual disk whose data this image file itself holds. */
+typedef void (*qt_extent_fn)(uint64_t offset, uint64_t length, void *userdata);
+
+/* Walks `qemu-img map` of the image (read without qemu's lock, in the format given), one extent
+ * at a time, so its size is not bounded by what fits in memory. Extents that read through to a
+ * backing file, or read as zeroes without data, are not this file's and are not reported. */
+int qt_image_map(const char *path, const char *format, qt_extent_fn fn, void *userdata,
+                 struct qt_error *e);
+
 /* Bytes the host has allocated to the file (st_blocks * 512). */
 uint64_t qt_file_allocated(const struct stat *st);
 

@@ -20,8 +20,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "attach.h"
 #include "command.h"
+#include "qemu-nbd.h"
 #include "util.h"
 
 #define DISK_NAME "disk"
@@ -258,19 +258,6 @@ static int spawn_server(char *const argv[], pid_t *ret_pid, int *ret_fd)
         return 0;
 }
 
-/* qemu-nbd exits once its only client has gone; one that does not is killed. */
-static void reap_server(pid_t pid)
-{
-        /* Usually gone within milliseconds of the disconnect; at most 10 s. */
-        for (int i = 0; i < 2000; i++) {
-                if (waitpid(pid, NULL, WNOHANG) != 0)
-                        return;
-                nanosleep(&(struct timespec){.tv_nsec = 5 * 1000 * 1000}, NULL);
-        }
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-}
-
 static int start_qemu_nbd(struct qt_nbd_fuse *b, const char *image, const char *format,
                           struct qt_error *e)
 {
@@ -433,7 +420,8 @@ int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e)
                 nbd_close(b->nbd);
         }
         if (b->server > 0)
-                reap_server(b->server);
+                /* qemu-nbd exits once its only client has gone; one that does not is killed. */
+                (void)qt_qemu_nbd_reap(b->server, 10000);
         free(b);
         return r;
 }

@@ -20,8 +20,10 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "attach.h"
+#include "cancel.h"
 #include "command.h"
+#include "qemu-nbd.h"
+#include "report.h"
 #include "util.h"
 
 #define SECTOR 512u
@@ -250,20 +252,9 @@ static int start_server(struct qt_nbd_kernel *k, const char *image, const char *
  * exit status, 128 + signal, or -1 if it was killed here. */
 static int reap_server(struct qt_nbd_kernel *k)
 {
-        int status = 0;
         pid_t pid = k->server;
         k->server = 0;
-        for (int i = 0; i < EXIT_TIMEOUT_MS / POLL_MS; i++) {
-                pid_t p = waitpid(pid, &status, WNOHANG);
-                if (p == pid)
-                        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                if (p < 0 && errno != EINTR)
-                        return -1;
-                sleep_ms(POLL_MS);
-        }
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return -1;
+        return qt_qemu_nbd_reap(pid, EXIT_TIMEOUT_MS);
 }
 
 static void stop_server(struct qt_nbd_kernel *k)
@@ -556,6 +547,17 @@ static int add_partition(struct qt_nbd_kernel *k, int number, uint64_t start, ui
                         (int)getpid(), (unsigned long long)start, (unsigned long long)sectors,
                         k->device, number);
         return r;
+}
+
+int qt_nbd_kernel_hide_partition(struct qt_nbd_kernel *k, uint64_t offset, uint64_t size)
+{
+        struct kernel_partition parts[QT_MAX_FILESYSTEMS * 2];
+        size_t n = list_partitions(k, parts, ELEMENTSOF(parts));
+        for (size_t i = 0; i < n; i++)
+                if (parts[i].start * SECTOR == offset && parts[i].sectors * SECTOR == size &&
+                    !is_pinned(k, parts[i].start, parts[i].sectors))
+                        return blkpg(k, BLKPG_DEL_PARTITION, parts[i].number, 0, 0);
+        return 0;
 }
 
 /* Finds the partition, waiting a little for a node that is being made. */

@@ -56,6 +56,11 @@ uint64_t qt_nbd_kernel_owner(const struct qt_nbd_kernel *k);
 const char *qt_nbd_kernel_partition(struct qt_nbd_kernel *k, int number, uint64_t offset,
                                     uint64_t size);
 
+/* Removes the kernel's partition node for exactly [offset, offset + size) of the disk, if there
+ * is one and it is not in use here: a guest's LVM PV or RAID member that the host's LVM or mdadm
+ * would otherwise see (and act on) while the disk is attached. 0 or a negative errno. */
+int qt_nbd_kernel_hide_partition(struct qt_nbd_kernel *k, uint64_t offset, uint64_t size);
+
 /* Whether a loop device over the nbd device can discard: a loop device turns discards into
  * write-zeroes on a block device, which the nbd driver has only in newer kernels (not 6.1). */
 bool qt_nbd_kernel_loop_can_discard(const struct qt_nbd_kernel *k);

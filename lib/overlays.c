@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backing.h"
 #include "image.h"
 #include "qcow2-header.h"
 #include "util.h"
@@ -32,11 +33,6 @@ static void closedirp(DIR **d)
                 closedir(*d);
 }
 
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-        return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
-}
-
 /* The backing file name of the qcow2 image open as fd: 1 and the name, 0 if it has none, < 0
  * if it is no qcow2 image or cannot be read. */
 static int read_backing_name(int fd, uint8_t *buf, char ret[QT_QCOW2_BACKING_NAME_MAX])
@@ -48,8 +44,7 @@ static int read_backing_name(int fd, uint8_t *buf, char ret[QT_QCOW2_BACKING_NAM
 }
 
 /* Whether the backing chain of the qcow2 image open as fd, found at path, leads to the image.
- * Backing files are opened as qemu opens them, following symlinks; never a FIFO or device
- * (stat first), never blocking. */
+ * Backing files are followed as qemu follows them (backing.h). */
 static bool chain_reaches_image(struct scan *s, int fd, const char *path, const struct stat *st)
 {
         struct stat seen[CHAIN_DEPTH_MAX + 1];
@@ -61,27 +56,18 @@ static bool chain_reaches_image(struct scan *s, int fd, const char *path, const 
         snprintf(cur, sizeof(cur), "%s", path);
         for (unsigned depth = 0; depth < CHAIN_DEPTH_MAX; depth++) {
                 char name[QT_QCOW2_BACKING_NAME_MAX], next[PATH_MAX];
-                struct stat next_st, fd_st;
+                struct stat next_st;
 
-                if (read_backing_name(fd, s->buf, name) <= 0 ||
-                    qt_qcow2_backing_path(cur, name, next) < 0)
+                if (read_backing_name(fd, s->buf, name) <= 0)
                         return false;
-                if (stat(next, &next_st) < 0)
+                closep(&next_fd);
+                /* A loop, a device or a protocol: qemu would refuse to open it anyway. */
+                next_fd = qt_backing_open(cur, name, seen, n_seen, next, &next_st);
+                if (next_fd < 0)
                         return false;
                 if (same_file(&next_st, s->image_st))
                         return true;
-                if (!S_ISREG(next_st.st_mode))
-                        return false;
-                for (size_t i = 0; i < n_seen; i++)
-                        if (same_file(&seen[i], &next_st))
-                                return false; /* a loop: qemu would refuse to open it anyway */
                 seen[n_seen++] = next_st;
-
-                closep(&next_fd);
-                next_fd = open(next, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-                /* Replaced since the stat(): look no further rather than read something else. */
-                if (next_fd < 0 || fstat(next_fd, &fd_st) < 0 || !same_file(&fd_st, &next_st))
-                        return false;
                 fd = next_fd;
                 memcpy(cur, next, sizeof(cur));
         }

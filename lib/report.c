@@ -211,12 +211,17 @@ void qt_emit_fs(struct qt_reporter *r, const struct qt_fs_result *fs)
 {
         struct qt_fs_result clean = *fs;
         copy_field(clean.name, sizeof(clean.name), fs->name);
+        copy_field(clean.kind, sizeof(clean.kind), fs->kind);
         copy_field(clean.fstype, sizeof(clean.fstype), fs->fstype);
+        copy_field(clean.method, sizeof(clean.method), fs->method);
+        copy_field(clean.label, sizeof(clean.label), fs->label);
+        copy_field(clean.uuid, sizeof(clean.uuid), fs->uuid);
         copy_field(clean.state, sizeof(clean.state), fs->state);
         copy_field(clean.message, sizeof(clean.message), fs->message);
         if (upsert_fs(&r->report, &clean) < 0)
                 return;
-        emit_line(r, "fs\t%s\t%s\t%llu\t%llu\t%llu\t%s\t%s", clean.name, clean.fstype,
+        emit_line(r, "fs\t%s\t%s\t%s\t%s\t%s\t%s\t%llu\t%llu\t%llu\t%s\t%s", clean.name, clean.kind,
+                  clean.fstype, clean.method, clean.label, clean.uuid,
                   (unsigned long long)clean.offset, (unsigned long long)clean.size,
                   (unsigned long long)clean.trimmed, clean.state, clean.message);
 }
@@ -251,22 +256,26 @@ static size_t split_tabs(char *line, char **out, size_t max)
 static int apply_fs(struct qt_report *report, char **v, size_t n)
 {
         struct qt_fs_result fs = {};
-        if (n != 8)
+        if (n != 12)
                 return -EBADMSG;
-        if (parse_u64(v[3], &fs.offset) < 0 || parse_u64(v[4], &fs.size) < 0 ||
-            parse_u64(v[5], &fs.trimmed) < 0)
+        if (parse_u64(v[7], &fs.offset) < 0 || parse_u64(v[8], &fs.size) < 0 ||
+            parse_u64(v[9], &fs.trimmed) < 0)
                 return -EBADMSG;
         copy_field(fs.name, sizeof(fs.name), v[1]);
-        copy_field(fs.fstype, sizeof(fs.fstype), v[2]);
-        copy_field(fs.state, sizeof(fs.state), v[6]);
-        copy_field(fs.message, sizeof(fs.message), v[7]);
+        copy_field(fs.kind, sizeof(fs.kind), v[2]);
+        copy_field(fs.fstype, sizeof(fs.fstype), v[3]);
+        copy_field(fs.method, sizeof(fs.method), v[4]);
+        copy_field(fs.label, sizeof(fs.label), v[5]);
+        copy_field(fs.uuid, sizeof(fs.uuid), v[6]);
+        copy_field(fs.state, sizeof(fs.state), v[10]);
+        copy_field(fs.message, sizeof(fs.message), v[11]);
         return upsert_fs(report, &fs);
 }
 
 int qt_report_apply_line(struct qt_report *report, const char *line, const char **ret_property)
 {
         char buf[QT_REPORT_STRING_MAX + 512];
-        char *v[9];
+        char *v[13];
         uint64_t u;
 
         *ret_property = NULL;

@@ -28,17 +28,28 @@ enum qt_phase {
 
 const char *qt_phase_name(enum qt_phase phase);
 
-#define QT_FS_NAME_MAX     16
+#define QT_FS_NAME_MAX     128 /* "vg/lv" cut to fit; discovery keeps names unique */
+#define QT_FS_KIND_MAX     16
+#define QT_FS_LABEL_MAX    64 /* ext4 16, xfs 12, btrfs 256 (cut), swap 16, vfat 11 */
+#define QT_FS_UUID_MAX     40
 #define QT_FS_TYPE_MAX     32
 #define QT_FS_STATE_MAX    16
 #define QT_FS_MESSAGE_MAX  200
 #define QT_MAX_FILESYSTEMS 64
 
+/* One volume of the guest disk: a partition, the whole disk, a logical volume, or space that
+ * belongs to nothing (a gap outside the partitions, a VG's free extents). */
 struct qt_fs_result {
-        char name[QT_FS_NAME_MAX]; /* "p1", "p5", "disk" */
+        char name[QT_FS_NAME_MAX]; /* "p1", "p5", "disk", "gap1" */
+        char kind[QT_FS_KIND_MAX]; /* "partition", "disk", "lv", "gap", "free" (VG extents) */
+        int partno;                /* kind "partition": its number in the table; not reported */
         char fstype[QT_FS_TYPE_MAX];
+        char method[QT_FS_KIND_MAX]; /* qt_trim_method_name(): "mount", "swap", "discard", "skip" */
+        char label[QT_FS_LABEL_MAX]; /* as blkid reads them, "" if none */
+        char uuid[QT_FS_UUID_MAX];
         uint64_t offset, size, trimmed;
-        char state[QT_FS_STATE_MAX]; /* "found", "trimmed", "skipped", "failed" */
+        /* "found", "trimmed" (FITRIM), "discarded" (freed directly), "skipped", "failed" */
+        char state[QT_FS_STATE_MAX];
         char message[QT_FS_MESSAGE_MAX];
 };
 

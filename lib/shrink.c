@@ -2,6 +2,7 @@
 #include "shrink.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "convert.h"
 #include "discover.h"
 #include "image.h"
+#include "layout.h"
 #include "overlays.h"
 #include "test-hooks.h"
 #include "trim.h"
@@ -28,6 +30,7 @@ struct shrink {
         int image_lock_fd;  /* qemu's lock held against writers from attach to replace */
         char tmp[PATH_MAX]; /* the compact copy while it exists */
         size_t trim_index;  /* which filesystem the trim is on, for progress */
+        struct held *held;  /* trim: what the image holds of the volumes it discards */
 };
 
 typedef int (*phase_fn)(struct shrink *s);
@@ -172,6 +175,61 @@ static int attach(struct shrink *s)
         return 0;
 }
 
+struct allocation {
+        const struct qt_fs_result *fs;
+        size_t n;
+        uint64_t *bytes; /* per volume */
+};
+
+static void on_extent(uint64_t offset, uint64_t length, void *userdata)
+{
+        struct allocation *a = userdata;
+        for (size_t i = 0; i < a->n; i++) {
+                uint64_t from = a->fs[i].offset, to = a->fs[i].offset + a->fs[i].size;
+                uint64_t lo = offset > from ? offset : from;
+                uint64_t hi = offset + length < to ? offset + length : to;
+                if (hi > lo)
+                        a->bytes[i] += hi - lo;
+        }
+}
+
+/* Inspect: how each volume would be handled, and how much of it the image file holds (what a
+ * shrink can give back is at most that). */
+static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n)
+{
+        uint64_t bytes[QT_MAX_FILESYSTEMS] = {0};
+        struct allocation a = {fs, n, bytes};
+        struct qt_error e = {};
+        bool mapped = qt_image_map(s->req->image, s->info.format, on_extent, &a, &e) >= 0;
+        if (!mapped)
+                fprintf(stderr, "qtrim worker %d: %s, continuing without\n", (int)getpid(),
+                        e.message);
+        for (size_t i = 0; i < n; i++) {
+                char why[QT_FS_MESSAGE_MAX], held[FORMAT_BYTES_MAX];
+                const char *how = why;
+                switch (qt_trim_method(&fs[i], why, sizeof(why))) {
+                case QT_TRIM_MOUNT:
+                        how = "mounted and trimmed";
+                        break;
+                case QT_TRIM_SWAP:
+                        how = "header page kept, the rest discarded";
+                        break;
+                case QT_TRIM_DISCARD:
+                        how = "discarded";
+                        break;
+                case QT_TRIM_SKIP:
+                        break;
+                }
+                char message[QT_FS_MESSAGE_MAX];
+                if (mapped)
+                        snprintf(message, sizeof(message), "%.150s; %s in the image", how,
+                                 format_bytes(held, bytes[i]));
+                else
+                        snprintf(message, sizeof(message), "%.190s", how);
+                memcpy(fs[i].message, message, sizeof(fs[i].message));
+        }
+}
+
 /* 3. Discover: partitions and filesystems, from the disk itself. */
 static int discover(struct shrink *s)
 {
@@ -182,6 +240,14 @@ static int discover(struct shrink *s)
                             pttype, fs, &n, &s->error);
         if (r < 0)
                 return r;
+        for (size_t i = 0; i < n; i++) {
+                char why[QT_FS_MESSAGE_MAX];
+                snprintf(fs[i].method, sizeof(fs[i].method), "%s",
+                         qt_trim_method_name(qt_trim_method(&fs[i], why, sizeof(why))));
+                qt_attachment_hide(s->attachment, &fs[i]);
+        }
+        if (s->req->kind == QT_JOB_INSPECT)
+                describe_volumes(s, fs, n);
         qt_emit_str(s->rep, "partition-table", pttype);
         for (size_t i = 0; i < n; i++)
                 qt_emit_fs(s->rep, &fs[i]);
@@ -194,8 +260,181 @@ static void on_trim_progress(double fraction, void *userdata)
         qt_emit_progress(s->rep, ((double)s->trim_index + fraction) / (double)s->rep->report.n_fs);
 }
 
-/* 4. Trim: every filesystem; one that cannot be trimmed is reported, not fatal, unless none
- * could: a job that trimmed nothing because everything failed did not succeed. */
+static void set_outcome(struct qt_fs_result *fs, const char *state, const char *message)
+{
+        snprintf(fs->state, sizeof(fs->state), "%s", state);
+        /* Cut to the record's size (a qt_error message may be longer). */
+        size_t len = strnlen(message, sizeof(fs->message) - 1);
+        memcpy(fs->message, message, len);
+        fs->message[len] = '\0';
+}
+
+/* Discards [from, fs->offset + fs->size) of the disk: space whose content the guest no longer
+ * needs. A discard the disk refuses is "skipped", like a filesystem without discard support. */
+/* What the image file itself holds of the volumes that are discarded rather than trimmed (gaps,
+ * free extents, swap areas), from `qemu-img map` before anything is written: only those bytes
+ * are worth a request, however large the volume (a disk grown to terabytes without its
+ * partitions has a gap that size). Without a map, whole volumes are discarded. */
+#define HELD_RANGES_MAX (1u << 20)
+
+struct held {
+        const struct qt_report *report;
+        struct qt_range *ranges; /* in the order qemu-img map reports them */
+        size_t n, cap;
+        bool unknown; /* no map, or too many pieces: discard whole volumes */
+};
+
+static bool is_discarded(const struct qt_fs_result *fs)
+{
+        char why[QT_FS_MESSAGE_MAX];
+        enum qt_trim_method m = qt_trim_method(fs, why, sizeof(why));
+        return m == QT_TRIM_DISCARD || m == QT_TRIM_SWAP;
+}
+
+static void on_held_extent(uint64_t offset, uint64_t length, void *userdata)
+{
+        struct held *h = userdata;
+        for (size_t i = 0; i < h->report->n_fs && !h->unknown; i++) {
+                const struct qt_fs_result *fs = &h->report->fs[i];
+                uint64_t lo = offset > fs->offset ? offset : fs->offset;
+                uint64_t hi = offset + length < fs->offset + fs->size ? offset + length
+                                                                      : fs->offset + fs->size;
+                if (hi <= lo || !is_discarded(fs))
+                        continue;
+                if (h->n == h->cap) {
+                        size_t cap = h->cap ? h->cap * 2 : 256;
+                        struct qt_range *r = cap <= HELD_RANGES_MAX
+                                                 ? reallocarray(h->ranges, cap, sizeof(*r))
+                                                 : NULL;
+                        if (!r) {
+                                h->unknown = true;
+                                return;
+                        }
+                        h->ranges = r;
+                        h->cap = cap;
+                }
+                h->ranges[h->n++] = (struct qt_range){lo, hi - lo};
+        }
+}
+
+static void held_free(struct held *h)
+{
+        if (h)
+                free(h->ranges);
+        free(h);
+}
+
+static struct held *held_map(struct shrink *s)
+{
+        struct held *h = calloc(1, sizeof(*h));
+        if (!h)
+                return NULL;
+        h->report = &s->rep->report;
+        struct qt_error e = {};
+        if (qt_image_map(s->req->image, s->info.format, on_held_extent, h, &e) < 0) {
+                fprintf(stderr, "qtrim worker %d: %s; discarding whole volumes\n", (int)getpid(),
+                        e.message);
+                h->unknown = true;
+        }
+        return h;
+}
+
+struct discard_progress {
+        struct shrink *s;
+        uint64_t done, total, piece;
+};
+
+static void on_piece_progress(double fraction, void *userdata)
+{
+        struct discard_progress *p = userdata;
+        if (p->total)
+                on_trim_progress(((double)p->done + fraction * (double)p->piece) / (double)p->total,
+                                 p->s);
+}
+
+/* Discards what the image holds of [from, fs->offset + fs->size): space whose content the guest
+ * no longer needs. */
+static int discard_volume(struct shrink *s, struct qt_fs_result *fs, uint64_t from,
+                          const char *message)
+{
+        uint64_t start = (from + 511) / 512 * 512, end = (fs->offset + fs->size) / 512 * 512;
+        /* qcow2 frees whole clusters; a raw file, whole blocks of the host's filesystem. */
+        uint64_t cluster = s->info.cluster_size >= 4096 ? s->info.cluster_size : 4096;
+        struct qt_range whole = {start, end > start ? end - start : 0};
+        const struct qt_range *pieces = &whole;
+        size_t n = 1;
+        if (s->held && !s->held->unknown) {
+                pieces = s->held->ranges;
+                n = s->held->n;
+        }
+        struct discard_progress p = {.s = s};
+        for (int pass = 0; pass < 2; pass++) { /* what there is to do, then do it */
+                for (size_t i = 0; i < n; i++) {
+                        uint64_t lo = pieces[i].offset > start ? pieces[i].offset : start;
+                        uint64_t hi = pieces[i].offset + pieces[i].size < end
+                                          ? pieces[i].offset + pieces[i].size
+                                          : end;
+                        lo = (lo + 511) / 512 * 512;
+                        hi = hi / 512 * 512;
+                        if (hi <= lo)
+                                continue;
+                        if (pass == 0) {
+                                p.total += hi - lo;
+                                continue;
+                        }
+                        struct qt_error e = {};
+                        p.piece = hi - lo;
+                        int r = qt_attachment_discard(s->attachment, lo, hi - lo, cluster,
+                                                      on_piece_progress, &p, &e);
+                        if (r == -ECANCELED) {
+                                set_outcome(fs, "failed", "canceled");
+                                return r;
+                        }
+                        if (r < 0) {
+                                set_outcome(fs, "failed", e.message);
+                                return 0;
+                        }
+                        p.done += hi - lo;
+                }
+        }
+        fs->trimmed = p.done;
+        set_outcome(fs, "discarded", message);
+        return 0;
+}
+
+/* A swap area: the header page (signature, label, UUID, version) stays as it is, so the guest's
+ * fstab still finds it; everything after it is stale swapped-out data. */
+static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
+{
+        _cleanup_free_ uint8_t *buf = malloc(QT_SWAP_HEADER_READ_SIZE);
+        const char *disk = qt_attachment_disk(s->attachment);
+        _cleanup_close_ int fd = open(disk, O_RDONLY | O_CLOEXEC);
+        size_t want =
+            fs->size < QT_SWAP_HEADER_READ_SIZE ? (size_t)fs->size : QT_SWAP_HEADER_READ_SIZE;
+        ssize_t got = buf && fd >= 0 ? pread(fd, buf, want, (off_t)fs->offset) : -1;
+        if (got < 0) {
+                set_outcome(fs, "failed", "cannot read the swap header");
+                return 0;
+        }
+        uint64_t header = 0;
+        switch (qt_swap_parse(buf, (size_t)got, &header)) {
+        case QT_SWAP_AREA:
+                return discard_volume(s, fs, fs->offset + header, "header page (label, UUID) kept");
+        case QT_SWAP_HIBERNATED:
+                set_outcome(fs, "skipped",
+                            "a swap area holding a hibernation image; left as it is (resume the "
+                            "guest, or boot it without resuming, then run qtrim again)");
+                return 0;
+        case QT_SWAP_NONE:
+                break;
+        }
+        set_outcome(fs, "skipped", "no swap signature where a swap area keeps it");
+        return 0;
+}
+
+/* 4. Trim: every volume, by the method its kind and content call for (trim.h); one that cannot
+ * be trimmed is reported, not fatal, unless none could: a job that trimmed nothing because
+ * everything failed did not succeed. */
 static int trim(struct shrink *s)
 {
         struct qt_report *report = &s->rep->report;
@@ -203,23 +442,55 @@ static int trim(struct shrink *s)
         const struct qt_fs_result *first_failure = NULL;
         bool any_trimmed = false;
 
+        int err = 0;
+
+        /* Before anything is written: the map then is the image as the guest left it. */
+        s->held = held_map(s);
         for (s->trim_index = 0; s->trim_index < report->n_fs; s->trim_index++) {
                 struct qt_fs_result fs = report->fs[s->trim_index];
-                struct qt_fs_source src = {};
-                char dir[PATH_MAX];
-                if (qt_trim_mounts(&fs))
+                char why[QT_FS_MESSAGE_MAX] = "";
+                int r = 0;
+                switch (qt_trim_method(&fs, why, sizeof(why))) {
+                case QT_TRIM_MOUNT: {
+                        struct qt_fs_source src = {};
+                        char dir[PATH_MAX];
                         qt_attachment_source(s->attachment, &fs, &src);
-                int r = scratch_path(s, fs.name, dir);
-                if (r >= 0)
-                        r = qt_trim_filesystem(&src, dir, &fs, on_trim_progress, s);
+                        char name[32]; /* volume names may hold slashes (vg/lv) */
+                        snprintf(name, sizeof(name), "volume%zu", s->trim_index);
+                        r = scratch_path(s, name, dir);
+                        if (r >= 0)
+                                r = qt_trim_filesystem(&src, dir, &fs, on_trim_progress, s);
+                        break;
+                }
+                case QT_TRIM_SWAP:
+                        r = trim_swap(s, &fs);
+                        break;
+                case QT_TRIM_DISCARD:
+                        if (s->req->keep_gaps)
+                                set_outcome(&fs, "skipped",
+                                            "kept: the space outside the partitions is left "
+                                            "alone (TrimGaps=no, or the trim-gaps option)");
+                        else
+                                r = discard_volume(s, &fs, fs.offset, "");
+                        break;
+                case QT_TRIM_SKIP:
+                        set_outcome(&fs, "skipped", why);
+                        break;
+                }
                 qt_emit_fs(s->rep, &fs);
                 total += fs.trimmed;
-                if (r < 0)
-                        return r;
-                any_trimmed |= strcmp(fs.state, "trimmed") == 0;
+                if (r < 0) {
+                        err = r;
+                        break;
+                }
+                any_trimmed |=
+                    strcmp(fs.state, "trimmed") == 0 || strcmp(fs.state, "discarded") == 0;
                 if (!first_failure && strcmp(fs.state, "failed") == 0)
                         first_failure = &report->fs[s->trim_index];
         }
+        held_free(TAKE_PTR(s->held));
+        if (err < 0)
+                return err;
         qt_emit_u64(s->rep, "bytes-trimmed", total);
         if (first_failure && !any_trimmed)
                 return qt_error_set(&s->error, QT_ERR_FAILED, EIO,

@@ -25,6 +25,7 @@ struct qt_shrink_request {
         struct qt_format_claim format;   /* what the caller and qtrimd.conf say its format is */
         const struct qt_config *formats; /* Formats=, for the files beside it (or NULL) */
         bool convert;                    /* QT_JOB_SHRINK: make a compact copy after the trim */
+        bool keep_gaps;                  /* leave the space outside the partitions alone */
         struct qt_convert_policy convert_policy; /* and keep it only if it saves enough */
         enum qt_attach_backend attach;
         const char

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cancel.h"
 #include "util.h"
 
 int qt_test_pause(const char *point)

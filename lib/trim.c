@@ -12,6 +12,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+#include "cancel.h"
 #include "loopdev.h"
 #include "test-hooks.h"
 #include "util.h"
@@ -123,9 +124,61 @@ static int supported_index(const struct qt_fs_result *fs)
         return -1;
 }
 
+/* Contents that are not filesystems, and what to say of them. */
+static const struct {
+        const char *fstype;
+        enum qt_trim_method method;
+        const char *why;
+} others[] = {
+    {"swap", QT_TRIM_SWAP, NULL},
+    {"swsuspend", QT_TRIM_SKIP,
+     "a swap area holding a hibernation image; left as it is (resume the guest, or boot it "
+     "without resuming, then run qtrim again)"},
+    {"LVM2_member", QT_TRIM_SKIP,
+     "an LVM physical volume: its logical volumes and free extents are handled on their own"},
+    {"crypto_LUKS", QT_TRIM_SKIP, "encrypted (LUKS); qtrim has no key and will not ask"},
+    {"BitLocker", QT_TRIM_SKIP, "encrypted (BitLocker); qtrim has no key and will not ask"},
+};
+
+enum qt_trim_method qt_trim_method(const struct qt_fs_result *fs, char *why, size_t why_size)
+{
+        if (fs->message[0]) { /* discovery found it must not be touched, and said why */
+                snprintf(why, why_size, "%s", fs->message);
+                return QT_TRIM_SKIP;
+        }
+        if (strcmp(fs->kind, "gap") == 0 || strcmp(fs->kind, "free") == 0)
+                return QT_TRIM_DISCARD;
+        if (!fs->fstype[0]) {
+                snprintf(why, why_size, "no filesystem found");
+                return QT_TRIM_SKIP;
+        }
+        if (supported_index(fs) >= 0)
+                return QT_TRIM_MOUNT;
+        for (size_t i = 0; i < ELEMENTSOF(others); i++)
+                if (strcmp(fs->fstype, others[i].fstype) == 0) {
+                        if (others[i].why)
+                                snprintf(why, why_size, "%s", others[i].why);
+                        return others[i].method;
+                }
+        snprintf(why, why_size, "%s is not a filesystem qtrim trims", fs->fstype);
+        return QT_TRIM_SKIP;
+}
+
+const char *qt_trim_method_name(enum qt_trim_method m)
+{
+        static const char *const names[] = {
+            [QT_TRIM_MOUNT] = "mount",
+            [QT_TRIM_SWAP] = "swap",
+            [QT_TRIM_DISCARD] = "discard",
+            [QT_TRIM_SKIP] = "skip",
+        };
+        return (size_t)m < ELEMENTSOF(names) ? names[m] : "skip";
+}
+
 bool qt_trim_mounts(const struct qt_fs_result *fs)
 {
-        return !fs->message[0] && fs->fstype[0] && supported_index(fs) >= 0;
+        char why[8];
+        return qt_trim_method(fs, why, sizeof(why)) == QT_TRIM_MOUNT;
 }
 
 int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,

@@ -18,6 +18,19 @@ struct qt_fs_source {
         const char *unusable; /* if set: why it cannot be trimmed this way (it is skipped) */
 };
 
+/* How a volume gives its free space back: one method per kind and type of content. */
+enum qt_trim_method {
+        QT_TRIM_MOUNT,   /* a filesystem qtrim mounts read-write and FITRIMs */
+        QT_TRIM_SWAP,    /* a swap area: its header page kept, the rest discarded */
+        QT_TRIM_DISCARD, /* space that holds nothing of the guest's: discarded whole */
+        QT_TRIM_SKIP,    /* left byte for byte as it is; why says why */
+};
+
+/* The method for fs (a record of qt_discover); for QT_TRIM_SKIP, the reason goes into why. */
+enum qt_trim_method qt_trim_method(const struct qt_fs_result *fs, char *why, size_t why_size);
+/* "mount", "swap", "discard", "skip": what a volume record says. */
+const char *qt_trim_method_name(enum qt_trim_method m);
+
 /* Whether qt_trim_filesystem would mount fs (a type qtrim trims, nothing wrong found with it);
  * the others are only marked skipped, so they need no source. */
 bool qt_trim_mounts(const struct qt_fs_result *fs);

@@ -14,7 +14,8 @@ packages=(
   e2fsprogs xfsprogs btrfs-progs fdisk util-linux procps jq libnbd-bin
   systemd libglib2.0-bin dbus-bin
   inotify-tools # formats.sh: proves that no process opens a file a hostile header names
-  lvm2 # test-lvm-meta builds guest PVs and VGs with it, under a private lvm.conf
+  lvm2 # test-lvm-meta and tests/lib/layouts.sh build guest PVs and VGs, under a private lvm.conf
+  dosfstools mtools # tests/lib/layouts.sh: an EFI system partition with files
   # VM tests (tests/vm, bench/attach-bench.sh): a TCG guest booting Debian's kernel (nbd,
   # partition parsing and module loading, which the build machines' kernel lacks) from a busybox
   # initramfs over this machine's root; systemd as the guest's PID 1 with the system bus, polkit

@@ -197,7 +197,17 @@ qt_mount() { # DEV DIR OPTIONS [FSTYPE]
         qt_defer umount -- "$dir"
 }
 
+# A loop device just detached may hold its backing file for a moment more (the kernel releases
+# it asynchronously): an unmount of the filesystem holding that file waits for it.
 qt_umount() {
+        local i
+        for ((i = 0; i < 50; i++)); do
+                if umount -- "$1" 2>/dev/null; then
+                        qt_undefer umount -- "$1"
+                        return 0
+                fi
+                sleep 0.1
+        done
         qt_undo umount -- "$1"
 }
 

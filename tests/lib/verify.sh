@@ -30,10 +30,12 @@ _qt_fsck_ro() { # DEV FSTYPE NAME
 
 # verify_files IMG [MANIFEST]: every kept file of the manifest is intact, on the partition the
 # manifest says, and each filesystem passes a read-only fsck (QT_VERIFY_FSCK=0 skips the fsck).
+# Entries of kind "lv" are read at their offset and size (or the concatenation of their
+# segments), with no partition-table lookup.
 # Works on a raw copy so the image itself is opened read-only once, by qemu-img.
 verify_files() {
         local img=$1 manifest=${2:-$(qt_manifest "$1")}
-        local tmp raw table n i name fstype off size poff psize dev mnt json
+        local tmp raw table n i name fstype off size poff psize dev mnt json kind safe src nseg soff ssize
         [[ -f $manifest ]] || qt_fail "verify_files: no manifest $manifest"
         tmp=$(mktemp -d "${QT_SCRATCH:-${TMPDIR:-/var/tmp}}/verify.XXXXXX")
         qt_defer rm -rf -- "$tmp"
@@ -55,7 +57,29 @@ verify_files() {
                 fstype=$(jq -r ".filesystems[$i].fstype" "$manifest")
                 off=$(jq -r ".filesystems[$i].offset" "$manifest")
                 size=$(jq -r ".filesystems[$i].size" "$manifest")
-                if [[ $name == disk ]]; then
+                kind=$(jq -r ".filesystems[$i].kind // \"part\"" "$manifest")
+                # An LV's name is VG/LV: file names below use it with the slash replaced.
+                safe=${name//\//_}
+                src=$raw
+                if [[ $kind == lv ]]; then
+                        # No table lookup: the manifest's range came from lvm2 when it was built,
+                        # and the PV's metadata is checked by assert_preserved.
+                        nseg=$(jq ".filesystems[$i].segments // [] | length" "$manifest")
+                        if ((nseg > 0)); then
+                                # Several segments: their concatenation, copied out of the raw copy.
+                                src=$tmp/lv-$safe.raw off=0 size=0
+                                : >"$src"
+                                while read -r soff ssize; do
+                                        dd if="$raw" of="$src" iflag=skip_bytes,count_bytes skip="$soff" count="$ssize" \
+                                                oflag=seek_bytes seek="$size" conv=sparse,notrunc bs=1M status=none ||
+                                                qt_fail "$img: cannot copy a segment of $name"
+                                        size=$((size + ssize))
+                                done < <(jq -r ".filesystems[$i].segments[] | \"\(.offset) \(.size)\"" "$manifest")
+                                truncate -s "$size" -- "$src"
+                        fi
+                        ((off + size <= $(stat -c %s -- "$raw"))) || qt_fail "$img: $name ends past the disk"
+                        poff=$off psize=$size
+                elif [[ $name == disk ]]; then
                         poff=0 psize=$(stat -c %s -- "$raw")
                 else
                         read -r poff psize < <(jq -r --arg n "${name#p}" '
@@ -66,7 +90,7 @@ verify_files() {
                 [[ $poff == "$off" && $psize == "$size" ]] ||
                         qt_fail "$img: $name is at $poff+$psize, expected $off+$size"
 
-                qt_loop_attach dev "$raw" "$off" "$size" ro
+                qt_loop_attach dev "$src" "$off" "$size" ro
                 local found
                 found=$(blkid -p -o value -s TYPE -- "$dev" || true)
                 [[ $found == "$fstype" ]] || qt_fail "$img: $name holds '${found:-nothing}', expected $fstype"
@@ -75,15 +99,16 @@ verify_files() {
                         _qt_fsck_ro "$dev" "$fstype" "$img:$name"
                         note=", fsck clean"
                 fi
-                mnt=$tmp/mnt-$name
+                mnt=$tmp/mnt-$safe
                 qt_mount "$dev" "$mnt" "$(qt_ro_opts "$fstype")" "$fstype"
-                jq -r ".filesystems[$i].files[] | \"\(.sha256)  \(.path)\"" "$manifest" >"$tmp/sums-$name"
-                if ! (cd -- "$mnt" && sha256sum --quiet --strict -c -- "$tmp/sums-$name"); then
+                jq -r ".filesystems[$i].files[] | \"\(.sha256)  \(.path)\"" "$manifest" >"$tmp/sums-$safe"
+                if ! (cd -- "$mnt" && sha256sum --quiet --strict -c -- "$tmp/sums-$safe"); then
                         qt_fail "$img: kept files on $name ($fstype) are damaged"
                 fi
-                qt_info "$name ($fstype): $(wc -l <"$tmp/sums-$name") files intact$note"
+                qt_info "$name ($fstype): $(wc -l <"$tmp/sums-$safe") files intact$note"
                 qt_umount "$mnt"
                 qt_loop_detach "$dev"
+                [[ $src == "$raw" ]] || rm -f -- "$src"
         done
         qt_undo rm -rf -- "$tmp"
         qt_ok "$(basename -- "$img"): files intact on $n filesystem(s)"
@@ -206,4 +231,96 @@ _qt_new_since() { # BASELINE LISTER STRICT
         else
                 comm -13 "$1" <($2)
         fi
+}
+
+# ---- preserved and zeroed ranges (manifests of layouts.sh) --------------------------------
+
+# _qt_raw_copy IMG TMPVAR RAWVAR: a raw copy of IMG in a new temp dir (registered for cleanup).
+_qt_raw_copy() {
+        local -n _qt_t=$2 _qt_r=$3
+        _qt_t=$(mktemp -d "${QT_SCRATCH:-${TMPDIR:-/var/tmp}}/ranges.XXXXXX")
+        qt_defer rm -rf -- "$_qt_t"
+        _qt_r=$_qt_t/disk.raw
+        qemu-img convert -U -O raw -- "$1" "$_qt_r" || qt_fail "qemu-img convert of $1 failed"
+}
+
+# Bytes that are not zero in RAW[OFFSET, +SIZE).
+_qt_nonzero_bytes() { # RAW OFFSET SIZE
+        dd if="$1" iflag=skip_bytes,count_bytes skip="$2" count="$3" bs=1M status=none | tr -d '\0' | wc -c
+}
+
+# Ranges of a manifest list (preserved or zeroed), one "offset size what" line each.
+_qt_ranges() { # MANIFEST KEY
+        jq -r --arg k "$2" '.[$k] // [] | .[] | "\(.offset) \(.size) \(.what)"' "$1"
+}
+
+# assert_preserved IMG [MANIFEST]: every preserved range is byte-identical to the built image's.
+assert_preserved() {
+        local img=$1 manifest=${2:-$(qt_manifest "$1")} tmp raw i n off size what want got nbad=0
+        [[ -f $manifest ]] || qt_fail "assert_preserved: no manifest $manifest"
+        _qt_raw_copy "$img" tmp raw
+        n=$(jq '.preserved // [] | length' "$manifest")
+        for ((i = 0; i < n; i++)); do
+                read -r off size want < <(jq -r ".preserved[$i] | \"\(.offset) \(.size) \(.sha256)\"" "$manifest")
+                what=$(jq -r ".preserved[$i].what" "$manifest")
+                got=$(dd if="$raw" iflag=skip_bytes,count_bytes skip="$off" count="$size" bs=1M status=none | sha256sum | cut -d' ' -f1)
+                if [[ $got != "$want" ]]; then
+                        printf '    changed: %s [%d, +%d), %d bytes non-zero now\n' "$what" "$off" "$size" \
+                                "$(_qt_nonzero_bytes "$raw" "$off" "$size")" >&2
+                        nbad=$((nbad + 1))
+                fi
+        done
+        qt_undo rm -rf -- "$tmp"
+        ((nbad == 0)) || qt_fail "$(basename -- "$img"): $nbad of $n preserved range(s) changed"
+        qt_ok "$(basename -- "$img"): $n preserved range(s) byte-identical"
+}
+
+# assert_zeroed IMG [MANIFEST]: every zeroed range reads as zeros (a complete shrink's result).
+assert_zeroed() {
+        local img=$1 manifest=${2:-$(qt_manifest "$1")} tmp raw off size what nz n=0 nbad=0
+        [[ -f $manifest ]] || qt_fail "assert_zeroed: no manifest $manifest"
+        _qt_raw_copy "$img" tmp raw
+        while read -r off size what; do
+                n=$((n + 1))
+                nz=$(_qt_nonzero_bytes "$raw" "$off" "$size")
+                if ((nz != 0)); then
+                        printf '    not zeroed: %s [%d, +%d): %d bytes non-zero\n' "$what" "$off" "$size" "$nz" >&2
+                        nbad=$((nbad + 1))
+                fi
+        done < <(_qt_ranges "$manifest" zeroed)
+        qt_undo rm -rf -- "$tmp"
+        ((nbad == 0)) || qt_fail "$(basename -- "$img"): $nbad of $n zeroed range(s) hold data"
+        qt_ok "$(basename -- "$img"): $n zeroed range(s) read as zeros"
+}
+
+# assert_not_zeroed IMG [MANIFEST]: the opposite, for a freshly built image: every zeroed range
+# still holds its random garbage (at least 99% of its bytes non-zero; random data has 1/256
+# zeros), so a test cannot pass assert_zeroed without the tool doing anything.
+assert_not_zeroed() {
+        local img=$1 manifest=${2:-$(qt_manifest "$1")} tmp raw off size what nz n=0 nbad=0
+        [[ -f $manifest ]] || qt_fail "assert_not_zeroed: no manifest $manifest"
+        _qt_raw_copy "$img" tmp raw
+        while read -r off size what; do
+                n=$((n + 1))
+                nz=$(_qt_nonzero_bytes "$raw" "$off" "$size")
+                if ((nz < size * 99 / 100)); then
+                        printf '    not garbage: %s [%d, +%d): only %d bytes non-zero\n' "$what" "$off" "$size" "$nz" >&2
+                        nbad=$((nbad + 1))
+                fi
+        done < <(_qt_ranges "$manifest" zeroed)
+        qt_undo rm -rf -- "$tmp"
+        ((nbad == 0)) || qt_fail "test image $(basename -- "$img"): $nbad of $n zeroed range(s) hold no garbage"
+        qt_ok "$(basename -- "$img"): $n zeroed range(s) hold garbage"
+}
+
+# zeroed_allocated_bytes IMG [MANIFEST]: bytes of IMG allocated inside its zeroed ranges
+# (qemu-img map: data, not zero clusters or holes; clipped to each range).
+zeroed_allocated_bytes() {
+        local img=$1 manifest=${2:-$(qt_manifest "$1")}
+        # Through a pipe, not an argument: a map can exceed the kernel's 128 KiB per argument.
+        qemu-img map --output=json -U -- "$img" | jq --slurpfile m "$manifest" '
+                [ .[] | select(.data) | { s: .start, e: (.start + .length) } ] as $d
+                | [ $m[0].zeroed // [] | .[] | (.offset) as $o | (.offset + .size) as $e
+                    | $d[] | select(.s < $e and .e > $o)
+                    | ([.e, $e] | min) - ([.s, $o] | max) ] | add // 0'
 }

@@ -81,13 +81,13 @@ check 'command after an option' 'qtrimctl --json l' 'list'
 check 'unknown command' 'qtrimctl frob ' ''
 
 check 'shrink options' 'qtrimctl shrink -' \
-    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--no-block${nl}--json"
+    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
 check 'shrink --json excludes --no-block' 'qtrimctl shrink --json --' \
-    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--json"
+    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--json"
 check 'shrink --no-block excludes --json' 'qtrimctl shrink --no-block --' \
-    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--no-block"
+    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block"
 check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
-    "--help${nl}--no-convert${nl}--format${nl}--no-block${nl}--json"
+    "--help${nl}--no-convert${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
 check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
 check 'shrink --all options' 'qtrimctl shrink --all --' "--help${nl}--no-convert"
 check 'shrink images and directories' 'qtrimctl shrink ' \

@@ -51,6 +51,10 @@ static const struct part mbr_parts[] = {
     {"p1", 2048, 20480, "ext4", ""},
     {"p5", 24576, 20480, "ext4", ""},
     {"p6", 47104, 262144, "btrfs", ""},
+    /* Outside the partitions: after each EBR, and after p6 to the end of the disk. */
+    {"gap1", 22529, 2047, "", ""},
+    {"gap2", 45057, 2047, "", ""},
+    {"gap3", 309248, 18432, "", ""},
 };
 
 /* GPT: an ext4 holding deleted data, a swap area, a filesystem qtrim does not trim, nothing. */
@@ -67,6 +71,7 @@ static const struct part gpt_parts[] = {
     {"p2", 34816, 16384, "swap", ""},
     {"p3", 51200, 8192, "minix", ""},
     {"p4", 59392, 4096, "", ""},
+    {"gap1", 63488, 65536 - 33 - 63488, "", ""}, /* up to the backup GPT */
 };
 /* Written to the ext4 and deleted again: the space the trim must give back. */
 #define JUNK_BYTES (6 * MIB)

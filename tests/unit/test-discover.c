@@ -187,6 +187,8 @@ START_TEST(test_mbr_one_starts_inside_another)
             {"p1", 2048, 20480, "ext4", OVERLAP("p2")},
             {"p2", 14336, 20480, NULL, OVERLAP("p1")},
             {"p3", 43008, 16384, "ext4", ""},
+            {"gap1", 34816, 8192, "", ""},
+            {"gap2", 59392, 6144, "", ""},
         };
         check_discover("t.raw", "dos", want, ELEMENTSOF(want));
 }
@@ -200,6 +202,7 @@ START_TEST(test_mbr_duplicate_entries)
             {"p1", 2048, 20480, "ext4", OVERLAP("p3")},
             {"p2", 22528, 20480, "", ""},
             {"p3", 2048, 20480, "ext4", OVERLAP("p1")},
+            {"gap1", 43008, 22528, "", ""},
         };
         check_discover("t.raw", "dos", want, ELEMENTSOF(want));
 }
@@ -214,6 +217,7 @@ START_TEST(test_mbr_last_sector_shared)
             {"p1", 2048, 20480, "ext4", OVERLAP("p2")},
             {"p2", 22527, 20481, NULL, OVERLAP("p1")},
             {"p3", 43008, 16384, "ext4", ""},
+            {"gap1", 59392, 6144, "", ""},
         };
         check_discover("t.raw", "dos", want, ELEMENTSOF(want));
 }
@@ -239,6 +243,8 @@ START_TEST(test_gpt_adjacent_is_not_overlap)
             {"p1", 2048, 16384, "ext4", ""},
             {"p2", 18432, 8192, "", ""},
             {"p3", 26624, 8192, "", ""},
+            /* up to the backup GPT: 33 sectors before the end */
+            {"gap1", 34816, 65536 - 33 - 34816, "", ""},
         };
         check_discover("gpt.raw", "gpt", want, ELEMENTSOF(want));
 }
@@ -254,18 +260,23 @@ START_TEST(test_gpt_entries_overlap)
             {"p1", 2048, 16384, "ext4", ""},
             {"p2", 18432, 8192, "", OVERLAP("p3")},
             {"p3", 22528, 8192, "", OVERLAP("p2")},
+            {"gap1", 30720, 65536 - 33 - 30720, "", ""},
         };
         check_discover("t.raw", "gpt", want, ELEMENTSOF(want));
 }
 END_TEST
 
-/* The container holds its logical partitions: not an overlap. */
+/* The container holds its logical partitions: not an overlap. Its EBRs are no gap. */
 START_TEST(test_extended_container_is_not_overlap)
 {
         const struct part want[] = {
             {"p1", 2048, 8192, "", ""},
             {"p5", 12288, 6144, "", ""},
             {"p6", 20480, 32768, "", ""},
+            /* Inside the extended partition, around the EBRs that start it and precede p6 */
+            {"gap1", 10241, 2047, "", ""},
+            {"gap2", 18433, 2047, "", ""},
+            {"gap3", 53248, 12288, "", ""},
         };
         check_discover("extended.raw", "dos", want, ELEMENTSOF(want));
 }

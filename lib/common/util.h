@@ -3,10 +3,12 @@
 #pragma once
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define _cleanup_(f)     __attribute__((cleanup(f)))
@@ -49,6 +51,12 @@ static inline void fclosep(FILE **f)
 
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Whether two stat() results are of one file (under any of its names). */
+static inline bool same_file(const struct stat *a, const struct stat *b)
+{
+        return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
 /* "1.5 GiB", "512 B": binary units, one decimal. Returns buf. */
 #define FORMAT_BYTES_MAX 16
 char *format_bytes(char buf[FORMAT_BYTES_MAX], uint64_t bytes);
@@ -68,7 +76,3 @@ char *utf8_sanitize(char *s);
 
 /* Writes all of buf, retrying on EINTR and short writes. */
 int write_all(int fd, const void *buf, size_t len);
-
-/* Set by the worker's SIGTERM handler (Cancel(), or the daemon's death); long steps poll it
- * and stop at the next safe point. */
-extern volatile sig_atomic_t qt_cancel_requested;

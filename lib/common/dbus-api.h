@@ -11,10 +11,13 @@
 #define QTRIM_JOB_IFACE       "org.qtrim1.Job"
 #define QTRIM_JOB_PATH_PREFIX "/org/qtrim1/job"
 
-/* One guest filesystem: name ("p1", "p5", "disk"), fstype ("" if unknown), offset and size in
- * bytes within the virtual disk, bytes FITRIM reported, state ("found", "trimmed", "skipped",
- * "failed") and a one-line message (why it was skipped or failed). */
-#define QTRIM_FS_SIGNATURE       "(sstttss)"
+/* One volume of the guest disk: name ("p1", "p5", "disk", "VG/LV", "VG freeN", "gapN"), fstype
+ * ("" if unknown), offset and size in bytes within the virtual disk, bytes trimmed (FITRIM) or
+ * discarded, state ("found", "trimmed", "discarded", "skipped", "failed"), a one-line message
+ * (why it was skipped or failed, what a discard kept; Inspect: what a shrink would do and how
+ * much of it the image holds), kind ("partition", "disk", "lv", "gap", "free"), method
+ * ("mount": FITRIM, "swap": header page kept, "discard", "skip"), label and UUID ("" if none). */
+#define QTRIM_FS_SIGNATURE       "(sstttssssss)"
 #define QTRIM_FS_ARRAY_SIGNATURE "a" QTRIM_FS_SIGNATURE
 /* Time spent per phase: phase name, microseconds. */
 #define QTRIM_PHASE_TIME_ELEMENT   "(st)"
@@ -28,6 +31,8 @@
 /* s: the image's format, "raw" or "qcow2", used end to end; content that disagrees is refused
  * with Error.FormatMismatch. Without it qtrim guesses only in the safe direction (image.h). */
 #define QTRIM_OPT_FORMAT "format"
+/* b: discard the space outside the partitions (default true; TrimGaps=no in qtrimd.conf wins) */
+#define QTRIM_OPT_TRIM_GAPS "trim-gaps"
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

@@ -41,8 +41,6 @@ char *format_duration(char buf[FORMAT_DURATION_MAX], uint64_t usec)
         return buf;
 }
 
-volatile sig_atomic_t qt_cancel_requested;
-
 uint64_t now_usec(void)
 {
         struct timespec ts;

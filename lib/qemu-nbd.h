@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* What both attach paths (nbd-fuse.h, nbd-kernel.h) do alike with the qemu-nbd they start: its
+ * command line for the image, and its end. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* The image part of a qemu-nbd command line, shared by both paths: "--format F --discard=unmap
+ * IMAGE" to write, "--read-only --image-opts driver=F,...,file.locking=off,file.filename=IMAGE"
+ * to read without taking qemu's lock (qemu-nbd has no --force-share). opts is storage for the
+ * latter. Writes at most QT_QEMU_NBD_IMAGE_ARGS_MAX arguments to argv; returns how many. */
+#define QT_QEMU_NBD_OPTS_MAX       (4096 * 2 + 128)
+#define QT_QEMU_NBD_IMAGE_ARGS_MAX 4
+size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
+                              char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[]);
+
+/* Waits up to timeout_ms for qemu-nbd (a child) to exit, in 5 ms polls (it usually exits within
+ * milliseconds of its client's disconnect), then kills it. Returns its exit status, 128 + the
+ * signal that ended it, or -1 if it had to be killed here (or could not be waited for). */
+int qt_qemu_nbd_reap(pid_t pid, unsigned timeout_ms);

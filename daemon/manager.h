@@ -20,7 +20,8 @@ struct manager {
         sd_bus *bus;
         struct qt_config config;
         const char *scratch_dir; /* where workers mount their private tmpfs */
-        const char *state_dir;   /* what must survive a crash of qtrimd (temp-records.h) */
+        const char *state_dir;   /* what must survive a crash of qtrimd (state-dir.h) */
+        int state_lock_fd;       /* held while qtrimd runs: one qtrimd per state directory */
 
         struct job *jobs; /* in the order they were queued */
         unsigned n_jobs, n_running, next_job_id;

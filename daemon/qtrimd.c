@@ -147,6 +147,7 @@ static void manager_done(struct manager *m)
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
         qt_config_free(&m->config);
+        closep(&m->state_lock_fd);
 }
 
 static int run(int argc, char **argv)
@@ -154,6 +155,7 @@ static int run(int argc, char **argv)
         /* systemd's StateDirectory= says where; tests give each daemon its own. */
         const char *state_dir = getenv("STATE_DIRECTORY");
         struct manager m = {
+            .state_lock_fd = -1,
             .scratch_dir = QTRIM_RUNTIME_DIR "/mnt",
             .state_dir = state_dir && state_dir[0] == '/' ? state_dir : QTRIM_STATE_DIR,
         };
@@ -175,6 +177,29 @@ static int run(int argc, char **argv)
         if (mkdir(QTRIM_RUNTIME_DIR, 0755) < 0 && errno != EEXIST) {
                 r = -errno;
                 fprintf(stderr, "qtrimd: cannot create %s: %m\n", QTRIM_RUNTIME_DIR);
+                goto out;
+        }
+
+        /* Before anything reads the state directory: a second qtrimd (an administrator trying
+         * the binary beside the service) must not take the first one's jobs for a crash's. */
+        pid_t holder;
+        m.state_lock_fd = state_lock(m.state_dir, &holder);
+        if (m.state_lock_fd == -EBUSY) {
+                r = -EBUSY;
+                if (holder > 0)
+                        fprintf(stderr, "qtrimd: another qtrimd (pid %d) is already running\n",
+                                (int)holder);
+                else
+                        fprintf(stderr,
+                                "qtrimd: another qtrimd is already running (%s is "
+                                "locked)\n",
+                                m.state_dir);
+                goto out;
+        }
+        if (m.state_lock_fd < 0) {
+                r = m.state_lock_fd;
+                fprintf(stderr, "qtrimd: cannot use the state directory %s: %s\n", m.state_dir,
+                        strerror(-r));
                 goto out;
         }
 

@@ -8,6 +8,8 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "convert.h"
 #include "journal.h"
@@ -24,6 +26,35 @@ static int make_dirs(const char *state_dir, const char *sub)
             (mkdir(dir, 0700) < 0 && errno != EEXIST))
                 return -errno;
         return 0;
+}
+
+int state_lock(const char *state_dir, pid_t *ret_holder)
+{
+        char path[PATH_MAX], text[32];
+        *ret_holder = 0;
+        if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        if (snprintf(path, sizeof(path), "%s/lock", state_dir) >= (int)sizeof(path))
+                return -ENAMETOOLONG;
+        _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return -errno;
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int r = -errno;
+                ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+                uint64_t pid;
+                if (n > 0) {
+                        text[n] = '\0';
+                        text[strcspn(text, "\n")] = '\0';
+                        if (parse_u64(text, &pid) == 0 && pid > 0 && pid < INT32_MAX)
+                                *ret_holder = (pid_t)pid;
+                }
+                return r == -EWOULDBLOCK ? -EBUSY : r;
+        }
+        int n = snprintf(text, sizeof(text), "%d\n", (int)getpid());
+        if (ftruncate(fd, 0) < 0 || pwrite(fd, text, (size_t)n, 0) != n)
+                return -errno;
+        return TAKE_FD(fd);
 }
 
 /* Writes lines to path through a temporary name and a rename: a crash leaves the old record or

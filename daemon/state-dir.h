@@ -13,6 +13,15 @@
 
 #include <stdbool.h>
 #include <sys/stat.h>
+#include <sys/types.h>
+
+/*
+ * One qtrimd per state directory: an exclusive lock on its "lock" file (with the holder's pid in
+ * it), taken before anything else reads or changes the directory, held until exit (workers do
+ * not inherit it). Returns the fd holding it; -EBUSY if another process holds it, its pid in
+ * *ret_holder (0 if unknown); another negative errno if the directory cannot be used.
+ */
+int state_lock(const char *state_dir, pid_t *ret_holder);
 
 /* Records that job works on image with its copy at temp ("" while there is none). */
 int state_job_set(const char *state_dir, unsigned job, const char *image, const char *temp);

@@ -8,6 +8,9 @@
 # (QTRIM_TEST_PAUSE) and canceled there: with filesystems mounted during the trim, at the start
 # of the convert, and before the replace (the compact copy written). Otherwise the test polls
 # the job's Phase and cancels once it reads "trim", and is skipped (77) if the job finishes first.
+# With hooks, also: a second qtrimd started beside the running one while a job waits before its
+# replace exits at once with "another qtrimd (pid N) is already running", touching nothing (the
+# job's copy stays, the job ends done and verifies).
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
@@ -103,6 +106,29 @@ if ((hooks)); then
         wait_paused replace replace
         qt_qtrimctl_ok cancel "${job##*/}"
         check_after_cancel yes
+
+        qt_step "a second qtrimd while a job waits before its replace: it exits, touching nothing"
+        qt_daemon_stop
+        QTRIM_TEST_PAUSE=replace QTRIM_TEST_RESUME=$QT_WORK/resume qt_daemon_start
+        start_job second-daemon
+        wait_paused replace replace
+        copies=$(find "$QT_IMAGES" -maxdepth 1 -name '.second-daemon.qcow2.qtrim-*' | wc -l)
+        ((copies == 1)) || qt_fail "expected the job's compact copy beside the image, found $copies"
+        rc=0
+        out=$(STATE_DIRECTORY=$QT_WORK/state timeout 10 "$QT_QTRIMD" --config="$QT_DAEMON_CONFIG" 2>&1) || rc=$?
+        ((rc == 1)) || qt_fail "the second qtrimd exited $rc, expected 1: $out"
+        [[ $out == "qtrimd: another qtrimd (pid $QT_DAEMON_PID) is already running" ]] ||
+                qt_fail "the second qtrimd said: $out"
+        qt_ok "the second qtrimd exited 1: $out"
+        copies=$(find "$QT_IMAGES" -maxdepth 1 -name '.second-daemon.qcow2.qtrim-*' | wc -l)
+        ((copies == 1)) || qt_fail "the running job's compact copy is gone after the second qtrimd"
+        [[ $(qt_job_prop "$job" State) == running ]] || qt_fail "the job is $(qt_job_prop "$job" State) after the second qtrimd"
+        touch -- "$QT_WORK/resume"
+        qt_wait_job_gone "$job" 60
+        result=$(qt_job_removed_result "$job" 10 "$img") || qt_fail "no JobRemoved signal for $job"
+        [[ $result == done ]] || qt_fail "JobRemoved says '$result', expected done"
+        qt_check_shrunk "$img" "$before" qcow2
+        rm -f -- "$QT_WORK/resume"
 else
         qt_step "no test hooks in this build: cancel once the job's Phase reads trim"
         start_job cancel-trim

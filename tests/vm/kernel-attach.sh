@@ -1,7 +1,8 @@
 #!/bin/bash
 # The kernel-nbd attach path (qemu-nbd -c /dev/nbdN), which the build machines' kernel cannot run
 # (no nbd module): boots a script-mode guest (run-guest.sh), loads nbd there and runs the
-# integration tests shrink-gpt, shrink-mbr-logical and shrink-raw, unchanged, with every qtrimd
+# integration tests shrink-gpt, shrink-mbr-logical, shrink-raw and layouts (guest-shaped disks:
+# swap, EBRs, gaps; QT_LAYOUTS picks its disks, default "mbr"), unchanged, with every qtrimd
 # started as `qtrimd --attach=kernel`. Then no /dev/nbdN may still be connected and no qemu-nbd
 # may run, and an nbd device must have been connected while they ran (the kernel path was taken).
 #
@@ -13,15 +14,21 @@ set -euo pipefail
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 attach=${QT_VM_ATTACH:-kernel}
-tests=${QT_VM_TESTS:-shrink-gpt shrink-mbr-logical shrink-raw}
+tests=${QT_VM_TESTS:-shrink-gpt shrink-mbr-logical shrink-raw layouts}
+# layouts.sh's disks: mbr (swap, hibernated swap, logical partitions and their EBRs, gaps, and
+# --keep-gaps) is what the kernel path does with partition nodes, BLKDISCARD and write-zeroes on
+# the nbd device. fedora (LVs through partition nodes qtrim makes over their extents) runs in
+# vm-kernel-host-lvm, with a host VG of the same name; twopvs, ldm and thin are lvm-meta.c's
+# decisions, the same on both paths. Each disk costs minutes of TCG time (mbr ~5 min, fedora ~7 min): QT_LAYOUTS adds them.
+layouts=${QT_LAYOUTS:-mbr}
 
 # ---- on the host: boot the guest with this script as its payload --------------------------
 if [[ -z ${QTRIM_VM_GUEST:-} ]]; then
         build_dir=${BUILD_DIR:-$here/../../build}
         name=kernel-attach
         [[ $attach == kernel ]] || name+=-$attach
-        export QT_VM_ENV="${QT_VM_ENV:-} QT_VM_ATTACH QT_VM_TESTS"
-        export QT_VM_ATTACH=$attach QT_VM_TESTS=$tests
+        export QT_VM_ENV="${QT_VM_ENV:-} QT_VM_ATTACH QT_VM_TESTS QT_LAYOUTS"
+        export QT_VM_ATTACH=$attach QT_VM_TESTS=$tests QT_LAYOUTS=$layouts
         exec "$here/run-guest.sh" script "${BASH_SOURCE[0]}" "$build_dir/vm/results/$name"
 fi
 
@@ -69,6 +76,10 @@ auto) extra= ;;
 *) fail "QT_VM_ATTACH must be kernel, fuse or auto, not '$attach'" ;;
 esac
 export QT_QTRIMD_EXTRA_ARGS="${QT_QTRIMD_EXTRA_ARGS:+$QT_QTRIMD_EXTRA_ARGS }$extra"
+# What lvm2's tmpfiles.d makes at boot on a real host (script mode has a fresh /run): layouts.sh
+# fingerprints /run/lvm before and after.
+mkdir -p /run/lvm /run/lock/lvm
+chmod 0700 /run/lvm /run/lock/lvm
 # Nothing else runs in this guest: every loop device, FUSE mount and qemu-nbd is a leftover.
 export QT_STRICT_LEFTOVERS=1
 say "attach path $attach: QT_QTRIMD_EXTRA_ARGS='$QT_QTRIMD_EXTRA_ARGS', work dirs in $TMPDIR ($(stat -f -c %T -- "$TMPDIR"))"

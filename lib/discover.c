@@ -339,20 +339,24 @@ static void add_vg(int fd, struct found_pv *pvs, size_t n_pvs, size_t first,
                         missing = vg.pvs[p].id;
         }
         /* lvm2 writes the same text to every PV of a VG; PVs that disagree are a VG half
-         * changed, or crafted: which one says where the LVs are is not known. */
-        bool disagree = false;
+         * changed, or crafted: which one says where the LVs are is not known. Extents start
+         * where each PV's label says its data does: never over its label and metadata area. */
+        bool disagree = false, over_metadata = false;
         for (size_t p = 0; by_pv && !missing && p < vg.n_pvs; p++) {
                 const struct qt_lvm_pv_label *l = &by_pv[p]->label;
                 disagree |= l->metadata &&
                             (l->metadata_len != self->label.metadata_len ||
                              memcmp(l->metadata, self->label.metadata, l->metadata_len) != 0);
+                over_metadata |= vg.pvs[p].pe_start < l->data_offset / 512 ||
+                                 vg.pvs[p].pe_start < QT_LVM_LABEL_SECTORS;
         }
-        if (!by_pv || missing || disagree)
-                snprintf(self->volume->message, sizeof(self->volume->message), "VG %.64s: %s",
-                         vg.name,
-                         !by_pv    ? "out of memory"
-                         : missing ? "a PV of it is not on this disk; its LVs are left alone"
-                                   : "its PVs hold different metadata; its LVs are left alone");
+        if (!by_pv || missing || disagree || over_metadata)
+                snprintf(
+                    self->volume->message, sizeof(self->volume->message), "VG %.64s: %s", vg.name,
+                    !by_pv     ? "out of memory"
+                    : missing  ? "a PV of it is not on this disk; its LVs are left alone"
+                    : disagree ? "its PVs hold different metadata; its LVs are left alone"
+                               : "its extents start over a PV's label or metadata; left alone");
         else
                 add_vg_volumes(fd, &vg, by_pv, fs, n);
         qt_lvm_vg_done(&vg);

@@ -349,6 +349,8 @@ qt_step "2b variants (Inspect): the LV over itself on the PV, a gap, segment_cou
 variant seg-self-overlap "LVM metadata refused: .*used by both data and data" edit "$(two_segments "$half" 2)"
 variant seg-gap "LVM metadata refused: .*gap at extent" edit "$(two_segments $((half + 1)) "$half")"
 variant seg-count-lies "LVM metadata refused: .*segment_count 2, 1 segments" edit "t = t.replace('segment_count = 1', 'segment_count = 2')"
+# Extents that would start inside the metadata area: discarding free ones would wipe it.
+variant pe-start-over-metadata "VG vgh: its extents start over a PV's label or metadata" edit "t = t.replace('pe_start = 2048', 'pe_start = 8')"
 
 # ---- 3: extents past the disk ------------------------------------------------------------------
 

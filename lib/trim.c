@@ -175,12 +175,6 @@ const char *qt_trim_method_name(enum qt_trim_method m)
         return (size_t)m < ELEMENTSOF(names) ? names[m] : "skip";
 }
 
-bool qt_trim_mounts(const struct qt_fs_result *fs)
-{
-        char why[8];
-        return qt_trim_method(fs, why, sizeof(why)) == QT_TRIM_MOUNT;
-}
-
 int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
                        struct qt_fs_result *fs, qt_progress_fn progress, void *userdata)
 {

@@ -31,10 +31,6 @@ enum qt_trim_method qt_trim_method(const struct qt_fs_result *fs, char *why, siz
 /* "mount", "swap", "discard", "skip": what a volume record says. */
 const char *qt_trim_method_name(enum qt_trim_method m);
 
-/* Whether qt_trim_filesystem would mount fs (a type qtrim trims, nothing wrong found with it);
- * the others are only marked skipped, so they need no source. */
-bool qt_trim_mounts(const struct qt_fs_result *fs);
-
 /* Trims fs (a record from qt_discover) from src, mounted on mount_dir. The outcome goes into fs:
  * state "trimmed" with trimmed bytes, or "skipped"/"failed" with a message; a filesystem that
  * cannot be trimmed is not an error of the job. Returns -ECANCELED if a cancel arrived (the

@@ -89,7 +89,8 @@ START_TEST(test_auto_and_trim)
             qt_discover(qt_attachment_disk(a), qt_attachment_size(a), pttype, fs, &n, &e), 0);
         ck_assert_uint_eq(n, 2); /* p1, and the space after it */
         ck_assert_str_eq(fs[1].kind, "gap");
-        ck_assert(qt_trim_mounts(&fs[0]));
+        char method_why[QT_FS_MESSAGE_MAX];
+        ck_assert_int_eq(qt_trim_method(&fs[0], method_why, sizeof(method_why)), QT_TRIM_MOUNT);
         struct qt_fs_source src;
         qt_attachment_source(a, &fs[0], &src);
         ck_assert_str_eq(src.disk, qt_attachment_disk(a));
@@ -108,18 +109,37 @@ START_TEST(test_auto_and_trim)
 }
 END_TEST
 
-/* Types trim does not mount need no source (and get no partition node pinned). */
+/* The method per volume (trim.h): only what is mounted needs a source (and a partition node
+ * pinned); what discovery refused keeps its reason. */
+static enum qt_trim_method method_of(const struct qt_fs_result *fs, char why[QT_FS_MESSAGE_MAX])
+{
+        why[0] = '\0';
+        return qt_trim_method(fs, why, QT_FS_MESSAGE_MAX);
+}
+
 START_TEST(test_trim_mounts)
 {
-        struct qt_fs_result fs = {.fstype = "xfs"};
-        ck_assert(qt_trim_mounts(&fs));
+        char why[QT_FS_MESSAGE_MAX];
+        struct qt_fs_result fs = {.fstype = "xfs", .kind = "partition"};
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_MOUNT);
         snprintf(fs.fstype, sizeof(fs.fstype), "swap");
-        ck_assert(!qt_trim_mounts(&fs));
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SWAP);
+        snprintf(fs.fstype, sizeof(fs.fstype), "swsuspend");
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
+        ck_assert(strstr(why, "hibernation image"));
+        snprintf(fs.fstype, sizeof(fs.fstype), "crypto_LUKS");
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
+        ck_assert(strstr(why, "encrypted"));
         fs.fstype[0] = '\0';
-        ck_assert(!qt_trim_mounts(&fs));
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
+        ck_assert_str_eq(why, "no filesystem found");
+        snprintf(fs.kind, sizeof(fs.kind), "gap");
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_DISCARD);
+        snprintf(fs.kind, sizeof(fs.kind), "partition");
         snprintf(fs.fstype, sizeof(fs.fstype), "ext4");
         snprintf(fs.message, sizeof(fs.message), "partition extends past the end of the disk");
-        ck_assert(!qt_trim_mounts(&fs));
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
+        ck_assert_str_eq(why, "partition extends past the end of the disk");
         /* Skipped with discovery's reason kept (it once printed the message onto itself). */
         struct qt_fs_source none = {};
         ck_assert_int_eq(qt_trim_filesystem(&none, "/nonexistent", &fs, NULL, NULL), 0);

@@ -700,9 +700,11 @@ static int find(struct interp *in, uint32_t sec, const char *what, const char *k
         return 1;
 }
 
-/* An integer key of sec within [0, max]: 1 and *ret, 0 if absent and optional. */
-static int get_u64(struct interp *in, uint32_t sec, const char *what, const char *key, uint64_t max,
-                   bool required, uint64_t *ret)
+/* A key of sec with one plain value (no section, no list): 1 and its node (and the value, of
+ * the kind is_string asks for), 0 if absent and optional. */
+static int find_value(struct interp *in, uint32_t sec, const char *what, const char *key,
+                      bool required, bool is_string, const struct node **ret_node,
+                      const struct value **ret_value)
 {
         struct parser *p = in->p;
         uint32_t n;
@@ -715,13 +717,29 @@ static int get_u64(struct interp *in, uint32_t sec, const char *what, const char
                 return 0;
         }
         const struct node *node = &p->nodes[n];
-        const struct value *v = &p->values[node->first_value];
-        if (node->section || node->list || node->n_values != 1 || v->is_string)
-                return fail(p->why, p->why_size, "line %u: %s: %s is not an integer", node->line,
-                            what, key);
+        const struct value *v = node->section || node->list || node->n_values != 1
+                                    ? NULL
+                                    : &p->values[node->first_value];
+        if (!v || v->is_string != is_string)
+                return fail(p->why, p->why_size, "line %u: %s: %s is not %s", node->line, what, key,
+                            is_string ? "a string" : "an integer");
+        *ret_node = node;
+        *ret_value = v;
+        return 1;
+}
+
+/* An integer key of sec within [0, max]: 1 and *ret, 0 if absent and optional. */
+static int get_u64(struct interp *in, uint32_t sec, const char *what, const char *key, uint64_t max,
+                   bool required, uint64_t *ret)
+{
+        const struct node *node;
+        const struct value *v;
+        int r = find_value(in, sec, what, key, required, false, &node, &v);
+        if (r <= 0)
+                return r;
         if (v->negative || v->number > max)
-                return fail(p->why, p->why_size, "line %u: %s: %s out of range", node->line, what,
-                            key);
+                return fail(in->p->why, in->p->why_size, "line %u: %s: %s out of range", node->line,
+                            what, key);
         *ret = v->number;
         return 1;
 }
@@ -730,22 +748,12 @@ static int get_u64(struct interp *in, uint32_t sec, const char *what, const char
 static int get_str(struct interp *in, uint32_t sec, const char *what, const char *key,
                    bool required, const char **ret)
 {
-        struct parser *p = in->p;
-        uint32_t n;
-        int r = find(in, sec, what, key, &n);
-        if (r < 0)
+        const struct node *node;
+        const struct value *v;
+        int r = find_value(in, sec, what, key, required, true, &node, &v);
+        if (r <= 0)
                 return r;
-        if (r == 0) {
-                if (required)
-                        return fail(p->why, p->why_size, "%s: no %s", what, key);
-                return 0;
-        }
-        const struct node *node = &p->nodes[n];
-        if (node->section || node->list || node->n_values != 1 ||
-            !p->values[node->first_value].is_string)
-                return fail(p->why, p->why_size, "line %u: %s: %s is not a string", node->line,
-                            what, key);
-        *ret = str(p, p->values[node->first_value].string);
+        *ret = str(in->p, v->string);
         return 1;
 }
 

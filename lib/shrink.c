@@ -181,15 +181,26 @@ struct allocation {
         uint64_t *bytes; /* per volume */
 };
 
+/* The part of [offset, +length) that lies in r, if any. */
+static bool overlap(uint64_t offset, uint64_t length, const struct qt_range *r,
+                    struct qt_range *ret)
+{
+        uint64_t lo = offset > r->offset ? offset : r->offset;
+        uint64_t hi = offset + length < r->offset + r->size ? offset + length : r->offset + r->size;
+        if (hi <= lo)
+                return false;
+        *ret = (struct qt_range){lo, hi - lo};
+        return true;
+}
+
 static void on_extent(uint64_t offset, uint64_t length, void *userdata)
 {
         struct allocation *a = userdata;
         for (size_t i = 0; i < a->n; i++) {
-                uint64_t from = a->fs[i].offset, to = a->fs[i].offset + a->fs[i].size;
-                uint64_t lo = offset > from ? offset : from;
-                uint64_t hi = offset + length < to ? offset + length : to;
-                if (hi > lo)
-                        a->bytes[i] += hi - lo;
+                struct qt_range piece;
+                if (overlap(offset, length, &(struct qt_range){a->fs[i].offset, a->fs[i].size},
+                            &piece))
+                        a->bytes[i] += piece.size;
         }
 }
 
@@ -260,17 +271,6 @@ static void on_trim_progress(double fraction, void *userdata)
         qt_emit_progress(s->rep, ((double)s->trim_index + fraction) / (double)s->rep->report.n_fs);
 }
 
-static void set_outcome(struct qt_fs_result *fs, const char *state, const char *message)
-{
-        snprintf(fs->state, sizeof(fs->state), "%s", state);
-        /* Cut to the record's size (a qt_error message may be longer). */
-        size_t len = strnlen(message, sizeof(fs->message) - 1);
-        memcpy(fs->message, message, len);
-        fs->message[len] = '\0';
-}
-
-/* Discards [from, fs->offset + fs->size) of the disk: space whose content the guest no longer
- * needs. A discard the disk refuses is "skipped", like a filesystem without discard support. */
 /* What the image file itself holds of the volumes that are discarded rather than trimmed (gaps,
  * free extents, swap areas), from `qemu-img map` before anything is written: only those bytes
  * are worth a request, however large the volume (a disk grown to terabytes without its
@@ -278,28 +278,19 @@ static void set_outcome(struct qt_fs_result *fs, const char *state, const char *
 #define HELD_RANGES_MAX (1u << 20)
 
 struct held {
-        const struct qt_report *report;
+        struct qt_range volumes[QT_MAX_FILESYSTEMS]; /* the volumes discarded, not trimmed */
+        size_t n_volumes;
         struct qt_range *ranges; /* in the order qemu-img map reports them */
         size_t n, cap;
         bool unknown; /* no map, or too many pieces: discard whole volumes */
 };
 
-static bool is_discarded(const struct qt_fs_result *fs)
-{
-        char why[QT_FS_MESSAGE_MAX];
-        enum qt_trim_method m = qt_trim_method(fs, why, sizeof(why));
-        return m == QT_TRIM_DISCARD || m == QT_TRIM_SWAP;
-}
-
 static void on_held_extent(uint64_t offset, uint64_t length, void *userdata)
 {
         struct held *h = userdata;
-        for (size_t i = 0; i < h->report->n_fs && !h->unknown; i++) {
-                const struct qt_fs_result *fs = &h->report->fs[i];
-                uint64_t lo = offset > fs->offset ? offset : fs->offset;
-                uint64_t hi = offset + length < fs->offset + fs->size ? offset + length
-                                                                      : fs->offset + fs->size;
-                if (hi <= lo || !is_discarded(fs))
+        for (size_t i = 0; i < h->n_volumes && !h->unknown; i++) {
+                struct qt_range piece;
+                if (!overlap(offset, length, &h->volumes[i], &piece))
                         continue;
                 if (h->n == h->cap) {
                         size_t cap = h->cap ? h->cap * 2 : 256;
@@ -313,7 +304,7 @@ static void on_held_extent(uint64_t offset, uint64_t length, void *userdata)
                         h->ranges = r;
                         h->cap = cap;
                 }
-                h->ranges[h->n++] = (struct qt_range){lo, hi - lo};
+                h->ranges[h->n++] = piece;
         }
 }
 
@@ -329,7 +320,14 @@ static struct held *held_map(struct shrink *s)
         struct held *h = calloc(1, sizeof(*h));
         if (!h)
                 return NULL;
-        h->report = &s->rep->report;
+        const struct qt_report *report = &s->rep->report;
+        for (size_t i = 0; i < report->n_fs; i++) {
+                char why[QT_FS_MESSAGE_MAX];
+                enum qt_trim_method m = qt_trim_method(&report->fs[i], why, sizeof(why));
+                if (m == QT_TRIM_DISCARD || m == QT_TRIM_SWAP)
+                        h->volumes[h->n_volumes++] =
+                            (struct qt_range){report->fs[i].offset, report->fs[i].size};
+        }
         struct qt_error e = {};
         if (qt_image_map(s->req->image, s->info.format, on_held_extent, h, &e) < 0) {
                 fprintf(stderr, "qtrim worker %d: %s; discarding whole volumes\n", (int)getpid(),
@@ -387,18 +385,18 @@ static int discard_volume(struct shrink *s, struct qt_fs_result *fs, uint64_t fr
                         int r = qt_attachment_discard(s->attachment, lo, hi - lo, cluster,
                                                       on_piece_progress, &p, &e);
                         if (r == -ECANCELED) {
-                                set_outcome(fs, "failed", "canceled");
+                                qt_fs_set_outcome(fs, "failed", "canceled");
                                 return r;
                         }
                         if (r < 0) {
-                                set_outcome(fs, "failed", e.message);
+                                qt_fs_set_outcome(fs, "failed", "%s", e.message);
                                 return 0;
                         }
                         p.done += hi - lo;
                 }
         }
         fs->trimmed = p.done;
-        set_outcome(fs, "discarded", message);
+        qt_fs_set_outcome(fs, "discarded", "%s", message);
         return 0;
 }
 
@@ -413,7 +411,7 @@ static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
             fs->size < QT_SWAP_HEADER_READ_SIZE ? (size_t)fs->size : QT_SWAP_HEADER_READ_SIZE;
         ssize_t got = buf && fd >= 0 ? pread(fd, buf, want, (off_t)fs->offset) : -1;
         if (got < 0) {
-                set_outcome(fs, "failed", "cannot read the swap header");
+                qt_fs_set_outcome(fs, "failed", "cannot read the swap header");
                 return 0;
         }
         uint64_t header = 0;
@@ -421,14 +419,12 @@ static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
         case QT_SWAP_AREA:
                 return discard_volume(s, fs, fs->offset + header, "header page (label, UUID) kept");
         case QT_SWAP_HIBERNATED:
-                set_outcome(fs, "skipped",
-                            "a swap area holding a hibernation image; left as it is (resume the "
-                            "guest, or boot it without resuming, then run qtrim again)");
+                qt_fs_set_outcome(fs, "skipped", "%s", QT_HIBERNATED_SWAP_WHY);
                 return 0;
         case QT_SWAP_NONE:
                 break;
         }
-        set_outcome(fs, "skipped", "no swap signature where a swap area keeps it");
+        qt_fs_set_outcome(fs, "skipped", "no swap signature where a swap area keeps it");
         return 0;
 }
 
@@ -467,14 +463,14 @@ static int trim(struct shrink *s)
                         break;
                 case QT_TRIM_DISCARD:
                         if (s->req->keep_gaps)
-                                set_outcome(&fs, "skipped",
-                                            "kept: the space outside the partitions is left "
-                                            "alone (TrimGaps=no, or the trim-gaps option)");
+                                qt_fs_set_outcome(&fs, "skipped",
+                                                  "kept: the space outside the partitions is left "
+                                                  "alone (TrimGaps=no, or the trim-gaps option)");
                         else
                                 r = discard_volume(s, &fs, fs.offset, "");
                         break;
                 case QT_TRIM_SKIP:
-                        set_outcome(&fs, "skipped", why);
+                        qt_fs_set_outcome(&fs, "skipped", "%s", why);
                         break;
                 }
                 qt_emit_fs(s->rep, &fs);

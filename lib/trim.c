@@ -41,10 +41,7 @@ static const struct {
 #define TRIM_STEP_MAX (4ULL << 30)
 #define TRIM_STEPS    50
 
-static void set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
+void qt_fs_set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
 {
         va_list ap;
         snprintf(fs->state, sizeof(fs->state), "%s", state);
@@ -131,9 +128,7 @@ static const struct {
         const char *why;
 } others[] = {
     {"swap", QT_TRIM_SWAP, NULL},
-    {"swsuspend", QT_TRIM_SKIP,
-     "a swap area holding a hibernation image; left as it is (resume the guest, or boot it "
-     "without resuming, then run qtrim again)"},
+    {"swsuspend", QT_TRIM_SKIP, QT_HIBERNATED_SWAP_WHY},
     {"LVM2_member", QT_TRIM_SKIP,
      "an LVM physical volume: its logical volumes and free extents are handled on their own"},
     {"crypto_LUKS", QT_TRIM_SKIP, "encrypted (LUKS); qtrim has no key and will not ask"},
@@ -183,17 +178,17 @@ int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
                 return 0;
         }
         if (!fs->fstype[0]) {
-                set_outcome(fs, "skipped", "no filesystem found");
+                qt_fs_set_outcome(fs, "skipped", "no filesystem found");
                 return 0;
         }
         int i = supported_index(fs);
         if (i < 0) {
-                set_outcome(fs, "skipped", "%s is not a filesystem qtrim trims", fs->fstype);
+                qt_fs_set_outcome(fs, "skipped", "%s is not a filesystem qtrim trims", fs->fstype);
                 return 0;
         }
 
         if (src->unusable) {
-                set_outcome(fs, "skipped", "%s", src->unusable);
+                qt_fs_set_outcome(fs, "skipped", "%s", src->unusable);
                 return 0;
         }
 
@@ -204,13 +199,13 @@ int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
                 struct qt_error e = {};
                 loop_fd = qt_loop_attach(src->disk, fs->offset, fs->size, false, loop, &e);
                 if (loop_fd < 0) {
-                        set_outcome(fs, "failed", "%s", e.message);
+                        qt_fs_set_outcome(fs, "failed", "%s", e.message);
                         return 0;
                 }
                 device = loop;
         }
         if (mkdir(mount_dir, 0700) < 0 && errno != EEXIST) {
-                set_outcome(fs, "failed", "cannot create %s: %s", mount_dir, strerror(errno));
+                qt_fs_set_outcome(fs, "failed", "cannot create %s: %s", mount_dir, strerror(errno));
                 closep(&loop_fd);
                 return 0;
         }
@@ -220,7 +215,7 @@ int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
          * the mount. */
         closep(&loop_fd);
         if (r < 0) {
-                set_outcome(fs, "skipped", "cannot mount: %s", why);
+                qt_fs_set_outcome(fs, "skipped", "cannot mount: %s", why);
                 rmdir(mount_dir);
                 return 0;
         }
@@ -229,19 +224,19 @@ int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
         if (r >= 0)
                 r = trim_range(mount_dir, fs, supported[i].whole_range, progress, userdata);
         if (r == -ECANCELED)
-                set_outcome(fs, "failed", "canceled");
+                qt_fs_set_outcome(fs, "failed", "canceled");
         else if (r == -EOPNOTSUPP || r == -ENOTTY)
-                set_outcome(fs, "skipped", "the filesystem does not support discard");
+                qt_fs_set_outcome(fs, "skipped", "the filesystem does not support discard");
         else if (r < 0)
-                set_outcome(fs, "failed", "FITRIM failed: %s", strerror(-r));
+                qt_fs_set_outcome(fs, "failed", "FITRIM failed: %s", strerror(-r));
         else
-                set_outcome(fs, "trimmed", "%s", "");
+                qt_fs_set_outcome(fs, "trimmed", "%s", "");
 
         if (umount2(mount_dir, 0) < 0) {
                 int err = errno;
                 /* Lazily: the namespace goes with the worker, the loop device with the mount. */
                 umount2(mount_dir, MNT_DETACH);
-                set_outcome(fs, "failed", "cannot unmount cleanly: %s", strerror(err));
+                qt_fs_set_outcome(fs, "failed", "cannot unmount cleanly: %s", strerror(err));
         }
         rmdir(mount_dir);
         return r == -ECANCELED ? r : 0;

@@ -26,6 +26,17 @@ enum qt_trim_method {
         QT_TRIM_SKIP,    /* left byte for byte as it is; why says why */
 };
 
+/* What a swap area holding a hibernation image is told, whoever finds it (blkid, or the swap
+ * header itself). */
+#define QT_HIBERNATED_SWAP_WHY                                                                     \
+        "a swap area holding a hibernation image; left as it is (resume the guest, or boot it "    \
+        "without resuming, then run qtrim again)"
+
+/* The outcome of a volume: its state ("trimmed", "discarded", "skipped", "failed") and a
+ * message, cut to the record's size. */
+void qt_fs_set_outcome(struct qt_fs_result *fs, const char *state, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The method for fs (a record of qt_discover); for QT_TRIM_SKIP, the reason goes into why. */
 enum qt_trim_method qt_trim_method(const struct qt_fs_result *fs, char *why, size_t why_size);
 /* "mount", "swap", "discard", "skip": what a volume record says. */

@@ -38,33 +38,29 @@ expect_volume() { # JSON NAME STATE-REGEX [MESSAGE-REGEX]
         fi
 }
 
-# shrink IMG: builds nothing; shrinks IMG with qtrimctl --json, then the checks every layout
-# shares. Leaves the report in $QT_WORK/NAME.json.
-shrink() {
-        local img=$1 name before json
-        name=$(basename -- "$img" .qcow2)
-        json=$QT_WORK/$name.json
-        before=$(allocated_bytes "$img")
-        assert_dirty "$img"
-        assert_not_zeroed "$img"
-        qt_info "\$ qtrimctl shrink --json $img"
-        qt_qtrimctl shrink --json "$img" >"$json" || qt_fail "qtrimctl shrink $name failed: $(cat "$json")"
-        jq -r '.[0].filesystems[] | "    | \(.name) \(.fstype) \(.state) \(.trimmed) \(.message)"' "$json"
-        [[ $(jq -r '.[0].result' "$json") == done ]] || qt_fail "$name: $(jq -c '.[0]' "$json")"
-        assert_preserved "$img"
-        assert_zeroed "$img"
-        verify_files "$img"
-        assert_qemu_img_check "$img"
-        assert_shrunk "$img"
-        qt_ok "$name: $(qt_human "$before") -> $(qt_human "$(allocated_bytes "$img")") allocated"
-}
-
-# shrink_json IMG: qtrimctl shrink --json IMG into $QT_WORK/NAME.json, its volumes shown.
+# shrink_json IMG [OPTION...]: qtrimctl shrink --json IMG into $QT_WORK/NAME.json, its volumes
+# shown; the job must end done.
 shrink_json() {
         local json
         json=$QT_WORK/$(basename -- "$1" .qcow2).json
         qt_qtrimctl shrink --json "${@:2}" "$1" >"$json" || qt_fail "qtrimctl shrink $1 failed: $(cat "$json")"
         jq -r '.[0].filesystems[] | "    | \(.name) \(.fstype) \(.state) \(.trimmed) \(.message)"' "$json"
+        [[ $(jq -r '.[0].result' "$json") == done ]] || qt_fail "$1: $(jq -c '.[0]' "$json")"
+}
+
+# shrink IMG: shrink_json, with the checks every fully built layout shares before and after.
+shrink() {
+        local img=$1 before
+        before=$(allocated_bytes "$img")
+        assert_dirty "$img"
+        assert_not_zeroed "$img"
+        shrink_json "$img"
+        assert_preserved "$img"
+        assert_zeroed "$img"
+        verify_files "$img"
+        assert_qemu_img_check "$img"
+        assert_shrunk "$img"
+        qt_ok "$(basename -- "$img"): $(qt_human "$before") -> $(qt_human "$(allocated_bytes "$img")") allocated"
 }
 
 layout_fedora() {

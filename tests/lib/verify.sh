@@ -275,42 +275,44 @@ assert_preserved() {
         qt_ok "$(basename -- "$img"): $n preserved range(s) byte-identical"
 }
 
-# assert_zeroed IMG [MANIFEST]: every zeroed range reads as zeros (a complete shrink's result).
-assert_zeroed() {
-        local img=$1 manifest=${2:-$(qt_manifest "$1")} tmp raw off size what nz n=0 nbad=0
-        [[ -f $manifest ]] || qt_fail "assert_zeroed: no manifest $manifest"
+# _qt_zeroed_ranges IMG MANIFEST WANT: counts the zeroed ranges whose non-zero bytes are not what
+# WANT asks (zeros: none; garbage: at least 99%, as random data has 1/256 zeros), says which on
+# stderr, and sets _qt_n (ranges) and _qt_nbad (those that fail).
+_qt_zeroed_ranges() {
+        local img=$1 manifest=$2 want=$3 tmp raw off size what nz
+        [[ -f $manifest ]] || qt_fail "zeroed ranges: no manifest $manifest"
         _qt_raw_copy "$img" tmp raw
+        _qt_n=0 _qt_nbad=0
         while read -r off size what; do
-                n=$((n + 1))
+                _qt_n=$((_qt_n + 1))
                 nz=$(_qt_nonzero_bytes "$raw" "$off" "$size")
-                if ((nz != 0)); then
+                if [[ $want == zeros ]] && ((nz != 0)); then
                         printf '    not zeroed: %s [%d, +%d): %d bytes non-zero\n' "$what" "$off" "$size" "$nz" >&2
-                        nbad=$((nbad + 1))
+                        _qt_nbad=$((_qt_nbad + 1))
+                elif [[ $want == garbage ]] && ((nz < size * 99 / 100)); then
+                        printf '    not garbage: %s [%d, +%d): only %d bytes non-zero\n' "$what" "$off" "$size" "$nz" >&2
+                        _qt_nbad=$((_qt_nbad + 1))
                 fi
         done < <(_qt_ranges "$manifest" zeroed)
         qt_undo rm -rf -- "$tmp"
-        ((nbad == 0)) || qt_fail "$(basename -- "$img"): $nbad of $n zeroed range(s) hold data"
-        qt_ok "$(basename -- "$img"): $n zeroed range(s) read as zeros"
+}
+
+# assert_zeroed IMG [MANIFEST]: every zeroed range reads as zeros (a complete shrink's result).
+assert_zeroed() {
+        local _qt_n _qt_nbad
+        _qt_zeroed_ranges "$1" "${2:-$(qt_manifest "$1")}" zeros
+        ((_qt_nbad == 0)) || qt_fail "$(basename -- "$1"): $_qt_nbad of $_qt_n zeroed range(s) hold data"
+        qt_ok "$(basename -- "$1"): $_qt_n zeroed range(s) read as zeros"
 }
 
 # assert_not_zeroed IMG [MANIFEST]: the opposite, for a freshly built image: every zeroed range
-# still holds its random garbage (at least 99% of its bytes non-zero; random data has 1/256
-# zeros), so a test cannot pass assert_zeroed without the tool doing anything.
+# still holds its random garbage, so a test cannot pass assert_zeroed without the tool doing
+# anything.
 assert_not_zeroed() {
-        local img=$1 manifest=${2:-$(qt_manifest "$1")} tmp raw off size what nz n=0 nbad=0
-        [[ -f $manifest ]] || qt_fail "assert_not_zeroed: no manifest $manifest"
-        _qt_raw_copy "$img" tmp raw
-        while read -r off size what; do
-                n=$((n + 1))
-                nz=$(_qt_nonzero_bytes "$raw" "$off" "$size")
-                if ((nz < size * 99 / 100)); then
-                        printf '    not garbage: %s [%d, +%d): only %d bytes non-zero\n' "$what" "$off" "$size" "$nz" >&2
-                        nbad=$((nbad + 1))
-                fi
-        done < <(_qt_ranges "$manifest" zeroed)
-        qt_undo rm -rf -- "$tmp"
-        ((nbad == 0)) || qt_fail "test image $(basename -- "$img"): $nbad of $n zeroed range(s) hold no garbage"
-        qt_ok "$(basename -- "$img"): $n zeroed range(s) hold garbage"
+        local _qt_n _qt_nbad
+        _qt_zeroed_ranges "$1" "${2:-$(qt_manifest "$1")}" garbage
+        ((_qt_nbad == 0)) || qt_fail "test image $(basename -- "$1"): $_qt_nbad of $_qt_n zeroed range(s) hold no garbage"
+        qt_ok "$(basename -- "$1"): $_qt_n zeroed range(s) hold garbage"
 }
 
 # zeroed_allocated_bytes IMG [MANIFEST]: bytes of IMG allocated inside its zeroed ranges

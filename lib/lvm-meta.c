@@ -732,8 +732,8 @@ static int find_value(struct interp *in, uint32_t sec, const char *what, const c
 static int get_u64(struct interp *in, uint32_t sec, const char *what, const char *key, uint64_t max,
                    bool required, uint64_t *ret)
 {
-        const struct node *node;
-        const struct value *v;
+        const struct node *node = NULL;
+        const struct value *v = NULL;
         int r = find_value(in, sec, what, key, required, false, &node, &v);
         if (r <= 0)
                 return r;
@@ -744,17 +744,19 @@ static int get_u64(struct interp *in, uint32_t sec, const char *what, const char
         return 1;
 }
 
-/* A string key of sec: 1 and *ret, 0 if absent and optional. */
+/* A string key sec must have: 0 and *ret, or -1. (*ret is set first so that an optimizing
+ * compiler sees it set on every path.) */
 static int get_str(struct interp *in, uint32_t sec, const char *what, const char *key,
-                   bool required, const char **ret)
+                   const char **ret)
 {
-        const struct node *node;
-        const struct value *v;
-        int r = find_value(in, sec, what, key, required, true, &node, &v);
+        const struct node *node = NULL;
+        const struct value *v = NULL;
+        *ret = "";
+        int r = find_value(in, sec, what, key, true, true, &node, &v);
         if (r <= 0)
-                return r;
+                return r < 0 ? r : -1;
         *ret = str(in->p, v->string);
-        return 1;
+        return 0;
 }
 
 /* Sorting and searching names through an index, without global state. */
@@ -845,7 +847,7 @@ static int read_pvs(struct interp *in, uint32_t vgn)
                 struct qt_lvm_pv *pv = &vg->pvs[vg->n_pvs++];
                 snprintf(pv->id, sizeof(pv->id), "%s", str(p, p->nodes[c].key));
                 const char *id;
-                r = get_str(in, c, pv->id, "id", true, &id);
+                r = get_str(in, c, pv->id, "id", &id);
                 if (r < 0)
                         return r;
                 if (uuid_from_text(id, pv->uuid) < 0)
@@ -1003,7 +1005,7 @@ static int read_segment(struct interp *in, long lv, uint32_t sn, struct seg *seg
         if (seg->count == 0)
                 return fail(p->why, p->why_size, "%s: extent_count 0", what);
         const char *type;
-        r = get_str(in, sn, what, "type", true, &type);
+        r = get_str(in, sn, what, "type", &type);
         if (r < 0)
                 return r;
         seg->type = (uint32_t)(type - p->strings);
@@ -1231,7 +1233,7 @@ static int interpret(struct interp *in)
         snprintf(vg->name, sizeof(vg->name), "%s", str(p, p->nodes[vgn].key));
 
         const char *id;
-        int r = get_str(in, vgn, vg->name, "id", true, &id);
+        int r = get_str(in, vgn, vg->name, "id", &id);
         if (r < 0)
                 return r;
         if (uuid_from_text(id, vg->uuid) < 0)

@@ -143,7 +143,18 @@ uint64_t qt_attachment_nbd_owner(const struct qt_attachment *a)
 void qt_attachment_source(struct qt_attachment *a, const struct qt_fs_result *fs,
                           struct qt_fs_source *ret)
 {
-        *ret = (struct qt_fs_source){.disk = qt_attachment_disk(a)};
+        *ret = (struct qt_fs_source){
+            .disk = qt_attachment_disk(a), .offset = fs->offset, .size = fs->size};
+        if (fs->n_extents) { /* an LV in several places: its extents mapped as one */
+                if (a->nbd)
+                        ret->device = qt_nbd_kernel_linear(a->nbd, fs->extents, fs->n_extents);
+                else
+                        ret->disk = qt_nbd_fuse_add_volume(a->bridge, fs->extents, fs->n_extents);
+                ret->offset = 0;
+                if (!ret->device && !ret->disk)
+                        ret->unusable = "its segments could not be mapped as one device";
+                return;
+        }
         if (!a->nbd)
                 return;
         /* No partition table: the filesystem is the device itself. */

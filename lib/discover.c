@@ -20,7 +20,11 @@ static void probe_volume(int fd, struct qt_fs_result *fs)
         blkid_probe pr = blkid_new_probe();
         if (!pr)
                 return;
-        if (blkid_probe_set_device(pr, fd, (blkid_loff_t)fs->offset, (blkid_loff_t)fs->size) == 0) {
+        /* A volume in several places is probed in its first: every signature qtrim acts on
+         * lies in a volume's first 64 KiB, and the bytes after that extent are not the next
+         * bytes of the disk. */
+        uint64_t size = fs->n_extents ? fs->extents[0].size : fs->size;
+        if (blkid_probe_set_device(pr, fd, (blkid_loff_t)fs->offset, (blkid_loff_t)size) == 0) {
                 blkid_probe_enable_superblocks(pr, 1);
                 blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL |
                                                           BLKID_SUBLKS_UUID);
@@ -245,23 +249,35 @@ static bool extents_range(const struct qt_lvm_vg *vg, const struct found_pv *pv,
         return true;
 }
 
-/* The bytes of a linear LV: 1 if its segments lie one after the other on one PV (lvextend
- * usually places them so), 0 for an LV spread over places, -1 for extents outside its PV. */
-static int lv_range(const struct qt_lvm_vg *vg, const struct found_pv *by_pv[],
-                    const struct qt_lvm_lv *lv, struct qt_range *ret)
+/* The bytes of a linear LV: its segments as ranges of the disk, one range for segments that
+ * follow each other on a PV (lvextend usually places them so). 1, or 0 for an LV in more places
+ * than a volume holds, -1 for extents outside their PV. */
+static int lv_extents(const struct qt_lvm_vg *vg, const struct found_pv *by_pv[],
+                      const struct qt_lvm_lv *lv, struct qt_fs_result *v)
 {
         if (lv->n_segments == 0)
-                return 0;
-        const struct qt_lvm_segment *first = &lv->segments[0];
-        uint64_t count = 0;
+                return -1;
+        v->n_extents = 0;
+        v->size = 0;
         for (size_t k = 0; k < lv->n_segments; k++) {
                 const struct qt_lvm_segment *g = &lv->segments[k];
-                if (g->pv != first->pv || g->pv_start_extent != first->pv_start_extent + count)
+                const struct found_pv *pv = by_pv[g->pv];
+                struct qt_range r;
+                if (!pv || !extents_range(vg, pv, g->pv, g->pv_start_extent, g->extent_count, &r))
+                        return -1;
+                struct qt_range *last = v->n_extents ? &v->extents[v->n_extents - 1] : NULL;
+                if (last && last->offset + last->size == r.offset)
+                        last->size += r.size;
+                else if (v->n_extents == QT_FS_EXTENTS_MAX)
                         return 0;
-                count += g->extent_count;
+                else
+                        v->extents[v->n_extents++] = r;
+                v->size += r.size;
         }
-        const struct found_pv *pv = by_pv[first->pv];
-        return pv && extents_range(vg, pv, first->pv, first->pv_start_extent, count, ret) ? 1 : -1;
+        v->offset = v->extents[0].offset;
+        if (v->n_extents == 1)
+                v->n_extents = 0; /* one range: a volume like any other */
+        return 1;
 }
 
 static void add_vg_volumes(int fd, const struct qt_lvm_vg *vg, const struct found_pv *by_pv[],
@@ -274,23 +290,21 @@ static void add_vg_volumes(int fd, const struct qt_lvm_vg *vg, const struct foun
                 char name[QT_FS_NAME_MAX];
                 snprintf(name, sizeof(name), "%.60s/%.60s", vg->name, lv->name);
                 struct qt_fs_result *v = &fs[*n];
-                struct qt_range range;
+                add_fs(v, name, "lv", 0, 0);
                 int r;
                 if (lv->kind != QT_LVM_LV_LINEAR) {
-                        add_fs(v, name, "lv", 0, 0);
                         snprintf(v->message, sizeof(v->message), "%s", lv_skip_reason(lv->kind));
-                } else if ((r = lv_range(vg, by_pv, lv, &range)) <= 0) {
-                        add_fs(v, name, "lv", 0, 0);
+                } else if ((r = lv_extents(vg, by_pv, lv, v)) <= 0) {
+                        v->offset = v->size = 0;
+                        v->n_extents = 0;
                         if (r == 0)
                                 snprintf(v->message, sizeof(v->message),
-                                         "its %zu segments lie in different places; not trimmed "
-                                         "yet",
-                                         lv->n_segments);
+                                         "its segments lie in more than %d places; left alone",
+                                         QT_FS_EXTENTS_MAX);
                         else
                                 snprintf(v->message, sizeof(v->message),
                                          "its extents lie outside its PV's partition; left alone");
                 } else {
-                        add_fs(v, name, "lv", range.offset, range.size);
                         probe_volume(fd, v);
                 }
                 (*n)++;

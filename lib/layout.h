@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "report.h"
+
 /* What qtrim reads from the start of a swap area: enough for a 64 KiB page size. */
 #define QT_SWAP_HEADER_READ_SIZE (64u * 1024u)
 
@@ -28,11 +30,6 @@ enum qt_swap_state {
  * ret_header: the header page's length (the page size where the signature sits), for an area.
  */
 enum qt_swap_state qt_swap_parse(const uint8_t *buf, size_t len, uint64_t *ret_header);
-
-/* One range of the disk, bytes. */
-struct qt_range {
-        uint64_t offset, size;
-};
 
 /* Where the GPT's backup lives: everything from the returned offset to the end of the disk is
  * the backup header and its entries (and any space after the last usable sector). Reads the

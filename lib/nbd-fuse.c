@@ -22,6 +22,7 @@
 
 #include "command.h"
 #include "qemu-nbd.h"
+#include "report.h"
 #include "util.h"
 
 #define DISK_NAME "disk"
@@ -29,6 +30,18 @@
 #define MAX_TRIM_REQUEST (1ULL << 30)
 /* How long detach waits for the last user of the disk file before cutting the connection. */
 #define DETACH_WAIT_SECONDS 10
+
+/* A file of the bridge: ranges of the disk, in order. File 0 is the disk itself; the others are
+ * volumes in several places (an LV's segments), named v1, v2, ... */
+#define MAX_FILES (1 + QT_MAX_FILESYSTEMS)
+
+struct file {
+        char name[16];
+        uint64_t size;
+        size_t n_extents;
+        struct qt_range extents[QT_FS_EXTENTS_MAX];
+        char path[PATH_MAX];
+};
 
 struct qt_nbd_fuse {
         struct nbd_handle *nbd;
@@ -41,7 +54,10 @@ struct qt_nbd_fuse {
         dev_t connection; /* the FUSE mount's device: its fusectl entry */
         uint64_t size;
         char mountpoint[PATH_MAX];
-        char disk_path[PATH_MAX];
+        /* The FUSE thread reads n_files with acquire, the caller's thread publishes a filled
+         * entry with a release: files are added, never changed or removed. */
+        size_t n_files;
+        struct file files[MAX_FILES];
 };
 
 static struct qt_nbd_fuse *bridge(void)
@@ -56,9 +72,49 @@ static int nbd_errno(void)
         return err > 0 ? -err : -EIO;
 }
 
-static bool is_disk(const char *path)
+static size_t n_files(const struct qt_nbd_fuse *b)
 {
-        return strcmp(path, "/" DISK_NAME) == 0;
+        return __atomic_load_n(&b->n_files, __ATOMIC_ACQUIRE);
+}
+
+static const struct file *find_file(const struct qt_nbd_fuse *b, const char *path)
+{
+        size_t n = n_files(b);
+        for (size_t i = 0; path[0] == '/' && i < n; i++)
+                if (strcmp(path + 1, b->files[i].name) == 0)
+                        return &b->files[i];
+        return NULL;
+}
+
+/* The file an open gave its handle to. */
+static const struct file *opened(struct fuse_file_info *fi)
+{
+        return &bridge()->files[fi->fh];
+}
+
+/* Calls fn on each piece of [off, off + len) of f as a range of the disk, in order, with how
+ * many bytes of the request came before it; stops at the first error. The request lies within
+ * the file. */
+typedef int (*piece_fn)(struct qt_nbd_fuse *b, uint64_t pos, uint64_t n, uint64_t done, void *ctx);
+
+static int for_each_piece(struct qt_nbd_fuse *b, const struct file *f, uint64_t off, uint64_t len,
+                          piece_fn fn, void *ctx)
+{
+        uint64_t done = 0;
+        for (size_t i = 0; i < f->n_extents && done < len; i++) {
+                const struct qt_range *x = &f->extents[i];
+                if (off >= x->size) {
+                        off -= x->size;
+                        continue;
+                }
+                uint64_t n = x->size - off < len - done ? x->size - off : len - done;
+                int r = fn(b, x->offset + off, n, done, ctx);
+                if (r < 0)
+                        return r;
+                done += n;
+                off = 0;
+        }
+        return 0;
 }
 
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
@@ -69,10 +125,11 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
                 st->st_nlink = 2;
                 return 0;
         }
-        if (!is_disk(path))
+        const struct file *f = find_file(bridge(), path);
+        if (!f)
                 return -ENOENT;
         st->st_mode = S_IFREG | (bridge()->read_only ? 0400 : 0600);
-        st->st_size = (off_t)bridge()->size;
+        st->st_size = (off_t)f->size;
         return 0;
 }
 
@@ -83,16 +140,20 @@ static int op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
                 return -ENOTDIR;
         fill(buf, ".", NULL, 0, 0);
         fill(buf, "..", NULL, 0, 0);
-        fill(buf, DISK_NAME, NULL, 0, 0);
+        size_t n = n_files(bridge());
+        for (size_t i = 0; i < n; i++)
+                fill(buf, bridge()->files[i].name, NULL, 0, 0);
         return 0;
 }
 
 static int op_open(const char *path, struct fuse_file_info *fi)
 {
-        if (!is_disk(path))
+        const struct file *f = find_file(bridge(), path);
+        if (!f)
                 return -ENOENT;
         if (bridge()->read_only && (fi->flags & O_ACCMODE) != O_RDONLY)
                 return -EROFS;
+        fi->fh = (uint64_t)(f - bridge()->files);
         /* No page cache for the disk: the loop device above has its own, and dirty pages of a
          * FUSE file under a loop device are how the reclaim deadlock starts. */
         fi->direct_io = 1;
@@ -103,27 +164,35 @@ static int op_open(const char *path, struct fuse_file_info *fi)
         return 0;
 }
 
+static int read_piece(struct qt_nbd_fuse *b, uint64_t pos, uint64_t n, uint64_t done, void *buf)
+{
+        return nbd_pread(b->nbd, (char *)buf + done, n, pos, 0) < 0 ? nbd_errno() : 0;
+}
+
+static int write_piece(struct qt_nbd_fuse *b, uint64_t pos, uint64_t n, uint64_t done, void *buf)
+{
+        return nbd_pwrite(b->nbd, (const char *)buf + done, n, pos, 0) < 0 ? nbd_errno() : 0;
+}
+
 static int op_read(const char *path, char *buf, size_t len, off_t off, struct fuse_file_info *fi)
 {
-        struct qt_nbd_fuse *b = bridge();
-        if ((uint64_t)off >= b->size)
+        const struct file *f = opened(fi);
+        if ((uint64_t)off >= f->size)
                 return 0;
-        if ((uint64_t)off + len > b->size)
-                len = (size_t)(b->size - (uint64_t)off);
-        if (nbd_pread(b->nbd, buf, len, (uint64_t)off, 0) < 0)
-                return nbd_errno();
-        return (int)len;
+        if ((uint64_t)off + len > f->size)
+                len = (size_t)(f->size - (uint64_t)off);
+        int r = for_each_piece(bridge(), f, (uint64_t)off, len, read_piece, buf);
+        return r < 0 ? r : (int)len;
 }
 
 static int op_write(const char *path, const char *buf, size_t len, off_t off,
                     struct fuse_file_info *fi)
 {
-        struct qt_nbd_fuse *b = bridge();
-        if ((uint64_t)off + len > b->size)
+        const struct file *f = opened(fi);
+        if ((uint64_t)off + len > f->size)
                 return -ENOSPC;
-        if (nbd_pwrite(b->nbd, buf, len, (uint64_t)off, 0) < 0)
-                return nbd_errno();
-        return (int)len;
+        int r = for_each_piece(bridge(), f, (uint64_t)off, len, write_piece, (void *)buf);
+        return r < 0 ? r : (int)len;
 }
 
 static int op_flush(const char *path, struct fuse_file_info *fi)
@@ -144,7 +213,7 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
  * metadata (a compat=0.10 qcow2 would grow by every byte "punched"); there, and for partial
  * clusters, the trim is the fallback, advisory as a discard is. During a trim session the
  * punches are FITRIM's discards, which promise nothing. */
-static int punch(struct qt_nbd_fuse *b, uint64_t n, uint64_t pos)
+static int punch(struct qt_nbd_fuse *b, uint64_t pos, uint64_t n)
 {
         if (b->fast_zero) {
                 if (nbd_zero(b->nbd, n, pos, LIBNBD_CMD_FLAG_FAST_ZERO) == 0)
@@ -160,32 +229,38 @@ static int punch(struct qt_nbd_fuse *b, uint64_t n, uint64_t pos)
         return err == EIO || err == EPERM || err == EROFS ? -err : 0;
 }
 
-/* The loop device turns a discard (and write-zeroes that may unmap) into PUNCH_HOLE, and
- * write-zeroes that must not unmap into ZERO_RANGE. */
-static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
+/* A piece of a fallocate: punched (ctx non-NULL) or zeroed, in requests NBD can carry. */
+static int fallocate_piece(struct qt_nbd_fuse *b, uint64_t pos, uint64_t len, uint64_t done,
+                           void *punching)
 {
-        struct qt_nbd_fuse *b = bridge();
-        bool punching = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
-        bool zeroing = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
-
-        if (!punching && !zeroing)
-                return -EOPNOTSUPP;
-        if (off < 0 || len < 0 || (uint64_t)off > b->size)
-                return -EINVAL;
-        uint64_t pos = (uint64_t)off, end = (uint64_t)off + (uint64_t)len;
-        if (end > b->size)
-                end = b->size;
-        while (pos < end) {
+        for (uint64_t end = pos + len; pos < end;) {
                 uint64_t n = end - pos < MAX_TRIM_REQUEST ? end - pos : MAX_TRIM_REQUEST;
                 int r =
                     punching
-                        ? punch(b, n, pos)
+                        ? punch(b, pos, n)
                         : (nbd_zero(b->nbd, n, pos, LIBNBD_CMD_FLAG_NO_HOLE) < 0 ? nbd_errno() : 0);
                 if (r < 0)
                         return r;
                 pos += n;
         }
         return 0;
+}
+
+/* The loop device turns a discard (and write-zeroes that may unmap) into PUNCH_HOLE, and
+ * write-zeroes that must not unmap into ZERO_RANGE. */
+static int op_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
+{
+        const struct file *f = opened(fi);
+        bool punching = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+        bool zeroing = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+
+        if (!punching && !zeroing)
+                return -EOPNOTSUPP;
+        if (off < 0 || len < 0 || (uint64_t)off > f->size)
+                return -EINVAL;
+        uint64_t end = (uint64_t)len < f->size - (uint64_t)off ? (uint64_t)(off + len) : f->size;
+        return for_each_piece(bridge(), f, (uint64_t)off, end - (uint64_t)off, fallocate_piece,
+                              punching ? (void *)1 : NULL);
 }
 
 static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
@@ -354,9 +429,17 @@ int qt_nbd_fuse_attach(const char *image, const char *format, bool read_only,
                 return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
         b->read_only = read_only;
         snprintf(b->mountpoint, sizeof(b->mountpoint), "%s", mountpoint);
-        snprintf(b->disk_path, sizeof(b->disk_path), "%s/" DISK_NAME, mountpoint);
 
         int r = start_qemu_nbd(b, image, format, e);
+        if (r >= 0) {
+                struct file *disk = &b->files[0];
+                snprintf(disk->name, sizeof(disk->name), DISK_NAME);
+                snprintf(disk->path, sizeof(disk->path), "%s/" DISK_NAME, mountpoint);
+                disk->size = b->size;
+                disk->n_extents = 1;
+                disk->extents[0] = (struct qt_range){0, b->size};
+                b->n_files = 1; /* before the FUSE thread starts */
+        }
         if (r >= 0)
                 r = mount_bridge(b, e);
         if (r < 0) {
@@ -369,7 +452,32 @@ int qt_nbd_fuse_attach(const char *image, const char *format, bool read_only,
 
 const char *qt_nbd_fuse_disk_path(const struct qt_nbd_fuse *b)
 {
-        return b->disk_path;
+        return b->files[0].path;
+}
+
+const char *qt_nbd_fuse_add_volume(struct qt_nbd_fuse *b, const struct qt_range *extents, size_t n)
+{
+        size_t i = b->n_files; /* only this thread adds */
+        if (i == MAX_FILES || n == 0 || n > QT_FS_EXTENTS_MAX)
+                return NULL;
+        struct file *f = &b->files[i];
+        *f = (struct file){.n_extents = n};
+        for (size_t k = 0; k < n; k++) {
+                const struct qt_range *x = &extents[k];
+                if (x->offset % 512 || x->size % 512 || x->size == 0 || x->offset > b->size ||
+                    x->size > b->size - x->offset)
+                        return NULL;
+                f->extents[k] = *x;
+                f->size += x->size;
+        }
+        char name[sizeof(f->name)];
+        snprintf(name, sizeof(name), "v%zu", i);
+        memcpy(f->name, name, sizeof(name));
+        if ((size_t)snprintf(f->path, sizeof(f->path), "%s/%s", b->mountpoint, name) >=
+            sizeof(f->path))
+                return NULL;
+        __atomic_store_n(&b->n_files, i + 1, __ATOMIC_RELEASE);
+        return f->path;
 }
 
 uint64_t qt_nbd_fuse_size(const struct qt_nbd_fuse *b)

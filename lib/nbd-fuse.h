@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * The fuse attach path: qemu-nbd --discard=unmap (socket-activated, dying with the worker), its
- * export served by libfuse3 as one file, <mountpoint>/disk, on which loop devices can sit.
+ * export served by libfuse3 as a file, <mountpoint>/disk, on which loop devices can sit (and
+ * one more file per volume whose bytes lie in several places of the disk).
  * Works wherever FUSE and loop devices exist; needs no nbd kernel module.
  *
  * Threading: one FUSE thread serves the file (reads, writes, flush, fallocate → NBD trim/zero)
@@ -25,6 +26,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "report.h"
 
 struct qt_nbd_fuse;
 
@@ -35,6 +37,11 @@ int qt_nbd_fuse_attach(const char *image, const char *format, bool read_only,
 
 /* Path of the disk file, e.g. "/run/qtrim/mnt/fuse/disk". */
 const char *qt_nbd_fuse_disk_path(const struct qt_nbd_fuse *b);
+/* Adds a file whose bytes are extents[0..n) of the disk, in order (an LV whose segments lie in
+ * several places, for a loop device to show as one); reads, writes and hole punches go to the
+ * disk's bytes they map to. Returns its path, valid until detach, or NULL (ranges outside the
+ * disk or not multiples of 512, or too many files). */
+const char *qt_nbd_fuse_add_volume(struct qt_nbd_fuse *b, const struct qt_range *extents, size_t n);
 uint64_t qt_nbd_fuse_size(const struct qt_nbd_fuse *b);
 /* The connection's number under fusectl (/sys/fs/fuse/connections/N), 0 if unknown. */
 unsigned qt_nbd_fuse_connection(const struct qt_nbd_fuse *b);

@@ -720,6 +720,12 @@ enum qt_nbd_connection qt_nbd_kernel_connection_state(const char *device, uint64
         return *ret_server ? QT_NBD_SERVED : QT_NBD_LINGERING;
 }
 
+const char *qt_nbd_kernel_linear(struct qt_nbd_kernel *k, const struct qt_range *extents, size_t n)
+{
+        fprintf(stderr, "qtrim worker %d: no device-mapper mapping yet\n", (int)getpid());
+        return NULL;
+}
+
 void qt_nbd_kernel_drop_stale_partitions(const char *device)
 {
         const char *sysname = device_sysname(device);

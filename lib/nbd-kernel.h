@@ -26,6 +26,7 @@
 #include <sys/types.h>
 
 #include "error.h"
+#include "report.h"
 
 #define QT_NBD_PATH_MAX 32
 
@@ -55,6 +56,13 @@ uint64_t qt_nbd_kernel_owner(const struct qt_nbd_kernel *k);
  * long. NULL if that fails too: the caller falls back to a loop device over the whole disk. */
 const char *qt_nbd_kernel_partition(struct qt_nbd_kernel *k, int number, uint64_t offset,
                                     uint64_t size);
+
+/* A device-mapper linear device of qtrim's own over extents[0..n) of the nbd device (bytes,
+ * multiples of 512, in the order the volume has them): an LV whose segments lie in several
+ * places, as one block device to mount. Hidden from udev's rules and the host's LVM. Removed at
+ * detach (and by qt_nbd_kernel_drop_stale_partitions() after a dead worker); the path lives as
+ * long. NULL, with a line on stderr saying why, if it cannot be made. */
+const char *qt_nbd_kernel_linear(struct qt_nbd_kernel *k, const struct qt_range *extents, size_t n);
 
 /* Removes the kernel's partition node for exactly [offset, offset + size) of the disk, if there
  * is one and it is not in use here: a guest's LVM PV or RAID member that the host's LVM or mdadm

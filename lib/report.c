@@ -193,6 +193,22 @@ void qt_emit_phase_time(struct qt_reporter *r, enum qt_phase phase, uint64_t use
         emit_line(r, "phase-time\t%s\t%llu", qt_phase_name(phase), (unsigned long long)usec);
 }
 
+size_t qt_fs_disk_ranges(const struct qt_fs_result *fs, uint64_t from,
+                         struct qt_range ret[QT_FS_EXTENTS_MAX])
+{
+        const struct qt_range whole = {fs->offset, fs->size};
+        const struct qt_range *ext = fs->n_extents ? fs->extents : &whole;
+        size_t n_ext = fs->n_extents ? fs->n_extents : 1, n = 0;
+        if (n_ext > QT_FS_EXTENTS_MAX)
+                n_ext = QT_FS_EXTENTS_MAX;
+        for (size_t i = 0; i < n_ext; i++) {
+                if (from < ext[i].size)
+                        ret[n++] = (struct qt_range){ext[i].offset + from, ext[i].size - from};
+                from = from > ext[i].size ? from - ext[i].size : 0;
+        }
+        return n;
+}
+
 /* Replaces the record of the same name, or appends one. */
 static int upsert_fs(struct qt_report *report, const struct qt_fs_result *fs)
 {

@@ -37,6 +37,14 @@ const char *qt_phase_name(enum qt_phase phase);
 #define QT_FS_MESSAGE_MAX  200
 #define QT_MAX_FILESYSTEMS 64
 
+/* One range of the disk, bytes. */
+struct qt_range {
+        uint64_t offset, size;
+};
+
+/* An LV's segments may lie in several places of the disk; lvextend makes a few at most. */
+#define QT_FS_EXTENTS_MAX 16
+
 /* One volume of the guest disk: a partition, the whole disk, a logical volume, or space that
  * belongs to nothing (a gap outside the partitions, a VG's free extents). */
 struct qt_fs_result {
@@ -48,10 +56,20 @@ struct qt_fs_result {
         char label[QT_FS_LABEL_MAX]; /* as blkid reads them, "" if none */
         char uuid[QT_FS_UUID_MAX];
         uint64_t offset, size, trimmed;
+        /* n_extents 0: the volume is [offset, +size) of the disk. Else its bytes are these
+         * ranges of the disk, in order (offset is then the first one's, size their sum). The
+         * worker's alone: not in the line protocol or on D-Bus. */
+        struct qt_range extents[QT_FS_EXTENTS_MAX];
+        unsigned n_extents;
         /* "found", "trimmed" (FITRIM), "discarded" (freed directly), "skipped", "failed" */
         char state[QT_FS_STATE_MAX];
         char message[QT_FS_MESSAGE_MAX];
 };
+
+/* The ranges of the disk that bytes [from, fs->size) of volume fs are, in the volume's order;
+ * returns how many (at most QT_FS_EXTENTS_MAX, 0 when from is past the end). */
+size_t qt_fs_disk_ranges(const struct qt_fs_result *fs, uint64_t from,
+                         struct qt_range ret[QT_FS_EXTENTS_MAX]);
 
 #define QT_REPORT_STRING_MAX 4096
 

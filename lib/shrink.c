@@ -197,10 +197,11 @@ static void on_extent(uint64_t offset, uint64_t length, void *userdata)
 {
         struct allocation *a = userdata;
         for (size_t i = 0; i < a->n; i++) {
-                struct qt_range piece;
-                if (overlap(offset, length, &(struct qt_range){a->fs[i].offset, a->fs[i].size},
-                            &piece))
-                        a->bytes[i] += piece.size;
+                struct qt_range ranges[QT_FS_EXTENTS_MAX], piece;
+                size_t n = qt_fs_disk_ranges(&a->fs[i], 0, ranges);
+                for (size_t k = 0; k < n; k++)
+                        if (overlap(offset, length, &ranges[k], &piece))
+                                a->bytes[i] += piece.size;
         }
 }
 
@@ -278,7 +279,8 @@ static void on_trim_progress(double fraction, void *userdata)
 #define HELD_RANGES_MAX (1u << 20)
 
 struct held {
-        struct qt_range volumes[QT_MAX_FILESYSTEMS]; /* the volumes discarded, not trimmed */
+        /* the disk ranges of the volumes discarded, not trimmed */
+        struct qt_range volumes[QT_MAX_FILESYSTEMS * QT_FS_EXTENTS_MAX];
         size_t n_volumes;
         struct qt_range *ranges; /* in the order qemu-img map reports them */
         size_t n, cap;
@@ -325,8 +327,8 @@ static struct held *held_map(struct shrink *s)
                 char why[QT_FS_MESSAGE_MAX];
                 enum qt_trim_method m = qt_trim_method(&report->fs[i], why, sizeof(why));
                 if (m == QT_TRIM_DISCARD || m == QT_TRIM_SWAP)
-                        h->volumes[h->n_volumes++] =
-                            (struct qt_range){report->fs[i].offset, report->fs[i].size};
+                        h->n_volumes +=
+                            qt_fs_disk_ranges(&report->fs[i], 0, h->volumes + h->n_volumes);
         }
         struct qt_error e = {};
         if (qt_image_map(s->req->image, s->info.format, on_held_extent, h, &e) < 0) {
@@ -350,49 +352,50 @@ static void on_piece_progress(double fraction, void *userdata)
                                  p->s);
 }
 
-/* Discards what the image holds of [from, fs->offset + fs->size): space whose content the guest
- * no longer needs. */
+/* Discards what the image holds of bytes [from, fs->size) of volume fs: space whose content the
+ * guest no longer needs. */
 static int discard_volume(struct shrink *s, struct qt_fs_result *fs, uint64_t from,
                           const char *message)
 {
-        uint64_t start = (from + 511) / 512 * 512, end = (fs->offset + fs->size) / 512 * 512;
+        struct qt_range targets[QT_FS_EXTENTS_MAX];
+        size_t n_targets = qt_fs_disk_ranges(fs, from, targets);
         /* qcow2 frees whole clusters; a raw file, whole blocks of the host's filesystem. */
         uint64_t cluster = s->info.cluster_size >= 4096 ? s->info.cluster_size : 4096;
-        struct qt_range whole = {start, end > start ? end - start : 0};
-        const struct qt_range *pieces = &whole;
-        size_t n = 1;
-        if (s->held && !s->held->unknown) {
-                pieces = s->held->ranges;
-                n = s->held->n;
-        }
         struct discard_progress p = {.s = s};
         for (int pass = 0; pass < 2; pass++) { /* what there is to do, then do it */
-                for (size_t i = 0; i < n; i++) {
-                        uint64_t lo = pieces[i].offset > start ? pieces[i].offset : start;
-                        uint64_t hi = pieces[i].offset + pieces[i].size < end
-                                          ? pieces[i].offset + pieces[i].size
-                                          : end;
-                        lo = (lo + 511) / 512 * 512;
-                        hi = hi / 512 * 512;
-                        if (hi <= lo)
-                                continue;
-                        if (pass == 0) {
-                                p.total += hi - lo;
-                                continue;
+                for (size_t t = 0; t < n_targets; t++) {
+                        const struct qt_range *pieces = &targets[t];
+                        size_t n = 1;
+                        if (s->held && !s->held->unknown) {
+                                pieces = s->held->ranges;
+                                n = s->held->n;
                         }
-                        struct qt_error e = {};
-                        p.piece = hi - lo;
-                        int r = qt_attachment_discard(s->attachment, lo, hi - lo, cluster,
-                                                      on_piece_progress, &p, &e);
-                        if (r == -ECANCELED) {
-                                qt_fs_set_outcome(fs, "failed", "canceled");
-                                return r;
+                        for (size_t i = 0; i < n; i++) {
+                                struct qt_range piece;
+                                if (!overlap(pieces[i].offset, pieces[i].size, &targets[t], &piece))
+                                        continue;
+                                uint64_t lo = (piece.offset + 511) / 512 * 512;
+                                uint64_t hi = (piece.offset + piece.size) / 512 * 512;
+                                if (hi <= lo)
+                                        continue;
+                                if (pass == 0) {
+                                        p.total += hi - lo;
+                                        continue;
+                                }
+                                struct qt_error e = {};
+                                p.piece = hi - lo;
+                                int r = qt_attachment_discard(s->attachment, lo, hi - lo, cluster,
+                                                              on_piece_progress, &p, &e);
+                                if (r == -ECANCELED) {
+                                        qt_fs_set_outcome(fs, "failed", "canceled");
+                                        return r;
+                                }
+                                if (r < 0) {
+                                        qt_fs_set_outcome(fs, "failed", "%s", e.message);
+                                        return 0;
+                                }
+                                p.done += hi - lo;
                         }
-                        if (r < 0) {
-                                qt_fs_set_outcome(fs, "failed", "%s", e.message);
-                                return 0;
-                        }
-                        p.done += hi - lo;
                 }
         }
         fs->trimmed = p.done;
@@ -407,8 +410,9 @@ static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
         _cleanup_free_ uint8_t *buf = malloc(QT_SWAP_HEADER_READ_SIZE);
         const char *disk = qt_attachment_disk(s->attachment);
         _cleanup_close_ int fd = open(disk, O_RDONLY | O_CLOEXEC);
-        size_t want =
-            fs->size < QT_SWAP_HEADER_READ_SIZE ? (size_t)fs->size : QT_SWAP_HEADER_READ_SIZE;
+        /* The header lies in the area's first extent, which discovery probed too. */
+        uint64_t first = fs->n_extents ? fs->extents[0].size : fs->size;
+        size_t want = first < QT_SWAP_HEADER_READ_SIZE ? (size_t)first : QT_SWAP_HEADER_READ_SIZE;
         ssize_t got = buf && fd >= 0 ? pread(fd, buf, want, (off_t)fs->offset) : -1;
         if (got < 0) {
                 qt_fs_set_outcome(fs, "failed", "cannot read the swap header");
@@ -417,7 +421,7 @@ static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
         uint64_t header = 0;
         switch (qt_swap_parse(buf, (size_t)got, &header)) {
         case QT_SWAP_AREA:
-                return discard_volume(s, fs, fs->offset + header, "header page (label, UUID) kept");
+                return discard_volume(s, fs, header, "header page (label, UUID) kept");
         case QT_SWAP_HIBERNATED:
                 qt_fs_set_outcome(fs, "skipped", "%s", QT_HIBERNATED_SWAP_WHY);
                 return 0;
@@ -467,7 +471,7 @@ static int trim(struct shrink *s)
                                                   "kept: the space outside the partitions is left "
                                                   "alone (TrimGaps=no, or the trim-gaps option)");
                         else
-                                r = discard_volume(s, &fs, fs.offset, "");
+                                r = discard_volume(s, &fs, 0, "");
                         break;
                 case QT_TRIM_SKIP:
                         qt_fs_set_outcome(&fs, "skipped", "%s", why);

@@ -197,7 +197,7 @@ int qt_trim_filesystem(const struct qt_fs_source *src, const char *mount_dir,
         int loop_fd = -1;
         if (!device) {
                 struct qt_error e = {};
-                loop_fd = qt_loop_attach(src->disk, fs->offset, fs->size, false, loop, &e);
+                loop_fd = qt_loop_attach(src->disk, src->offset, src->size, false, loop, &e);
                 if (loop_fd < 0) {
                         qt_fs_set_outcome(fs, "failed", "%s", e.message);
                         return 0;

@@ -13,8 +13,9 @@ typedef void (*qt_progress_fn)(double fraction, void *userdata);
  * filesystem, mounted as it is (a partition node of the kernel path, or a whole nbd device), or a
  * loop device over [fs->offset, fs->offset + fs->size) of a disk (a file or a block device). */
 struct qt_fs_source {
-        const char *device; /* NULL: use a loop device over disk */
+        const char *device; /* NULL: use a loop device over [offset, +size) of disk */
         const char *disk;
+        uint64_t offset, size;
         const char *unusable; /* if set: why it cannot be trimmed this way (it is skipped) */
 };
 

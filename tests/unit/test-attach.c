@@ -328,6 +328,77 @@ START_TEST(test_bridge_writes_and_punches_through)
 }
 END_TEST
 
+/* A volume in two places of the disk (an LV's segments, the second before the first) as one
+ * file: a write across the seam lands on both extents where the mapping says, a hole punched
+ * across it frees both sides and nothing around them, the file ends where they do, and ranges
+ * outside the disk or unaligned are refused. */
+START_TEST(test_bridge_volume_file)
+{
+        enum { EXT = 2 * MIB, LEN = 300000, HALF = LEN / 2 };
+        const struct qt_range extents[] = {{5 * MIB, EXT}, {1 * MIB, EXT}};
+        static uint8_t pattern[LEN], back[LEN], direct[LEN];
+        char image[PATH_MAX];
+        struct bridge br = {};
+
+        write_file(fx_path(image, "volume.raw"), 8 * MIB, 0x5a);
+        for (size_t i = 0; i < LEN; i++)
+                pattern[i] = fx_pattern(i);
+
+        attach(&br, "volume.raw", "raw", false);
+        const char *bad[] = {
+            qt_nbd_fuse_add_volume(br.b, (struct qt_range[]){{7 * MIB, 2 * MIB}}, 1),
+            qt_nbd_fuse_add_volume(br.b, (struct qt_range[]){{512, 1000}}, 1),
+            qt_nbd_fuse_add_volume(br.b, extents, 0),
+        };
+        const char *path = qt_nbd_fuse_add_volume(br.b, extents, 2);
+        struct stat st = {};
+        int stat_r = path ? stat(path, &st) : -1;
+        int fd = path ? open(path, O_RDWR | O_CLOEXEC) : -1;
+        ssize_t wrote = pwrite(fd, pattern, LEN, EXT - HALF);
+        int synced = fsync(fd);
+        ssize_t read_back = pread(fd, back, LEN, EXT - HALF);
+        bool same = read_back == LEN && memcmp(back, pattern, LEN) == 0;
+        /* The image file itself (not the bridge), flushed: the first half at the end of the
+         * extent at 5 MiB, the rest at the start of the one at 1 MiB. */
+        int image_fd = open(image, O_RDONLY | O_CLOEXEC);
+        bool placed = pread(image_fd, direct, HALF, 7 * MIB - HALF) == HALF &&
+                      pread(image_fd, direct + HALF, HALF, 1 * MIB) == HALF &&
+                      memcmp(direct, pattern, LEN) == 0;
+        close(image_fd);
+        int punched = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, EXT - MIB, 2 * MIB);
+        ssize_t past_end = pwrite(fd, pattern, 1, 2 * EXT);
+        if (fd >= 0)
+                close(fd);
+        detach(&br);
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                ck_assert_ptr_null(bad[i]);
+        ck_assert_ptr_nonnull(path);
+        ck_assert_int_eq(stat_r, 0);
+        ck_assert_int_eq(st.st_size, 2 * EXT);
+        ck_assert_int_eq(wrote, LEN);
+        ck_assert_int_eq(synced, 0);
+        ck_assert(same);
+        ck_assert(placed);
+        ck_assert_int_eq(punched, 0);
+        ck_assert_int_eq(past_end, -1);
+
+        /* The holes: the last MiB of the extent at 5 MiB, the first of the one at 1 MiB; the
+         * fill right after each. */
+        fd = open(image, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(lseek(fd, 6 * MIB, SEEK_HOLE), 6 * MIB);
+        ck_assert_int_eq(lseek(fd, 6 * MIB, SEEK_DATA), 7 * MIB);
+        ck_assert_int_eq(lseek(fd, 1 * MIB, SEEK_HOLE), 1 * MIB);
+        ck_assert_int_eq(lseek(fd, 1 * MIB, SEEK_DATA), 2 * MIB);
+        ck_assert_int_eq(pread(fd, back, 1, 7 * MIB), 1);
+        ck_assert_uint_eq(back[0], 0x5a);
+        ck_assert_int_eq(pread(fd, back, 1, 2 * MIB), 1);
+        ck_assert_uint_eq(back[0], 0x5a);
+        ck_assert_int_eq(close(fd), 0);
+}
+END_TEST
+
 /* Autoclear: the device lets go of the file once its last user is gone; the kernel may take a
  * moment. Read from sysfs, so that looking does not open (and so clear) the device itself. A
  * device that stays is detached before the test fails: loop devices outlive the test. */
@@ -426,7 +497,7 @@ static void trim(struct bridge *br, struct qt_fs_result *fs, struct progress *pr
 {
         char dir[PATH_MAX];
         fx_join(dir, br->ns, fs->name);
-        struct qt_fs_source src = {.disk = br->disk};
+        struct qt_fs_source src = {.disk = br->disk, .offset = fs->offset, .size = fs->size};
         ck_assert_int_eq(qt_trim_filesystem(&src, dir, fs, on_progress, progress), 0);
         ck_assert_int_eq(access(dir, F_OK), -1);
         ck_assert_int_eq(errno, ENOENT);
@@ -502,6 +573,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_discover_whole_disk);
         tcase_add_test(tc, test_discover_partition_past_end);
         tcase_add_test(tc, test_bridge_writes_and_punches_through);
+        tcase_add_test(tc, test_bridge_volume_file);
         tcase_add_test(tc, test_loop_window_read_only);
         tcase_add_test(tc, test_loop_window_read_write);
         tcase_add_test(tc, test_trim);

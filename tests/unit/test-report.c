@@ -85,6 +85,41 @@ START_TEST(test_fs_updates_in_place)
 }
 END_TEST
 
+/* A volume's bytes as ranges of the disk: one range, or its extents in the volume's order,
+ * from any byte of it. */
+START_TEST(test_fs_disk_ranges)
+{
+        struct qt_range r[QT_FS_EXTENTS_MAX];
+        struct qt_fs_result plain = {.offset = 4096, .size = 8192};
+        ck_assert_uint_eq(qt_fs_disk_ranges(&plain, 0, r), 1);
+        ck_assert_uint_eq(r[0].offset, 4096);
+        ck_assert_uint_eq(r[0].size, 8192);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&plain, 4096, r), 1);
+        ck_assert_uint_eq(r[0].offset, 8192);
+        ck_assert_uint_eq(r[0].size, 4096);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&plain, 8192, r), 0);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&plain, UINT64_MAX, r), 0);
+
+        struct qt_fs_result lv = {.offset = 1000, .size = 600, .n_extents = 3};
+        lv.extents[0] = (struct qt_range){1000, 100};
+        lv.extents[1] = (struct qt_range){50, 200};
+        lv.extents[2] = (struct qt_range){5000, 300};
+        ck_assert_uint_eq(qt_fs_disk_ranges(&lv, 0, r), 3);
+        ck_assert_uint_eq(r[1].offset, 50);
+        ck_assert_uint_eq(r[2].size, 300);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&lv, 100, r), 2); /* at a seam */
+        ck_assert_uint_eq(r[0].offset, 50);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&lv, 150, r), 2);
+        ck_assert_uint_eq(r[0].offset, 100);
+        ck_assert_uint_eq(r[0].size, 150);
+        ck_assert_uint_eq(r[1].offset, 5000);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&lv, 599, r), 1);
+        ck_assert_uint_eq(r[0].offset, 5299);
+        ck_assert_uint_eq(r[0].size, 1);
+        ck_assert_uint_eq(qt_fs_disk_ranges(&lv, 600, r), 0);
+}
+END_TEST
+
 START_TEST(test_property_names)
 {
         struct qt_report r = {};
@@ -154,6 +189,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_property_names);
         tcase_add_test(tc, test_malformed_lines);
         tcase_add_test(tc, test_nothing_after_end);
+        tcase_add_test(tc, test_fs_disk_ranges);
         tcase_add_test(tc, test_progress_is_monotonic_and_bounded);
         suite_add_tcase(s, tc);
         return s;

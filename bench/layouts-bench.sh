@@ -4,6 +4,8 @@
 # the same master built once, ROUNDS times, alternating which tool goes first:
 #
 #   qtrim        qtrimctl shrink IMG (trim + convert, the default)
+#   qtrim-inplace  qtrimctl shrink --no-convert IMG (trim only: the same form of result as
+#                virt-sparsify --in-place's, the file's own clusters punched, nothing rewritten)
 #   vs-inplace   virt-sparsify --in-place IMG (libguestfs, direct backend, TCG)
 #   vs+convert   the same copy, then qemu-img convert -O qcow2 and rename over it (what a user
 #                does next: in-place never shortens the file); its time is in-place + convert
@@ -142,17 +144,19 @@ run_one() { # NAME ROUND TOOL MASTER FLOOR
         before=$(allocated_bytes "$img")
         log=$QT_WORK/logs/$name-r$round-$tool
         sync
-        if [[ $tool == qtrim ]]; then
+        if [[ $tool == qtrim* ]]; then
+                local options=()
+                [[ $tool == qtrim ]] || options=(--no-convert)
                 rc=0
                 t0=$(qt_now)
-                "$QT_QTRIMCTL" --json shrink "$img" >"$log.json" 2>"$log.err" || rc=$?
+                "$QT_QTRIMCTL" --json shrink "${options[@]}" "$img" >"$log.json" 2>"$log.err" || rc=$?
                 sync -- "$img"
                 s1=$(qt_since "$t0")
                 after=$(allocated_bytes "$img")
-                printf '%s\t%s\tqtrim\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$rc" "$s1" "$before" "$after" \
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$tool" "$rc" "$s1" "$before" "$after" \
                         "$(zeroed_allocated_bytes "$img" "$(qt_manifest "$img")")" "$floor" >>"$results"
-                qt_info "qtrim: $(qt_human "$before") → $(qt_human "$after") in ${s1}s (exit $rc)"
-                if ((round == 1 && verify)); then check_result "$name" qtrim "$img" "$(qt_manifest "$img")"; fi
+                qt_info "$tool: $(qt_human "$before") → $(qt_human "$after") in ${s1}s (exit $rc)"
+                if ((round == 1 && verify)); then check_result "$name" "$tool" "$img" "$(qt_manifest "$img")"; fi
         else
                 rc=0
                 t0=$(qt_now)
@@ -192,7 +196,7 @@ for name in $layouts; do
         qt_info "built in $(qt_since "$t0")s: $(qt_human "$(allocated_bytes "$master")") allocated, floor $(qt_human "$floor")"
         for ((round = 1; round <= rounds; round++)); do
                 qt_step "$name: round $round of $rounds"
-                if ((round % 2)); then order=(qtrim vs); else order=(vs qtrim); fi
+                if ((round % 2)); then order=(qtrim qtrim-inplace vs); else order=(vs qtrim-inplace qtrim); fi
                 for tool in "${order[@]}"; do
                         run_one "$name" "$round" "$tool" "$master" "$floor"
                 done
@@ -220,19 +224,19 @@ for name in $layouts; do
         echo "== $name: $(describe "$name")"
         printf '%-26s %11s %9s %10s %10s %5s\n' "" allocated "x floor" "zeroed*" seconds runs
         printf '%-26s %11s\n' "before" "$(hum "$before")"
-        for t in qtrim vs-inplace vs+convert; do
+        for t in qtrim qtrim-inplace vs-inplace vs+convert; do
                 a=$(col "$name" "$t" 7)
                 printf '%-26s %11s %9s %10s %10s %5s\n' \
-                        "$(case $t in qtrim) echo "qtrim shrink" ;; vs-inplace) echo "virt-sparsify --in-place" ;; *) echo "virt-sparsify + convert" ;; esac)" \
+                        "$(case $t in qtrim) echo "qtrim shrink" ;; qtrim-inplace) echo "qtrim shrink --no-convert" ;; vs-inplace) echo "virt-sparsify --in-place" ;; *) echo "virt-sparsify + convert" ;; esac)" \
                         "$(hum "$a")" "$(ratio "$a" "$floor")" "$(hum "$(col "$name" "$t" 8)")" \
                         "$(awk -v s="$(col "$name" "$t" 5)" 'BEGIN { if (s == "nan") print "-"; else printf "%.1f", s }')" \
                         "$(nruns "$name" "$t")/$rounds"
         done
         printf '%-26s %11s %9s\n' "floor (guest_used_bytes)" "$(hum "$floor")" 1.00
         echo "(*) bytes still allocated inside the manifest's zeroed ranges (garbage in gaps, swap, freed extents)"
-        q=$(col "$name" qtrim 7) vi=$(col "$name" vs-inplace 7) vc=$(col "$name" vs+convert 7)
+        q=$(col "$name" qtrim 7) qi=$(col "$name" qtrim-inplace 7) vi=$(col "$name" vs-inplace 7) vc=$(col "$name" vs+convert 7)
         qs=$(col "$name" qtrim 5) vis=$(col "$name" vs-inplace 5) vcs=$(col "$name" vs+convert 5)
-        echo "bytes qtrim / virt-sparsify: $(ratio "$q" "$vi") (in-place), $(ratio "$q" "$vc") (+ convert)"
+        echo "bytes qtrim / virt-sparsify: $(ratio "$q" "$vc") (both converted), $(ratio "$qi" "$vi") (both in place)"
         echo "time: qtrim is $(ratio "$vis" "$qs")x as fast as virt-sparsify --in-place, $(ratio "$vcs" "$qs")x as fast as in-place + convert"
         if ((verify)); then
                 while IFS=$'\t' read -r i t files changed z; do

@@ -46,7 +46,7 @@ void qt_config_free(struct qt_config *c)
 {
         free_list(c->image_dirs, &c->n_image_dirs);
         free_list(c->sweep_patterns, &c->n_sweep_patterns);
-        free_list(c->format_rules, &c->n_format_rules);
+        free_list(c->formats.rules, &c->formats.n);
 }
 
 /* A number with an optional binary suffix: 512, 64K, 100M, 2G, 1T (also "MiB"-style). */
@@ -114,23 +114,12 @@ int qt_parse_seconds(const char *s, uint64_t *ret_usec)
         return 0;
 }
 
-bool qt_convert_policy_accepts(const struct qt_convert_policy *p, uint64_t trimmed_bytes,
-                               uint64_t copy_bytes)
-{
-        if (p->never)
-                return false;
-        uint64_t saved = copy_bytes < trimmed_bytes ? trimmed_bytes - copy_bytes : 0;
-        if (saved < p->min_bytes)
-                return false;
-        /* saved / trimmed >= percent / 100, exactly, for any 64-bit sizes */
-        return (unsigned __int128)saved * 100 >= (unsigned __int128)trimmed_bytes * p->min_percent;
-}
-
 /* Splits value on blanks into list, replacing what it held. */
 static int set_list(char **list, size_t *n, size_t max, const char *value)
 {
         char *copies[QT_CONFIG_MAX_DIRS > QT_CONFIG_MAX_PATTERNS ? QT_CONFIG_MAX_DIRS
                                                                  : QT_CONFIG_MAX_PATTERNS];
+        _Static_assert(QT_FORMAT_RULES_MAX <= QT_CONFIG_MAX_PATTERNS, "Formats= uses set_list too");
         size_t count = 0;
         for (const char *p = value; *p;) {
                 p += strspn(p, " \t");
@@ -185,46 +174,17 @@ static int set_image_dirs(struct qt_config *c, const char *value)
         return 0;
 }
 
-/* "PATTERN:FORMAT": the format is what follows the last colon, so a pattern may hold colons. */
-static const char *rule_format(const char *rule, size_t *ret_pattern_len)
-{
-        const char *colon = strrchr(rule, ':');
-        if (!colon || colon == rule || !qt_format_is_known(colon + 1))
-                return NULL;
-        *ret_pattern_len = (size_t)(colon - rule);
-        return colon + 1;
-}
-
 static int set_format_rules(struct qt_config *c, const char *value)
 {
-        int r = set_list(c->format_rules, &c->n_format_rules, QT_CONFIG_MAX_PATTERNS, value);
+        int r = set_list(c->formats.rules, &c->formats.n, QT_FORMAT_RULES_MAX, value);
         if (r < 0)
                 return r;
-        for (size_t i = 0; i < c->n_format_rules; i++) {
+        for (size_t i = 0; i < c->formats.n; i++) {
                 size_t len;
-                if (!rule_format(c->format_rules[i], &len))
+                if (!qt_format_rule_format(c->formats.rules[i], &len))
                         return -EINVAL;
         }
         return 0;
-}
-
-const char *qt_config_format_for(const struct qt_config *c, const char *path)
-{
-        const char *base = strrchr(path, '/');
-        base = base ? base + 1 : path;
-        for (size_t i = 0; i < c->n_format_rules; i++) {
-                size_t len;
-                const char *format = rule_format(c->format_rules[i], &len);
-                char pattern[PATH_MAX];
-                if (!format || len >= sizeof(pattern))
-                        continue;
-                memcpy(pattern, c->format_rules[i], len);
-                pattern[len] = '\0';
-                bool whole_path = memchr(pattern, '/', len) != NULL;
-                if (fnmatch(pattern, whole_path ? path : base, whole_path ? FNM_PATHNAME : 0) == 0)
-                        return format;
-        }
-        return NULL;
 }
 
 int qt_config_set(struct qt_config *c, const char *key, const char *value, const char **why)

@@ -12,28 +12,19 @@
 #include <stdint.h>
 
 #include "attach.h"
+#include "convert.h"
+#include "image.h"
 
 #define QT_CONFIG_MAX_DIRS     32
 #define QT_CONFIG_MAX_PATTERNS 16
 #define QT_CONFIG_ERROR_MAX    256
-
-/* When a compact copy replaces the trimmed image. */
-struct qt_convert_policy {
-        bool never;           /* Convert=never: trim in place only */
-        unsigned min_percent; /* Convert=N%: the copy must save N% of the trimmed allocation */
-        uint64_t min_bytes;   /* Convert=N[KMGT]: ... or that many bytes */
-};
 
 struct qt_config {
         char *image_dirs[QT_CONFIG_MAX_DIRS]; /* absolute, no trailing slash */
         size_t n_image_dirs;
         char *sweep_patterns[QT_CONFIG_MAX_PATTERNS]; /* fnmatch(3) patterns of file names */
         size_t n_sweep_patterns;
-        /* Formats=: "PATTERN:FORMAT", the first whose pattern matches an image decides its
-         * format ("raw", "qcow2"); a pattern with a '/' matches the whole path, others the
-         * file name. */
-        char *format_rules[QT_CONFIG_MAX_PATTERNS];
-        size_t n_format_rules;
+        struct qt_format_rules formats; /* Formats= */
         unsigned max_parallel_jobs;
         struct qt_convert_policy convert;
         enum qt_attach_backend attach;
@@ -61,14 +52,6 @@ int qt_config_load(struct qt_config *c, const char *path, bool must_exist, qt_co
  * key, -EINVAL/-E2BIG for a bad value, with what the key takes in *ret_why. */
 int qt_config_set(struct qt_config *c, const char *key, const char *value, const char **ret_why);
 
-/* The format Formats= gives the image at path (absolute, resolved), or NULL if no rule matches. */
-const char *qt_config_format_for(const struct qt_config *c, const char *path);
-
 /* Parsers of single values. */
 int qt_parse_convert_policy(const char *s, struct qt_convert_policy *ret);
 int qt_parse_seconds(const char *s, uint64_t *ret_usec);
-
-/* Whether the copy is worth keeping under the policy: it saves enough against the trimmed image
- * (host bytes allocated by each). */
-bool qt_convert_policy_accepts(const struct qt_convert_policy *p, uint64_t trimmed_bytes,
-                               uint64_t copy_bytes);

@@ -186,7 +186,7 @@ int job_start(struct job *j)
             .kind = QT_JOB_SHRINK,
             .image = j->image,
             .format = job_format_claim(&j->options.format),
-            .formats = &j->manager->config,
+            .formats = &j->manager->config.formats,
             .convert = j->options.convert,
             .keep_gaps = j->options.keep_gaps,
             .convert_policy = j->manager->config.convert,

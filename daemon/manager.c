@@ -200,12 +200,12 @@ static void request_continue(struct request *q)
         q->ino = st.st_ino;
         /* The administrator's word on the file itself, as resolved. */
         snprintf(q->options.format.configured, sizeof(q->options.format.configured), "%s",
-                 qt_config_format_for(&m->config, q->image) ?: "");
+                 qt_format_rules_match(&m->config.formats, q->image) ?: "");
 
         struct qt_shrink_request req = {.kind = q->kind,
                                         .image = q->image,
                                         .format = job_format_claim(&q->options.format),
-                                        .formats = &m->config,
+                                        .formats = &m->config.formats,
                                         .attach = m->config.attach,
                                         .scratch_dir = m->scratch_dir};
         int r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);

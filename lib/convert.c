@@ -317,3 +317,15 @@ int qt_replace_image(const char *image, int image_fd, const char *tmp,
         (void)fsync(dir_fd);
         return 0;
 }
+
+bool qt_convert_policy_accepts(const struct qt_convert_policy *p, uint64_t trimmed_bytes,
+                               uint64_t copy_bytes)
+{
+        if (p->never)
+                return false;
+        uint64_t saved = copy_bytes < trimmed_bytes ? trimmed_bytes - copy_bytes : 0;
+        if (saved < p->min_bytes)
+                return false;
+        /* saved / trimmed >= percent / 100, exactly, for any 64-bit sizes */
+        return (unsigned __int128)saved * 100 >= (unsigned __int128)trimmed_bytes * p->min_percent;
+}

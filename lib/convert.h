@@ -6,9 +6,22 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "image.h"
 #include "trim.h"
+
+/* When a compact copy replaces the trimmed image (Convert= of qtrimd.conf, the convert option). */
+struct qt_convert_policy {
+        bool never;           /* Convert=never: trim in place only */
+        unsigned min_percent; /* Convert=N%: the copy must save N% of the trimmed allocation */
+        uint64_t min_bytes;   /* Convert=N[KMGT]: ... or that many bytes */
+};
+
+/* Whether the copy is worth keeping under the policy: it saves enough against the trimmed image
+ * (host bytes allocated by each). */
+bool qt_convert_policy_accepts(const struct qt_convert_policy *p, uint64_t trimmed_bytes,
+                               uint64_t copy_bytes);
 
 /* Why a copy is not worth making or must not be made (raw, hard links, snapshots, unknown
  * backing format, too little free space); NULL when it is. st: the image as inspected;

@@ -4,6 +4,7 @@
 #include <blkid.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <json-c/json.h>
 #include <string.h>
 #include <unistd.h>
@@ -602,4 +603,32 @@ int qt_image_lock_writers_out(const char *path, struct qt_error *e)
             .l_len = 1,
         };
         return qemu_lock_bytes(path, F_OFD_SETLK, &fl, e);
+}
+
+const char *qt_format_rule_format(const char *rule, size_t *ret_pattern_len)
+{
+        const char *colon = strrchr(rule, ':');
+        if (!colon || colon == rule || !qt_format_is_known(colon + 1))
+                return NULL;
+        *ret_pattern_len = (size_t)(colon - rule);
+        return colon + 1;
+}
+
+const char *qt_format_rules_match(const struct qt_format_rules *r, const char *path)
+{
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        for (size_t i = 0; i < r->n; i++) {
+                size_t len;
+                const char *format = qt_format_rule_format(r->rules[i], &len);
+                char pattern[PATH_MAX];
+                if (!format || len >= sizeof(pattern))
+                        continue;
+                memcpy(pattern, r->rules[i], len);
+                pattern[len] = '\0';
+                bool whole_path = memchr(pattern, '/', len) != NULL;
+                if (fnmatch(pattern, whole_path ? path : base, whole_path ? FNM_PATHNAME : 0) == 0)
+                        return format;
+        }
+        return NULL;
 }

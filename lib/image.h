@@ -17,6 +17,22 @@
 /* Backing files qtrim follows from an image; a longer chain is refused (qemu has no bound). */
 #define QT_BACKING_CHAIN_MAX 256
 
+/* Formats= of qtrimd.conf: "PATTERN:FORMAT" rules; the first whose pattern matches an image
+ * decides its format ("raw", "qcow2"). A pattern with a '/' matches the whole path, others the
+ * file name. */
+#define QT_FORMAT_RULES_MAX 16
+
+struct qt_format_rules {
+        char *rules[QT_FORMAT_RULES_MAX];
+        size_t n;
+};
+
+/* The format a rule names (what follows its last colon, so a pattern may hold colons), and its
+ * pattern's length; NULL for a rule without a known format or without a pattern. */
+const char *qt_format_rule_format(const char *rule, size_t *ret_pattern_len);
+/* The format the rules give the image at path (absolute, resolved), NULL if none matches. */
+const char *qt_format_rules_match(const struct qt_format_rules *r, const char *path);
+
 /* Where the format qtrim opens an image with came from (README, "Disk formats"). */
 enum qt_format_source {
         QT_FORMAT_GUESSED,  /* nothing declared it: read from the content, in the safe direction */

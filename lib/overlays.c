@@ -23,8 +23,8 @@
 
 struct scan {
         const struct stat *image_st;
-        const struct qt_config *formats; /* Formats=, or NULL */
-        uint8_t *buf;                    /* QT_QCOW2_HEADER_READ_SIZE bytes */
+        const struct qt_format_rules *formats; /* Formats=, or NULL */
+        uint8_t *buf;                          /* QT_QCOW2_HEADER_READ_SIZE bytes */
 };
 
 static void closedirp(DIR **d)
@@ -83,7 +83,7 @@ static bool is_overlay(struct scan *s, int dir_fd, const char *dir, const struct
         if (n < 0 || n >= (int)sizeof(path))
                 return false;
         if (!qt_image_may_be_qcow2(path,
-                                   s->formats ? qt_config_format_for(s->formats, path) : NULL))
+                                   s->formats ? qt_format_rules_match(s->formats, path) : NULL))
                 return false;
 
         /* Without a type from readdir, look before opening: opening a device node can have
@@ -147,8 +147,9 @@ static int dir_of(const char *path, char ret[PATH_MAX])
         return n >= 0 && n < PATH_MAX ? 0 : -ENAMETOOLONG;
 }
 
-int qt_find_overlay(const char *image, const struct stat *image_st, const struct qt_config *formats,
-                    char *ret_overlay, size_t size, struct qt_error *e)
+int qt_find_overlay(const char *image, const struct stat *image_st,
+                    const struct qt_format_rules *formats, char *ret_overlay, size_t size,
+                    struct qt_error *e)
 {
         _cleanup_free_ uint8_t *buf = malloc(QT_QCOW2_HEADER_READ_SIZE);
         if (!buf)

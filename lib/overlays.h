@@ -15,8 +15,8 @@
 #include <stddef.h>
 #include <sys/stat.h>
 
-#include "conf-file.h"
 #include "error.h"
+#include "image.h"
 
 /*
  * Looks in the directory holding image (and, if image is a symlink, in the one holding the file
@@ -34,5 +34,6 @@
  *   -errno       a directory could not be read, or the image path resolved (or no memory); e
  *                says why
  */
-int qt_find_overlay(const char *image, const struct stat *image_st, const struct qt_config *formats,
-                    char *ret_overlay, size_t size, struct qt_error *e);
+int qt_find_overlay(const char *image, const struct stat *image_st,
+                    const struct qt_format_rules *formats, char *ret_overlay, size_t size,
+                    struct qt_error *e);

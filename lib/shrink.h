@@ -9,7 +9,7 @@
 #include <stdbool.h>
 
 #include "attach.h"
-#include "conf-file.h"
+#include "convert.h"
 #include "image.h"
 #include "report.h"
 
@@ -21,11 +21,11 @@ enum qt_job_kind {
 
 struct qt_shrink_request {
         enum qt_job_kind kind;
-        const char *image;               /* absolute path */
-        struct qt_format_claim format;   /* what the caller and qtrimd.conf say its format is */
-        const struct qt_config *formats; /* Formats=, for the files beside it (or NULL) */
-        bool convert;                    /* QT_JOB_SHRINK: make a compact copy after the trim */
-        bool keep_gaps;                  /* leave the space outside the partitions alone */
+        const char *image;             /* absolute path */
+        struct qt_format_claim format; /* what the caller and qtrimd.conf say its format is */
+        const struct qt_format_rules *formats; /* Formats=, for the files beside it (or NULL) */
+        bool convert;   /* QT_JOB_SHRINK: make a compact copy after the trim */
+        bool keep_gaps; /* leave the space outside the partitions alone */
         struct qt_convert_policy convert_policy; /* and keep it only if it saves enough */
         enum qt_attach_backend attach;
         const char

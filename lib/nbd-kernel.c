@@ -7,6 +7,7 @@
 #include <libudev.h>
 #include <limits.h>
 #include <linux/blkpg.h>
+#include <linux/dm-ioctl.h>
 #include <linux/fs.h>
 #include <linux/nbd.h>
 #include <signal.h>
@@ -47,6 +48,15 @@
 struct pinned_partition {
         uint64_t offset, size;
         char path[QT_NBD_PATH_MAX];
+        dev_t devnum;
+        int fd;
+};
+
+/* A device-mapper device of ours over pinned partitions (an LV in several places). */
+struct linear_device {
+        char name[DM_NAME_LEN];     /* "qtrim-nbd3-1" */
+        char path[QT_NBD_PATH_MAX]; /* "/dev/dm-4" */
+        bool made_node;             /* /dev had none: we made it, we unlink it */
         int fd;
 };
 
@@ -59,8 +69,12 @@ struct qt_nbd_kernel {
         uint64_t size;
         bool read_only;
         bool partitions_final; /* the kernel's partition scan is done: no waiting */
+        /* Partitions of volumes and of the extents of linear devices alike. */
         struct pinned_partition pinned[QT_MAX_FILESYSTEMS];
         size_t n_pinned;
+        struct linear_device linear[QT_MAX_FILESYSTEMS];
+        size_t n_linear;
+        unsigned linear_serial; /* the last name's number */
         char socket_path[PATH_MAX];
         char log_path[PATH_MAX]; /* qemu-nbd's stdout and stderr */
 };
@@ -480,6 +494,7 @@ static int pin(const struct kernel_partition *kp, struct pinned_partition *p)
                 return -EAGAIN;
         }
         snprintf(p->path, sizeof(p->path), "%s", kp->node);
+        p->devnum = kp->devnum;
         p->fd = fd;
         return 0;
 }
@@ -575,12 +590,14 @@ static int find_partition_waiting(struct qt_nbd_kernel *k, uint64_t start, uint6
         return r;
 }
 
-const char *qt_nbd_kernel_partition(struct qt_nbd_kernel *k, int number, uint64_t offset,
-                                    uint64_t size)
+/* The pinned partition over exactly [offset, +size) of the disk (bytes): found, made or
+ * already pinned. NULL if there is none and none can be made. */
+static const struct pinned_partition *pin_range(struct qt_nbd_kernel *k, int number,
+                                                uint64_t offset, uint64_t size)
 {
         for (size_t i = 0; i < k->n_pinned; i++)
                 if (k->pinned[i].offset == offset && k->pinned[i].size == size)
-                        return k->pinned[i].path;
+                        return &k->pinned[i];
         if (offset % SECTOR || size % SECTOR || size == 0 || k->n_pinned == QT_MAX_FILESYSTEMS)
                 return NULL;
 
@@ -593,13 +610,302 @@ const char *qt_nbd_kernel_partition(struct qt_nbd_kernel *k, int number, uint64_
         if (r < 0)
                 return NULL;
         k->n_pinned++;
-        return p->path;
+        return p;
+}
+
+const char *qt_nbd_kernel_partition(struct qt_nbd_kernel *k, int number, uint64_t offset,
+                                    uint64_t size)
+{
+        const struct pinned_partition *p = pin_range(k, number, offset, size);
+        return p ? p->path : NULL;
 }
 
 bool qt_nbd_kernel_loop_can_discard(const struct qt_nbd_kernel *k)
 {
         uint64_t bytes;
         return disk_attr(k->sysname, "queue/write_zeroes_max_bytes", &bytes) == 0 && bytes > 0;
+}
+
+/* ---- device-mapper: one device over an LV's extents -------------------------------------- */
+
+/* The node device-mapper's control device has (misc 10:236, devtmpfs's "mapper/control"). */
+#define DM_CONTROL_PATH  "/dev/mapper/control"
+#define DM_CONTROL_MAJOR 10
+#define DM_CONTROL_MINOR 236
+/* The interface version asked for: 4.27 (Linux 3.13) has deferred removal. */
+#define DM_IOCTL_MINOR 27
+/* libdm's udev flags (lvm2's device_mapper/all.h), which the kernel hands to udev in the DM_COOKIE
+ * of the uevents of a resume and a remove: skip dm's own rules (no /dev/mapper link), the
+ * subsystem's (LVM: no pvscan, no activation), the disk rules (no blkid, no /dev/disk links) and
+ * everyone else's. The cookie's lower half, libdm's semaphore for waiting on udev, stays 0: the
+ * rules' `dmsetup udevcomplete` then has nothing to signal. */
+#define DM_UDEV_FLAGS_SHIFT    16
+#define DM_UDEV_NO_DM_RULES    0x0001
+#define DM_UDEV_NO_SUBSYSTEM   0x0002
+#define DM_UDEV_NO_DISK_RULES  0x0004
+#define DM_UDEV_NO_OTHER_RULES 0x0008
+#define DM_COOKIE                                                                                  \
+        ((uint32_t)(DM_UDEV_NO_DM_RULES | DM_UDEV_NO_SUBSYSTEM | DM_UDEV_NO_DISK_RULES |           \
+                    DM_UDEV_NO_OTHER_RULES)                                                        \
+         << DM_UDEV_FLAGS_SHIFT)
+/* Names "qtrim-nbd3-1", UUIDs "QTRIM-nbd3-<owner>-1": whose it is, for qtrimd after a dead
+ * worker; the UUID prefix is no other tool's (LVM's is "LVM-", cryptsetup's "CRYPT-"). */
+#define DM_NAME_PREFIX "qtrim-"
+#define DM_UUID_PREFIX "QTRIM-"
+/* A target's parameters: "<major>:<minor> <sector>", at most 33 characters and a NUL. */
+#define DM_PARAMS_MAX 40
+/* Names tried when one is taken (a device of ours no cleanup got to). */
+#define DM_NAME_TRIES 16
+/* After the unmount, the last close of a device can lag a moment (udev, a blkid). */
+#define DM_REMOVE_TIMEOUT_MS 2000
+/* A listing of every device-mapper device of the host: grown up to this. */
+#define DM_LIST_MAX (1u << 20)
+
+static void dm_header(struct dm_ioctl *io, size_t size, const char *name)
+{
+        memset(io, 0, size);
+        io->version[0] = DM_VERSION_MAJOR;
+        io->version[1] = DM_IOCTL_MINOR;
+        io->data_size = (uint32_t)size;
+        io->data_start = sizeof(*io);
+        if (name)
+                snprintf(io->name, sizeof(io->name), "%s", name);
+}
+
+static int dm_call(int control, unsigned long request, struct dm_ioctl *io)
+{
+        return ioctl(control, request, io) < 0 ? -errno : 0;
+}
+
+/* device-mapper's control device. Where /dev has no node for it (no devtmpfs, or dm-mod not
+ * loaded yet), it is made: opening it loads the module (the kernel's char-major-10-236 alias). */
+static int dm_control_open(void)
+{
+        int fd = open(DM_CONTROL_PATH, O_RDWR | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) {
+                if (mkdir("/dev/mapper", 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                if (mknod(DM_CONTROL_PATH, S_IFCHR | 0600,
+                          makedev(DM_CONTROL_MAJOR, DM_CONTROL_MINOR)) < 0 &&
+                    errno != EEXIST)
+                        return -errno;
+                fd = open(DM_CONTROL_PATH, O_RDWR | O_CLOEXEC);
+        }
+        if (fd < 0)
+                return -errno;
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode) ||
+            st.st_rdev != makedev(DM_CONTROL_MAJOR, DM_CONTROL_MINOR)) {
+                close(fd);
+                return -ENODEV;
+        }
+        return fd;
+}
+
+/* deferred: a device still open goes when its last opener closes it. -ENXIO: no such device. */
+static int dm_remove(int control, const char *name, bool deferred)
+{
+        struct dm_ioctl io;
+        dm_header(&io, sizeof(io), name);
+        io.event_nr = DM_COOKIE;
+        if (deferred)
+                io.flags |= DM_DEFERRED_REMOVE;
+        return dm_call(control, DM_DEV_REMOVE, &io);
+}
+
+/* The table: each extent, a pinned partition exactly over it, one after the other. Through the
+ * partitions rather than the whole disk: device-mapper claims what it maps, and a claim of the
+ * disk excludes a claim of any of its partitions (a mount), both ways. */
+static int dm_load(int control, const char *name, const struct pinned_partition *const *parts,
+                   size_t n, bool read_only)
+{
+        size_t size = sizeof(struct dm_ioctl) + n * (sizeof(struct dm_target_spec) + DM_PARAMS_MAX);
+        _cleanup_free_ struct dm_ioctl *io = calloc(1, size);
+        if (!io)
+                return -ENOMEM;
+        dm_header(io, size, name);
+        io->target_count = (uint32_t)n;
+        if (read_only)
+                io->flags |= DM_READONLY_FLAG;
+        char *at = (char *)io + io->data_start;
+        uint64_t start = 0;
+        for (size_t i = 0; i < n; i++) {
+                struct dm_target_spec *spec = (struct dm_target_spec *)(void *)at;
+                char *params = at + sizeof(*spec);
+                spec->sector_start = start;
+                spec->length = parts[i]->size / SECTOR;
+                snprintf(spec->target_type, sizeof(spec->target_type), "linear");
+                int len = snprintf(params, DM_PARAMS_MAX, "%u:%u 0", major(parts[i]->devnum),
+                                   minor(parts[i]->devnum));
+                /* Each spec 8-byte aligned, as the kernel reads them. */
+                spec->next = (uint32_t)(sizeof(*spec) + (((size_t)len + 1 + 7) & ~(size_t)7));
+                at += spec->next;
+                start += spec->length;
+        }
+        return dm_call(control, DM_TABLE_LOAD, io);
+}
+
+/* Creates the device (a free name of ours), loads its table and resumes it; ret_devnum: its
+ * device number. On failure nothing is left. why: a few words for the failing step. */
+static int dm_create(struct qt_nbd_kernel *k, int control,
+                     const struct pinned_partition *const *parts, size_t n,
+                     struct linear_device *ld, dev_t *ret_devnum, const char **why)
+{
+        struct dm_ioctl io;
+        int r = -EBUSY;
+        for (int i = 0; i < DM_NAME_TRIES && r == -EBUSY; i++) {
+                unsigned serial = ++k->linear_serial;
+                dm_header(&io, sizeof(io), NULL);
+                snprintf(io.name, sizeof(io.name), DM_NAME_PREFIX "%s-%u", k->sysname, serial);
+                snprintf(io.uuid, sizeof(io.uuid), DM_UUID_PREFIX "%s-%llu-%u", k->sysname,
+                         (unsigned long long)k->owner, serial);
+                io.event_nr = DM_COOKIE;
+                r = dm_call(control, DM_DEV_CREATE, &io); /* EBUSY: name or UUID taken */
+        }
+        if (r < 0) {
+                *why = "DM_DEV_CREATE";
+                return r;
+        }
+        snprintf(ld->name, sizeof(ld->name), "%s", io.name);
+        r = dm_load(control, ld->name, parts, n, k->read_only);
+        if (r < 0)
+                *why = "DM_TABLE_LOAD";
+        if (r >= 0) {
+                dm_header(&io, sizeof(io), ld->name); /* no DM_SUSPEND_FLAG: a resume */
+                io.event_nr = DM_COOKIE;
+                r = dm_call(control, DM_DEV_SUSPEND, &io);
+                if (r < 0)
+                        *why = "resuming it";
+        }
+        if (r < 0) {
+                (void)dm_remove(control, ld->name, false);
+                return r;
+        }
+        *ret_devnum = (dev_t)io.dev;
+        return 0;
+}
+
+/* Opens the device's node, /dev/dm-<minor> as devtmpfs names it (a udev-made /dev follows the
+ * kernel's names too), allowing it a moment, else made here: the rules that would make it are
+ * the ones the cookie turns off. It stays open until detach, like a pinned partition. */
+static int linear_open(struct linear_device *ld, dev_t devnum)
+{
+        snprintf(ld->path, sizeof(ld->path), "/dev/dm-%u", minor(devnum));
+        int fd = -1;
+        for (int i = 0; i < PARTITION_TIMEOUT_MS / POLL_MS && fd < 0; i++) {
+                fd = open(ld->path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0 && errno != ENOENT)
+                        return -errno;
+                if (fd < 0)
+                        sleep_ms(POLL_MS);
+        }
+        if (fd < 0) {
+                if (mknod(ld->path, S_IFBLK | 0600, devnum) < 0)
+                        return -errno;
+                ld->made_node = true;
+                fd = open(ld->path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        return -errno;
+        }
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode) || st.st_rdev != devnum) {
+                close(fd);
+                return -ENODEV; /* a node of another device under that name */
+        }
+        ld->fd = fd;
+        return 0;
+}
+
+/* Closes and removes ld, retrying while something still has it open, then deferring. */
+static void linear_remove(int control, struct linear_device *ld)
+{
+        closep(&ld->fd);
+        int r = control < 0 ? control : -EBUSY;
+        for (int i = 0; r == -EBUSY && i < DM_REMOVE_TIMEOUT_MS / POLL_MS; i++) {
+                if (i > 0)
+                        sleep_ms(POLL_MS);
+                r = dm_remove(control, ld->name, false);
+        }
+        if (r == -EBUSY && dm_remove(control, ld->name, true) == 0)
+                fprintf(stderr,
+                        "qtrim worker %d: %s (%s) is still open %d s after its unmount: it goes "
+                        "when its last user closes it\n",
+                        (int)getpid(), ld->name, ld->path, DM_REMOVE_TIMEOUT_MS / 1000);
+        else if (r < 0 && r != -ENXIO)
+                fprintf(stderr, "qtrim worker %d: cannot remove %s (%s): %s\n", (int)getpid(),
+                        ld->name, ld->path, strerror(-r));
+        if (ld->made_node)
+                unlink(ld->path);
+}
+
+static void linear_remove_all(struct qt_nbd_kernel *k)
+{
+        if (k->n_linear == 0)
+                return;
+        int control = dm_control_open(); /* a failure: each removal says so */
+        while (k->n_linear > 0)
+                linear_remove(control, &k->linear[--k->n_linear]);
+        if (control >= 0)
+                close(control);
+}
+
+/* Whether extents[0..n) can be mapped: why not, or NULL. */
+static const char *linear_check(const struct qt_nbd_kernel *k, const struct qt_range *extents,
+                                size_t n)
+{
+        if (n == 0 || n > QT_FS_EXTENTS_MAX)
+                return "no extents, or more than a volume can have";
+        for (size_t i = 0; i < n; i++) {
+                const struct qt_range *x = &extents[i];
+                if (x->size == 0 || x->offset % SECTOR || x->size % SECTOR)
+                        return "an extent is empty or not in whole sectors";
+                if (x->offset > k->size || x->size > k->size - x->offset)
+                        return "an extent lies past the end of the disk";
+        }
+        if (k->n_linear == ELEMENTSOF(k->linear))
+                return "too many device-mapper devices";
+        return NULL;
+}
+
+const char *qt_nbd_kernel_linear(struct qt_nbd_kernel *k, const struct qt_range *extents, size_t n)
+{
+        const char *why = linear_check(k, extents, n);
+        int r = 0;
+        const struct pinned_partition *parts[QT_FS_EXTENTS_MAX];
+        for (size_t i = 0; !why && i < n; i++) {
+                parts[i] = pin_range(k, 0, extents[i].offset, extents[i].size);
+                if (!parts[i])
+                        why = "no partition node over one of its extents";
+        }
+        _cleanup_close_ int control = -1;
+        if (!why) {
+                control = dm_control_open();
+                r = control < 0 ? control : 0;
+                if (r < 0)
+                        why = "cannot open " DM_CONTROL_PATH;
+        }
+        struct linear_device *ld = &k->linear[k->n_linear];
+        dev_t devnum = 0;
+        if (!why) {
+                *ld = (struct linear_device){.fd = -1};
+                r = dm_create(k, control, parts, n, ld, &devnum, &why);
+        }
+        if (!why) {
+                r = linear_open(ld, devnum);
+                if (r < 0) {
+                        why = "cannot open its device node";
+                        linear_remove(control, ld);
+                }
+        }
+        if (why) {
+                fprintf(stderr,
+                        "qtrim worker %d: no device-mapper device over %zu extents of %s: %s%s%s\n",
+                        (int)getpid(), n, k->device, why, r < 0 ? ": " : "",
+                        r < 0 ? strerror(-r) : "");
+                return NULL;
+        }
+        k->n_linear++;
+        return ld->path;
 }
 
 /* The kernel frees the device when its last opener closes: the pid attribute goes. */
@@ -619,6 +925,8 @@ int qt_nbd_kernel_detach(struct qt_nbd_kernel *k, struct qt_error *e)
         int r = 0;
         if (!k)
                 return 0;
+        /* The linear devices first: they hold the partitions under them. */
+        linear_remove_all(k);
         for (size_t i = 0; i < k->n_pinned; i++)
                 closep(&k->pinned[i].fd);
 
@@ -706,6 +1014,78 @@ static pid_t server_of_thread(uint64_t tid)
         return (pid_t)pid;
 }
 
+/* Whether name is one of ours over sysname: "qtrim-<sysname>-<digits>". */
+static bool is_linear_of(const char *name, const char *sysname)
+{
+        size_t prefix = strlen(DM_NAME_PREFIX), len = strlen(sysname);
+        if (strncmp(name, DM_NAME_PREFIX, prefix) != 0 ||
+            strncmp(name + prefix, sysname, len) != 0 || name[prefix + len] != '-' ||
+            !name[prefix + len + 1])
+                return false;
+        for (const char *p = name + prefix + len + 1; *p; p++)
+                if (!isdigit((unsigned char)*p))
+                        return false;
+        return true;
+}
+
+/* Removes the device-mapper devices a dead worker made over sysname: named as ours and with a
+ * UUID of ours. Deferred: one still open (its mount, in a namespace being torn down) goes with
+ * its last close, and with it the hold on the nbd device. */
+static void drop_stale_linear(const char *sysname)
+{
+        /* No device-mapper in the kernel, none of ours (and no module to load for a look). */
+        if (access("/sys/class/misc/device-mapper", F_OK) < 0)
+                return;
+        _cleanup_close_ int control = dm_control_open();
+        if (control < 0)
+                return;
+        _cleanup_free_ struct dm_ioctl *io = NULL;
+        for (size_t size = 16384; size <= DM_LIST_MAX; size *= 2) {
+                free(io);
+                io = malloc(size);
+                if (!io)
+                        return;
+                dm_header(io, size, NULL);
+                if (dm_call(control, DM_LIST_DEVICES, io) < 0)
+                        return;
+                if (!(io->flags & DM_BUFFER_FULL_FLAG))
+                        break;
+        }
+        if (io->flags & DM_BUFFER_FULL_FLAG)
+                return;
+        char uuid_prefix[64];
+        snprintf(uuid_prefix, sizeof(uuid_prefix), DM_UUID_PREFIX "%s-", sysname);
+        const char *end = (const char *)io + io->data_size;
+        const char *at = (const char *)io + io->data_start;
+        /* An empty list is one record with device number 0. */
+        while (at + sizeof(struct dm_name_list) < end) {
+                const struct dm_name_list *nl = (const struct dm_name_list *)(const void *)at;
+                if (nl->dev == 0 || !memchr(nl->name, '\0', (size_t)(end - nl->name)))
+                        break;
+                struct dm_ioctl status;
+                dm_header(&status, sizeof(status), nl->name);
+                if (is_linear_of(nl->name, sysname) &&
+                    dm_call(control, DM_DEV_STATUS, &status) == 0 &&
+                    strncmp(status.uuid, uuid_prefix, strlen(uuid_prefix)) == 0) {
+                        int r = dm_remove(control, nl->name, true);
+                        fprintf(stderr, "qtrimd: %s, left over %s by a dead worker: %s\n", nl->name,
+                                sysname,
+                                r < 0 ? strerror(-r) : "removed (when its last user closes it)");
+                }
+                if (nl->next == 0)
+                        break;
+                at += nl->next;
+        }
+}
+
+/* drop_stale_linear(), under the nbd device's lock: no live worker holds it. */
+static void drop_stale_linear_if_unlocked(const char *device, const char *sysname)
+{
+        _cleanup_close_ int fd = open(device, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+                drop_stale_linear(sysname);
+}
+
 enum qt_nbd_connection qt_nbd_kernel_connection_state(const char *device, uint64_t owner,
                                                       pid_t *ret_server)
 {
@@ -717,13 +1097,12 @@ enum qt_nbd_connection qt_nbd_kernel_connection_state(const char *device, uint64
         if (disk_attr(sysname, "pid", &pid) < 0 || pid != owner)
                 return QT_NBD_RELEASED;
         *ret_server = server_of_thread(owner);
-        return *ret_server ? QT_NBD_SERVED : QT_NBD_LINGERING;
-}
-
-const char *qt_nbd_kernel_linear(struct qt_nbd_kernel *k, const struct qt_range *extents, size_t n)
-{
-        fprintf(stderr, "qtrim worker %d: no device-mapper mapping yet\n", (int)getpid());
-        return NULL;
+        if (*ret_server)
+                return QT_NBD_SERVED;
+        /* The kernel frees the device when its last opener lets go: never while a linear
+         * device of the dead worker's maps it. */
+        drop_stale_linear_if_unlocked(device, sysname);
+        return QT_NBD_LINGERING;
 }
 
 void qt_nbd_kernel_drop_stale_partitions(const char *device)
@@ -734,8 +1113,10 @@ void qt_nbd_kernel_drop_stale_partitions(const char *device)
         _cleanup_close_ int fd = open(device, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         uint64_t size = 1;
         /* Under the lock, so no worker is claiming it meanwhile; only a free, empty disk. */
-        if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 || !disk_is_free(sysname) ||
-            ioctl(fd, BLKGETSIZE64, &size) < 0 || size != 0)
+        if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+                return;
+        drop_stale_linear(sysname);
+        if (!disk_is_free(sysname) || ioctl(fd, BLKGETSIZE64, &size) < 0 || size != 0)
                 return;
         (void)ioctl(fd, BLKRRPART);
 }

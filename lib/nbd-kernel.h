@@ -17,6 +17,14 @@
  * there before binding). If the worker dies, qemu-nbd gets SIGTERM and disconnects cleanly, and
  * the kernel frees the device once the last mount in the worker's namespace is gone. qtrimd
  * watches over that from outside (daemon/worker.c, qt_nbd_kernel_connection_state()).
+ *
+ * An LV in several places of the disk is a device-mapper linear device of qtrim's own, made with
+ * the DM ioctls (no libdevmapper): "qtrim-nbd3-1", UUID "QTRIM-nbd3-<owner>-1", its uevents
+ * flagged so that udev's rules leave it alone (no /dev/mapper link, no blkid, no pvscan). It maps
+ * partition nodes made over the extents, not the disk: device-mapper claims what it maps, and a
+ * claim of the disk and a mount of any of its partitions exclude each other (measured on 6.1:
+ * EBUSY both ways). A dead worker's linear devices would hold the nbd device forever; qtrimd
+ * removes them (qt_nbd_kernel_connection_state(), qt_nbd_kernel_drop_stale_partitions()).
  */
 #pragma once
 
@@ -58,10 +66,13 @@ const char *qt_nbd_kernel_partition(struct qt_nbd_kernel *k, int number, uint64_
                                     uint64_t size);
 
 /* A device-mapper linear device of qtrim's own over extents[0..n) of the nbd device (bytes,
- * multiples of 512, in the order the volume has them): an LV whose segments lie in several
- * places, as one block device to mount. Hidden from udev's rules and the host's LVM. Removed at
- * detach (and by qt_nbd_kernel_drop_stale_partitions() after a dead worker); the path lives as
- * long. NULL, with a line on stderr saying why, if it cannot be made. */
+ * multiples of 512, within the disk, n 1..QT_FS_EXTENTS_MAX, in the order the volume has them):
+ * an LV whose segments lie in several places, as one block device to mount ("/dev/dm-4"). Each
+ * extent is a partition node as qt_nbd_kernel_partition() makes them (pinned the same way, and
+ * out of the same QT_MAX_FILESYSTEMS slots). Hidden from udev's rules and the host's LVM. The
+ * node is kept open until detach, which removes the device (after the mount on it is gone) before
+ * the disconnect; the path lives as long. NULL, with a line on stderr saying why, if it cannot be
+ * made. */
 const char *qt_nbd_kernel_linear(struct qt_nbd_kernel *k, const struct qt_range *extents, size_t n);
 
 /* Removes the kernel's partition node for exactly [offset, offset + size) of the disk, if there
@@ -83,13 +94,15 @@ enum qt_nbd_connection {
         QT_NBD_RELEASED,     /* free, or connected by someone else since: nothing of ours */
         QT_NBD_SERVED,       /* still connected; its qemu-nbd (*ret_server) lives */
         QT_NBD_LINGERING,    /* its qemu-nbd is gone; the kernel frees it when the last opener
-                              * (a mount in a namespace being torn down) lets go */
+                              * (a mount in a namespace being torn down) lets go; the worker's
+                              * linear devices, which never would, are removed by the call */
         QT_NBD_INVALID_NAME, /* not a /dev/nbdN name: a worker must not make qtrimd act on it */
 };
 enum qt_nbd_connection qt_nbd_kernel_connection_state(const char *device, uint64_t owner,
                                                       pid_t *ret_server);
 
 /* After a dead worker's device is free again: removes the partition nodes the kernel keeps from
- * that connection (they would wait for udev to probe an empty disk). Only on a free device no one
- * holds the lock of; NULL-safe against names that are not /dev/nbdN. */
+ * that connection (they would wait for udev to probe an empty disk), and any linear device of
+ * qtrim's left over it (qtrim-nbdN-*). Only on a device no one holds the lock of (partitions: only
+ * on a free one); NULL-safe against names that are not /dev/nbdN. */
 void qt_nbd_kernel_drop_stale_partitions(const char *device);

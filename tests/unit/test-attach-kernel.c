@@ -2,8 +2,9 @@
 /*
  * The kernel attach path (nbd-kernel.c, through attach.h) on real images with the host's nbd
  * devices: claiming a free device (and not one someone else holds), the partition nodes checked
- * against what libblkid found, the loop fallback, a trim through them, and a detach that leaves
- * the device free with no partition node behind. Needs the nbd module: exits 77 (skipped)
+ * against what libblkid found, the loop fallback, an LV in two places through a device-mapper
+ * device of qtrim's own (and one a killed worker left), a trim through them, and a detach that
+ * leaves the device free with no partition node behind. Needs the nbd module: exits 77 (skipped)
  * without it, as on the build machines; tests/vm/payload-kernel-unit.sh runs it in a guest.
  */
 #include <check.h>
@@ -70,6 +71,15 @@ static const struct part mbr_parts[] = {
 
 #define WHOLE_DISK_MIB 32
 
+/* An LV in two places (an ext4 of 16 MiB holding deleted data: its first half at 40 MiB, its
+ * second at 24 MiB), beside a partition p1 with an ext4 of its own. */
+#define LINEAR_DISK_MIB 64
+static const char linear_script[] = "label: gpt\n"
+                                    "unit: sectors\n"
+                                    "start=2048, size=20480\n";
+static const struct part linear_parts[] = {{"p1", 2048, 20480, "ext4"}};
+static const struct qt_range lv_extents[] = {{40 * MIB, 8 * MIB}, {24 * MIB, 8 * MIB}};
+
 static void make_images(void)
 {
         fx_scratch_setup();
@@ -95,6 +105,17 @@ static void make_images(void)
         fx_sh("qemu-img convert -f raw -O qcow2 mbr.raw mbr.qcow2 && rm mbr.raw");
 
         fx_sh("truncate -s %uM whole.raw && mkfs.ext4 -q -F whole.raw", WHOLE_DISK_MIB);
+
+        fx_make_partitioned("linear.raw", LINEAR_DISK_MIB, linear_script);
+        fx_put_filesystem("linear.raw", linear_parts[0].start * SECTOR,
+                          linear_parts[0].sectors * SECTOR, "mkfs.ext4 -q -F", NULL);
+        fx_sh("truncate -s 16M lv.fs && mkdir junk && yes qtrim | head -c %llu >junk/junk.bin && "
+              "mkfs.ext4 -q -F -b 4096 -d junk lv.fs && debugfs -w -R 'rm junk.bin' lv.fs && "
+              "rm -r junk && "
+              "dd if=lv.fs of=linear.raw bs=1M count=8 seek=40 conv=notrunc,sparse status=none && "
+              "dd if=lv.fs of=linear.raw bs=1M skip=8 count=8 seek=24 conv=notrunc,sparse "
+              "status=none && rm lv.fs",
+              JUNK_BYTES);
 }
 
 /* An attachment as the worker makes it: private namespace, tmpfs scratch directory. */
@@ -519,6 +540,162 @@ START_TEST(test_two_attachments)
 }
 END_TEST
 
+/* The LV of linear.raw as discovery reports it. */
+static void lv_volume(struct qt_fs_result *fs)
+{
+        *fs = (struct qt_fs_result){.offset = lv_extents[0].offset, .n_extents = 2};
+        snprintf(fs->name, sizeof(fs->name), "vg0-data"); /* the test mounts it by name */
+        snprintf(fs->kind, sizeof(fs->kind), "lv");
+        snprintf(fs->fstype, sizeof(fs->fstype), "ext4");
+        for (size_t i = 0; i < ELEMENTSOF(lv_extents); i++) {
+                fs->extents[i] = lv_extents[i];
+                fs->size += lv_extents[i].size;
+        }
+}
+
+/* Device-mapper devices named as qtrim names those over sysname ("qtrim-nbd3-1"). */
+static unsigned count_linear(const char *sysname)
+{
+        char prefix[32], name[160];
+        glob_t g;
+        unsigned n = 0;
+        snprintf(prefix, sizeof(prefix), "qtrim-%s-", sysname);
+        if (glob("/sys/block/dm-*/dm/name", 0, NULL, &g) != 0)
+                return 0;
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+                FILE *f = fopen(g.gl_pathv[i], "re");
+                if (f && fgets(name, sizeof(name), f) && strncmp(name, prefix, strlen(prefix)) == 0)
+                        n++;
+                if (f)
+                        fclose(f);
+        }
+        globfree(&g);
+        return n;
+}
+
+static void read_dm_attr(const char *device, const char *attr, char *buf, size_t size)
+{
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "/sys/block/%s/dm/%s", device + 5, attr);
+        FILE *f = fopen(path, "re");
+        ck_assert_msg(f, "%s: %m", path);
+        ck_assert(fgets(buf, (int)size, f));
+        fclose(f);
+        buf[strcspn(buf, "\n")] = '\0';
+}
+
+/* An LV in two places, mounted and trimmed through a linear device of qtrim's own, while a
+ * partition of the same disk is mounted too (a map of the whole disk would shut it out). Bad
+ * extents are refused before anything is made; detach removes the device. */
+START_TEST(test_linear_over_extents)
+{
+        struct attached at = {};
+        struct qt_fs_result fs[QT_MAX_FILESYSTEMS], lv, bad;
+        struct qt_fs_source src, psrc;
+        char image[PATH_MAX], buf[160], want[64];
+        fx_sh("cp --sparse=always linear.raw lin.raw");
+        uint64_t before = fx_allocated(fx_path(image, "lin.raw"));
+        attach_kernel(&at, "lin.raw", "raw", false, 0);
+        discover(&at, "gpt", linear_parts, ELEMENTSOF(linear_parts), fs);
+        lv_volume(&lv);
+
+        bad = lv;
+        bad.extents[1].offset += 512 / 2;
+        qt_attachment_source(at.a, &bad, &src);
+        ck_assert(!src.device);
+        bad = lv;
+        bad.extents[1].offset = (LINEAR_DISK_MIB - 4) * MIB;
+        qt_attachment_source(at.a, &bad, &src);
+        ck_assert(!src.device);
+        bad = lv;
+        bad.n_extents = QT_FS_EXTENTS_MAX + 1;
+        qt_attachment_source(at.a, &bad, &src);
+        ck_assert(!src.device);
+        ck_assert_uint_eq(count_linear(at.sysname), 0);
+
+        qt_attachment_source(at.a, &lv, &src);
+        ck_assert_msg(src.device && !src.unusable, "no linear device: %s",
+                      src.unusable ? src.unusable : "");
+        ck_assert_msg(strncmp(src.device, "/dev/dm-", 8) == 0, "%s", src.device);
+        read_dm_attr(src.device, "name", buf, sizeof(buf));
+        snprintf(want, sizeof(want), "qtrim-%s-", at.sysname);
+        ck_assert_msg(strncmp(buf, want, strlen(want)) == 0, "name %s", buf);
+        read_dm_attr(src.device, "uuid", buf, sizeof(buf));
+        snprintf(want, sizeof(want), "QTRIM-%s-", at.sysname);
+        ck_assert_msg(strncmp(buf, want, strlen(want)) == 0, "uuid %s", buf);
+        ck_assert_uint_eq(count_linear(at.sysname), 1);
+
+        qt_attachment_source(at.a, &fs[0], &psrc);
+        assert_partition_source(&at, &fs[0], &psrc);
+        trim(&at, &fs[0], &psrc);
+        ck_assert_msg(strcmp(fs[0].state, "trimmed") == 0, "%s: %s", fs[0].state, fs[0].message);
+        trim(&at, &lv, &src);
+        ck_assert_msg(strcmp(lv.state, "trimmed") == 0, "%s: %s", lv.state, lv.message);
+        ck_assert_uint_ge(lv.trimmed, JUNK_BYTES);
+        detach(&at);
+        ck_assert_uint_eq(count_linear(at.sysname), 0);
+
+        ck_assert_uint_ge(before - fx_allocated(image), JUNK_BYTES - 64 * 1024);
+        fx_sh("dd if=lin.raw of=lv.fs bs=1M skip=40 count=8 status=none && "
+              "dd if=lin.raw of=lv.fs bs=1M skip=24 count=8 seek=8 status=none && "
+              "e2fsck -fn lv.fs && rm lv.fs lin.raw");
+}
+END_TEST
+
+/* A worker killed with a linear device over its disk (read-only: an inspection's): the device
+ * would hold the nbd device forever. qtrimd's calls remove it, and the device is freed. */
+START_TEST(test_linear_left_by_dead_worker)
+{
+        int pfd[2];
+        ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
+        /* The dead worker's qemu-nbd comes here, to be reaped. */
+        ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        pid_t worker = fork();
+        ck_assert_int_ge(worker, 0);
+        if (worker == 0) {
+                struct attached at = {};
+                struct qt_fs_result lv;
+                struct qt_fs_source src;
+                close(pfd[0]);
+                attach_kernel(&at, "linear.raw", "raw", true, 0);
+                lv_volume(&lv);
+                qt_attachment_source(at.a, &lv, &src);
+                if (!src.device)
+                        _exit(1);
+                dprintf(pfd[1], "%s %llu\n", qt_attachment_disk(at.a),
+                        (unsigned long long)qt_attachment_nbd_owner(at.a));
+                pause();
+                _exit(0);
+        }
+        close(pfd[1]);
+        char line[128] = "", device[32] = "";
+        unsigned long long owner = 0;
+        FILE *f = fdopen(pfd[0], "re");
+        ck_assert(f);
+        ck_assert_msg(fgets(line, sizeof(line), f), "the worker made no linear device");
+        fclose(f);
+        ck_assert_int_eq(sscanf(line, "%31s %llu", device, &owner), 2);
+        ck_assert_uint_eq(count_linear(device + 5), 1);
+        kill(worker, SIGKILL);
+        ck_assert_int_eq(waitpid(worker, NULL, 0), worker);
+
+        /* As daemon/worker.c polls: until the kernel lets go of the device. */
+        enum qt_nbd_connection state = QT_NBD_SERVED;
+        for (int i = 0; i < 1000 && state != QT_NBD_RELEASED; i++) {
+                pid_t server;
+                state = qt_nbd_kernel_connection_state(device, owner, &server);
+                while (waitpid(-1, NULL, WNOHANG) > 0)
+                        ;
+                if (state != QT_NBD_RELEASED)
+                        usleep(10000);
+        }
+        ck_assert_msg(state == QT_NBD_RELEASED, "%s still held (state %d)", device, (int)state);
+        qt_nbd_kernel_drop_stale_partitions(device);
+        ck_assert_uint_eq(count_linear(device + 5), 0);
+        ck_assert_msg(device_is_free(device + 5), "%s is not free", device);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("attach-kernel");
@@ -535,6 +712,8 @@ static Suite *suite(void)
         tcase_add_test(tc, test_locked_device_is_skipped);
         tcase_add_test(tc, test_connected_device_is_skipped);
         tcase_add_test(tc, test_two_attachments);
+        tcase_add_test(tc, test_linear_over_extents);
+        tcase_add_test(tc, test_linear_left_by_dead_worker);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -2,9 +2,10 @@
 # The kernel-nbd attach path (qemu-nbd -c /dev/nbdN), which the build machines' kernel cannot run
 # (no nbd module): boots a script-mode guest (run-guest.sh), loads nbd there and runs the
 # integration tests shrink-gpt, shrink-mbr-logical, shrink-raw and layouts (guest-shaped disks:
-# swap, EBRs, gaps; QT_LAYOUTS picks its disks, default "mbr"), unchanged, with every qtrimd
-# started as `qtrimd --attach=kernel`. Then no /dev/nbdN may still be connected and no qemu-nbd
-# may run, and an nbd device must have been connected while they ran (the kernel path was taken).
+# swap, EBRs, gaps, an LV in two places; QT_LAYOUTS picks its disks, default "mbr twopvs"),
+# unchanged, with every qtrimd started as `qtrimd --attach=kernel`. Then no /dev/nbdN may still be
+# connected, no qemu-nbd may run and no device-mapper device may be left, and an nbd device must
+# have been connected while they ran (the kernel path was taken).
 #
 # QT_VM_ATTACH=fuse runs the same tests on the FUSE path in the same guest (nbd not loaded,
 # --attach=fuse, no nbd device may ever connect): the harness's own check. QT_VM_TESTS overrides
@@ -17,10 +18,13 @@ attach=${QT_VM_ATTACH:-kernel}
 tests=${QT_VM_TESTS:-shrink-gpt shrink-mbr-logical shrink-raw layouts}
 # layouts.sh's disks: mbr (swap, hibernated swap, logical partitions and their EBRs, gaps, and
 # --keep-gaps) is what the kernel path does with partition nodes, BLKDISCARD and write-zeroes on
-# the nbd device. fedora (LVs through partition nodes qtrim makes over their extents) runs in
-# vm-kernel-host-lvm, with a host VG of the same name; twopvs, ldm and thin are lvm-meta.c's
-# decisions, the same on both paths. Each disk costs minutes of TCG time (mbr ~5 min, fedora ~7 min): QT_LAYOUTS adds them.
-layouts=${QT_LAYOUTS:-mbr}
+# the nbd device. twopvs (an LV in two segments, mounted through a device-mapper linear device of
+# qtrim's own over partition nodes made at its extents) is where the kernel path differs from the
+# FUSE file. fedora (LVs through partition nodes qtrim makes over their extents) runs in
+# vm-kernel-host-lvm, with a host VG of the same name; ldm and thin are lvm-meta.c's decisions,
+# the same on both paths. Each disk costs minutes of TCG time (mbr ~5 min, fedora ~7 min):
+# QT_LAYOUTS adds them.
+layouts=${QT_LAYOUTS:-mbr twopvs}
 
 # ---- on the host: boot the guest with this script as its payload --------------------------
 if [[ -z ${QTRIM_VM_GUEST:-} ]]; then
@@ -37,6 +41,15 @@ say() { printf '==> %s\n' "$*"; }
 fail() {
         printf 'FAIL: %s\n' "$*" >&2
         exit 1
+}
+
+# device-mapper devices (dm-N): none of this guest's own, so every one is a leftover.
+dm_devices() {
+        local d
+        for d in /sys/block/dm-*; do
+                [[ -e $d ]] && printf '%s(%s)\n' "${d##*/}" "$(<"$d/dm/name")"
+        done
+        return 0
 }
 
 # Connected nbd devices: the kernel shows a pid file only while a client holds the device.
@@ -66,9 +79,13 @@ start_nbd_watch() {
 
 case $attach in
 kernel)
-        say "modprobe nbd"
+        say "modprobe nbd dm-mod"
         modprobe nbd || fail "modprobe nbd failed"
         [[ -b /dev/nbd0 ]] || fail "no /dev/nbd0 after modprobe nbd"
+        # An LV in several places is a device-mapper device: qtrim opens /dev/mapper/control, which
+        # devtmpfs makes when the module loads (no udev here to load it on demand).
+        modprobe dm-mod || fail "modprobe dm-mod failed"
+        [[ -c /dev/mapper/control ]] || fail "no /dev/mapper/control after modprobe dm-mod"
         extra=--attach=kernel
         ;;
 fuse) extra=--attach=fuse ;;
@@ -109,6 +126,8 @@ wait "$watch_pid" 2>/dev/null || true
 say "after the tests"
 left=$(connected_nbds)
 [[ -z $left ]] || failed+=("nbd devices still connected: $(tr '\n' ' ' <<<"$left")")
+left=$(dm_devices)
+[[ -z $left ]] || failed+=("device-mapper devices left: $(tr '\n' ' ' <<<"$left")")
 if pgrep -x qemu-nbd >/dev/null; then
         failed+=("qemu-nbd still running: $(pgrep -a -x qemu-nbd | tr '\n' ';')")
 fi

@@ -17,10 +17,6 @@
 #include "util.h"
 
 #define REPORT_FD 3
-/* How often qtrimd looks whether a worker is stuck in its exit, and how many looks in a row
- * make it stuck. */
-#define WATCHDOG_USEC 1000000ULL
-#define STUCK_CHECKS  3
 /* A worker that died holding an nbd device: how often qtrimd looks whether the kernel freed it,
  * when it kills a qemu-nbd that still serves it (it had its parent-death SIGTERM long before),
  * and when it stops waiting for the last opener. */
@@ -38,13 +34,11 @@ struct worker {
         pid_t pid;
         int fd;
         sd_event *event;
-        sd_event_source *io, *child, *watchdog;
-        unsigned zombie_checks;
+        sd_event_source *io, *child;
         /* After it died holding an nbd device: waiting for the device to be free. */
         sd_event_source *release;
         uint64_t release_start;
         bool release_killed, released;
-        const char *scratch_dir; /* the worker's, where a fusectl can go for an abort */
         bool eof, exited;
         int exit_status; /* as waitid's si_code/si_status say: exit code, or 128 + signal */
         char buf[LINE_MAX_BYTES];
@@ -126,47 +120,6 @@ static void apply_lines(struct worker *w)
         memmove(w->buf, start, w->len);
         if (w->len == sizeof(w->buf)) /* no newline in a full buffer: drop it */
                 w->len = 0;
-}
-
-/* Whether the worker's main thread has died while another of its threads lives on: the state
- * of a worker whose exit waits on its own dead FUSE thread (nbd-fuse.h). */
-static bool leader_is_zombie(pid_t pid)
-{
-        char path[64], buf[256];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
-        if (n <= 0)
-                return false;
-        buf[n] = '\0';
-        const char *state = strrchr(buf, ')'); /* after "pid (comm)" */
-        return state && state[1] == ' ' && state[2] == 'Z';
-}
-
-/* Once a second while a worker runs: one that stays half-dead is stuck in its exit. Cut its
- * FUSE connection; the exit then completes, with I/O errors for the teardown's last writes, as
- * in any crash. */
-static int on_watchdog(sd_event_source *s, uint64_t usec, void *userdata)
-{
-        struct worker *w = userdata;
-        if (w->exited)
-                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
-        w->zombie_checks = leader_is_zombie(w->pid) ? w->zombie_checks + 1 : 0;
-        if (w->zombie_checks == STUCK_CHECKS) {
-                if (w->report->fuse_connection) {
-                        fprintf(stderr,
-                                "qtrimd: worker %d is stuck dying; aborting its FUSE "
-                                "connection %llu\n",
-                                (int)w->pid, (unsigned long long)w->report->fuse_connection);
-                        (void)qt_attach_abort_fuse((unsigned)w->report->fuse_connection,
-                                                   w->scratch_dir);
-                } else
-                        fprintf(stderr, "qtrimd: worker %d is slow to exit (no FUSE connection)\n",
-                                (int)w->pid);
-        }
-        return sd_event_source_set_time_relative(s, WATCHDOG_USEC) < 0
-                   ? 0
-                   : sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
 
 static void release_done(struct worker *w)
@@ -265,7 +218,6 @@ int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt
                 return -ENOMEM;
         w->report = report;
         w->event = event;
-        w->scratch_dir = req->scratch_dir;
         w->cb = cb;
         w->userdata = userdata;
         w->fd = -1;
@@ -291,9 +243,6 @@ int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt
         int r = sd_event_add_io(event, &w->io, w->fd, EPOLLIN, on_io, w);
         if (r >= 0)
                 r = sd_event_add_child(event, &w->child, w->pid, WEXITED, on_child, w);
-        if (r >= 0)
-                r = sd_event_add_time_relative(event, &w->watchdog, CLOCK_MONOTONIC, WATCHDOG_USEC,
-                                               0, on_watchdog, w);
         if (r < 0) {
                 kill(w->pid, SIGKILL);
                 waitpid(w->pid, NULL, 0);
@@ -320,7 +269,6 @@ struct worker *worker_free(struct worker *w)
                 kill(w->pid, SIGTERM);
         sd_event_source_disable_unref(w->io);
         sd_event_source_disable_unref(w->child);
-        sd_event_source_disable_unref(w->watchdog);
         sd_event_source_disable_unref(w->release);
         closep(&w->fd);
         free(w);

@@ -151,7 +151,7 @@ void qt_attachment_source(struct qt_attachment *a, const struct qt_fs_result *fs
                 else
                         ret->disk = qt_nbd_fuse_add_volume(a->bridge, fs->extents, fs->n_extents);
                 ret->offset = 0;
-                if (!ret->device && !ret->disk)
+                if (a->nbd ? !ret->device : !ret->disk)
                         ret->unusable = "its segments could not be mapped as one device";
                 return;
         }
@@ -260,23 +260,6 @@ int qt_detach(struct qt_attachment *a, struct qt_error *e)
         int r = a->nbd ? qt_nbd_kernel_detach(a->nbd, e) : qt_nbd_fuse_detach(a->bridge, e);
         free(a);
         return r;
-}
-
-int qt_attach_abort_fuse(unsigned connection, const char *scratch_dir)
-{
-        pid_t pid = fork();
-        if (pid == 0) {
-                if (unshare(CLONE_NEWNS) < 0 ||
-                    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-                        _exit(1);
-                (void)mkdir(scratch_dir, 0700);
-                _exit(qt_fuse_abort_connection(connection, scratch_dir) < 0 ? 1 : 0);
-        }
-        int status;
-        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
-            WEXITSTATUS(status) != 0)
-                return -1;
-        return 0;
 }
 
 enum qt_nbd_connection qt_attach_nbd_state(const char *device, uint64_t owner, pid_t *ret_server)

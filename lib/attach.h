@@ -50,8 +50,8 @@ enum qt_attach_backend qt_attachment_backend(const struct qt_attachment *a);
 /* The whole disk, for libblkid: "/dev/nbd3", or "<scratch_dir>/fuse/disk". */
 const char *qt_attachment_disk(const struct qt_attachment *a);
 uint64_t qt_attachment_size(const struct qt_attachment *a);
-/* What qtrimd must know to clean up after a worker that dies attached (see report.h): the FUSE
- * connection's number (0 on the kernel path); the nbd device ("" on the FUSE path) and the
+/* The FUSE connection's number (0 on the kernel path); what qtrimd must know to clean up after a
+ * worker that dies attached (see report.h): the nbd device ("" on the FUSE path) and the
  * kernel's owner of its connection. */
 unsigned qt_attachment_fuse_connection(const struct qt_attachment *a);
 const char *qt_attachment_nbd_device(const struct qt_attachment *a);
@@ -93,13 +93,9 @@ int qt_detach(struct qt_attachment *a, struct qt_error *e);
 
 /*
  * For qtrimd, after a worker died attached (what it reported of its attachment: report.h's
- * fuse-connection, nbd-device and nbd-owner):
- * - qt_attach_abort_fuse() cuts the FUSE connection of a worker stuck in its exit (its FUSE
- *   thread gone), in a child with a mount namespace of its own for the fusectl mount under
- *   scratch_dir; 0, or -1 if the child failed.
+ * nbd-device and nbd-owner; on the FUSE path the FUSE server ends on its own, nbd-fuse.h):
  * - qt_attach_nbd_state() and qt_attach_nbd_drop_stale() watch and clean the nbd device it held
  *   (nbd-kernel.h: qt_nbd_kernel_connection_state(), qt_nbd_kernel_drop_stale_partitions()).
  */
-int qt_attach_abort_fuse(unsigned connection, const char *scratch_dir);
 enum qt_nbd_connection qt_attach_nbd_state(const char *device, uint64_t owner, pid_t *ret_server);
 void qt_attach_nbd_drop_stale(const char *device);

@@ -1,24 +1,21 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * The fuse attach path: qemu-nbd --discard=unmap (socket-activated, dying with the worker), its
- * export served by libfuse3 as a file, <mountpoint>/disk, on which loop devices can sit (and
- * one more file per volume whose bytes lie in several places of the disk).
- * Works wherever FUSE and loop devices exist; needs no nbd kernel module.
+ * The fuse attach path: qemu-nbd --discard=unmap (socket-activated), its export served by
+ * libfuse3 as a file, <mountpoint>/disk, on which loop devices can sit (and one more file per
+ * volume whose bytes lie in several places of the disk). Works wherever FUSE and loop devices
+ * exist; needs no nbd kernel module.
  *
- * Threading: one FUSE thread serves the file (reads, writes, flush, fallocate → NBD trim/zero)
- * while the caller's thread sets up loop devices and mounts on top. libnbd handles are
- * thread-safe; nothing else is shared.
- *
- * Known limit: the FUSE server lives in the process (and mount namespace) whose users it
- * serves. When SIGKILL takes them all at once, the kernel's exit path may need the server it is
- * tearing down: a request pending on the disk file (a FLUSH on close, the unmount of a guest
- * filesystem through its loop device) then waits forever and the worker never finishes dying,
- * until its connection is aborted through fusectl. The tested windows (killed at any phase,
- * filesystems mounted) are safe; killed while the worker itself holds the disk open (blkid in
- * discover, loop setup: milliseconds) is not; nor, now and then (1 in 20 in a stress run), is a
- * kill with filesystems mounted. qtrimd therefore aborts the connection of a worker that has
- * died but does not finish dying (daemon/worker.c). The fix is a server process outside the
- * worker's namespace, handed the /dev/fuse fd after the worker mounted it.
+ * Processes: the worker mounts the bridge (on an open /dev/fuse) in its private mount namespace
+ * and hands the descriptor to the FUSE server, a child process of its own ("qtrim-fuse") that
+ * leaves the worker's namespace, owns qemu-nbd and serves the file until the connection ends.
+ * Whoever dies, the filesystems and loop devices on top are torn down through a live server: a
+ * worker killed at any instruction (inside a mount, a read, its namespace's teardown) dies
+ * promptly, then the server flushes the image and stops qemu-nbd. Once the worker lets go
+ * (detach, or death), the server gives the connection RELEASE_SECONDS (10) to end before it
+ * aborts it through fusectl, so nothing waits on it for ever. A server killed itself closes the
+ * last /dev/fuse descriptor, which aborts the connection: the worker's I/O fails, the job fails,
+ * qemu-nbd (its child) dies with it. The two processes share the table of files (one shared
+ * mapping); nothing else.
  */
 #pragma once
 
@@ -50,6 +47,8 @@ unsigned qt_nbd_fuse_connection(const struct qt_nbd_fuse *b);
  * ENOTCONN. Mounts fusectl on dir for the moment: call it in a private mount namespace. */
 int qt_fuse_abort_connection(unsigned connection, const char *dir);
 
-/* Unmounts the bridge, flushes and stops qemu-nbd. Everything on top (loop devices) must be
- * gone already. Frees b whatever happens; NULL-safe. */
+/* Unmounts the bridge and waits (bounded) for the server to end: it flushes and stops qemu-nbd
+ * once the connection is gone. Everything on top (loop devices) should be gone already. An error
+ * if the server or qemu-nbd died, or the flush failed: the image may have lost writes. Frees b
+ * whatever happens; NULL-safe. */
 int qt_nbd_fuse_detach(struct qt_nbd_fuse *b, struct qt_error *e);

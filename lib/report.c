@@ -81,7 +81,6 @@ static const struct field fields[] = {
     FIELD("message", "Message", FIELD_STR, message),
     FIELD("temp-file", NULL, FIELD_STR, temp_file),
     FIELD("attach-backend", "AttachBackend", FIELD_STR, attach_backend),
-    FIELD("fuse-connection", NULL, FIELD_U64, fuse_connection),
     FIELD("nbd-owner", NULL, FIELD_U64, nbd_owner),
     FIELD("nbd-device", "NbdDevice", FIELD_STR, nbd_device),
 };

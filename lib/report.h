@@ -101,9 +101,6 @@ struct qt_report {
         char temp_file[QT_REPORT_STRING_MAX];
         /* The attach path the job took: "kernel" or "fuse" ("" before the attach). */
         char attach_backend[8];
-        /* The worker's FUSE connection (its number under fusectl) while attached, else 0: what
-         * qtrimd aborts if the worker dies and cannot finish dying (see nbd-fuse.h). */
-        uint64_t fuse_connection;
         /* The nbd device the worker holds ("/dev/nbd3", "" when none) and the kernel's owner of
          * its connection (its pid attribute): what qtrimd makes sure is released when the worker
          * dies attached (see nbd-kernel.h). The owner is sent first. */

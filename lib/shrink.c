@@ -125,7 +125,6 @@ static int enter_private_namespace(struct shrink *s)
  * nbd owner goes before the device, so a device qtrimd sees always comes with its owner. */
 static void emit_attachment(struct shrink *s, const struct qt_attachment *a, bool kernel)
 {
-        qt_emit_u64(s->rep, "fuse-connection", a ? qt_attachment_fuse_connection(a) : 0);
         if (kernel) {
                 qt_emit_u64(s->rep, "nbd-owner", a ? qt_attachment_nbd_owner(a) : 0);
                 qt_emit_str(s->rep, "nbd-device", a ? qt_attachment_nbd_device(a) : "");

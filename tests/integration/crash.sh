@@ -1,6 +1,7 @@
 #!/bin/bash
 # The kill matrix: a job's worker killed with SIGKILL at every pause point (the start of each
-# phase, filesystems mounted, the copy being written, the copy complete before the rename);
+# phase, filesystems mounted, the copy being written, the copy complete before the rename), then
+# the worker and the FUSE server each killed at moments spread over a whole shrink;
 # qtrimd itself killed with SIGKILL at every pause point, then started again; both killed at
 # once with the copy on disk, which only the restarted qtrimd can delete; a loop device held by a
 # host process during a cancel; the bus killed under a job. Each time
@@ -30,20 +31,11 @@ restart_daemon_pausing_at() { # POINT
         QTRIM_TEST_PAUSE=$1 qt_daemon_start >/dev/null
 }
 
-# How often qtrimd had to cut the FUSE connection of a worker stuck in its exit (nbd-fuse.h):
-# counted before each round truncates the log, reported at the end.
-stuck=0
-count_stuck() {
-        [[ -f $QT_DAEMON_LOG ]] || return 0
-        stuck=$((stuck + $(grep -a -c 'is stuck dying' "$QT_DAEMON_LOG" || true)))
-}
-
 start_paused_job() { # POINT
         local i
         img=$QT_IMAGES/crash.qcow2
         qt_clone_image "$master" "$img"
         qt_expect_files
-        count_stuck
         : >"$QT_DAEMON_LOG"
         job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
         for ((i = 0; i < 300; i++)); do
@@ -122,11 +114,12 @@ sleep 120 <"$loop" &
 holder=$!
 qt_defer qt_kill_wait "$holder" 5
 qt_qtrimctl cancel "$job" >/dev/null
-# The worker waits 10 s for the holder, then cuts the FUSE connection: the job must end.
+# The FUSE server waits 10 s for the holder once the worker let go, then cuts the connection:
+# the job must end.
 qt_wait_job_gone "$job" 60
 result=$(qt_job_removed_result "$job" 10 "$img") || qt_fail "no JobRemoved signal for $job"
 [[ $result == canceled ]] || qt_fail "JobRemoved says '$result', expected canceled"
-grep -q 'aborting the FUSE connection' "$QT_DAEMON_LOG" || qt_fail "the worker did not say it cut the connection"
+grep -q 'aborting the FUSE connection' "$QT_DAEMON_LOG" || qt_fail "the FUSE server did not say it cut the connection"
 qt_undo qt_kill_wait "$holder" 5
 # The loop device clears itself (autoclear) once its holder is gone.
 for ((i = 0; i < 50; i++)); do
@@ -136,6 +129,76 @@ done
 check_image
 qt_ok "canceled with the loop device held; after the holder left, nothing remains"
 
+# ---- kills anywhere, not at pause points -------------------------------------------------
+# SIGKILL at moments spread evenly over a whole shrink (its duration measured first), so that
+# kills land inside mounts, reads, FITRIM, the namespace's teardown, the convert: the victim is
+# the worker, or the job's FUSE server (nbd-fuse.h). After each, within 10 s no process of the
+# job may live, the job is reported, the image passes qemu-img check with every kept file intact,
+# and nothing is left attached, mounted or on disk. QT_CRASH_SPREAD kills per victim (CI 20).
+spread=${QT_CRASH_SPREAD:-20}
+qt_daemon_stop >/dev/null
+qt_daemon_start >/dev/null
+
+img=$QT_IMAGES/crash.qcow2
+qt_clone_image "$master" "$img"
+qt_expect_files
+t0=$(qt_now)
+qt_qtrimctl shrink "$img" >/dev/null || qt_fail "the unkilled shrink failed"
+duration=$(qt_since "$t0")
+check_image
+qt_info "an unkilled shrink takes ${duration}s: kills at $spread moments over it"
+
+# The pid of the job's victim (worker or FUSE server), waiting for it to appear ("" if the job
+# ended first).
+victim_pid() { # worker|server
+        local i pid=
+        for ((i = 0; i < 200; i++)); do
+                pid=$(pgrep -P "$QT_DAEMON_PID" | head -n 1)
+                [[ $1 == server && -n $pid ]] && pid=$(pgrep -x -P "$pid" qtrim-fuse | head -n 1)
+                [[ -n $pid ]] && break
+                qt_job_exists "$job" || break
+                sleep 0.01
+        done
+        printf '%s' "$pid"
+}
+
+for victim in worker server; do
+        qt_step "SIGKILL the $victim at $spread moments spread over a shrink"
+        declare -A outcomes=()
+        slowest=0
+        for ((k = 1; k <= spread; k++)); do
+                img=$QT_IMAGES/crash.qcow2
+                qt_clone_image "$master" "$img"
+                qt_expect_files
+                : >"$QT_DAEMON_LOG"
+                at=$(awk -v d="$duration" -v k="$k" -v n="$spread" 'BEGIN { printf "%.3f", d * k / (n + 1) }')
+                t0=$(qt_now)
+                job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
+                pid=$(victim_pid "$victim")
+                sleep "$(awk -v at="$at" -v el="$(qt_since "$t0")" 'BEGIN { s = at - el; printf "%.3f", (s > 0 ? s : 0) }')"
+                killed_at=$(qt_now)
+                if [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null; then
+                        qt_wait_pid_gone "$pid" 10 || qt_fail "the $victim ($pid) outlived its SIGKILL by 10 s"
+                        qt_wait_job_gone "$job" 10
+                        ended=$(qt_since "$killed_at")
+                        awk -v a="$ended" -v b="$slowest" 'BEGIN { exit !(a > b) }' && slowest=$ended
+                        result=$(qt_job_removed_result "$job" 10 "$img") || qt_fail "no JobRemoved signal for $job"
+                else
+                        qt_wait_job_gone "$job" 60
+                        result="$(qt_job_removed_result "$job" 10 "$img") (ended before the kill)"
+                fi
+                [[ $result == failed* || $result == done* ]] || qt_fail "kill $k at ${at}s: the job ended '$result'"
+                outcomes[$result]=$((${outcomes[$result]:-0} + 1))
+                # Nothing of the job may live 10 s after the kill (assert_no_leftovers waits 5 s).
+                check_image
+        done
+        summary=
+        for r in "${!outcomes[@]}"; do summary+="${summary:+, }$r ${outcomes[$r]}"; done
+        qt_ok "$spread kills of the $victim: $summary; every image intact, nothing left; the slowest job ended ${slowest}s after its kill"
+        unset outcomes
+done
+
+# Last: the bus it kills is the one the JobRemoved watch listens on.
 qt_step "SIGKILL the bus with filesystems mounted: qtrimd cancels, tears down and exits"
 restart_daemon_pausing_at trim-mounted
 start_paused_job trim-mounted
@@ -151,8 +214,5 @@ check_image
 qt_bus_start >/dev/null
 qt_daemon_start >/dev/null
 qt_ok "qtrimd canceled the job and exited; image intact, nothing left"
-
-count_stuck
-qt_ok "workers stuck in their exit that qtrimd freed by aborting their FUSE connection: $stuck"
 
 qt_scenario_end

@@ -77,8 +77,8 @@ qt_step "qemu-nbd killed with the filesystems mounted"
 hx_daemon_pausing_at trim-mounted
 fresh nbd-killed
 hx_start_paused trim-mounted "$QT_WORK/nbd-killed.json" "$img"
-nbd=$(hx_worker_child "$HX_WORKER" qemu-nbd)
-[[ -n $nbd ]] || qt_fail "no qemu-nbd under worker $HX_WORKER"
+nbd=$(hx_job_qemu_nbd "$HX_WORKER")
+[[ -n $nbd ]] || qt_fail "no qemu-nbd of worker $HX_WORKER"
 kill -KILL "$nbd"
 hx_resume_and_wait
 expect_end "qemu-nbd killed mid-trim" "$QT_WORK/nbd-killed.json" failed org.qtrim1.Error.Failed

@@ -165,6 +165,7 @@ qt_record_baseline() {
         qt_list_loops >"$QT_WORK/.baseline-loops"
         qt_list_fuse_mounts >"$QT_WORK/.baseline-fuse"
         qt_list_pids qemu-nbd >"$QT_WORK/.baseline-qemu-nbd"
+        qt_list_pids qtrim-fuse >"$QT_WORK/.baseline-qtrim-fuse"
 }
 
 qt_list_loops() { losetup -n -l -O NAME 2>/dev/null | sort || true; }

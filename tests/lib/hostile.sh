@@ -208,6 +208,13 @@ hx_resume_and_wait() { # [TIMEOUT]
 
 # The processes a worker runs (qemu-nbd, qemu-img): pids of its children called NAME.
 hx_worker_child() { pgrep -o -P "$1" -x "$2"; }
+# hx_job_qemu_nbd WORKER: the job's qemu-nbd: the worker's child on the kernel path, its FUSE
+# server's (qtrim-fuse) on the FUSE path.
+hx_job_qemu_nbd() {
+        local server
+        server=$(hx_worker_child "$1" qtrim-fuse) && hx_worker_child "$server" qemu-nbd ||
+                hx_worker_child "$1" qemu-nbd
+}
 
 # hx_verify_raw_in_place IMG: verify_files for a raw image too big to copy (its partitions are
 # read through read-only loop devices on the image itself), e.g. one of 8 EiB on a tmpfs.

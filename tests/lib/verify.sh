@@ -203,6 +203,10 @@ _qt_collect_leftovers() { # fills the caller's bad[]
                         [[ -n $x ]] && bad+=("qemu-nbd pid $x: $(tr '\0' ' ' <"/proc/$x/cmdline" 2>/dev/null)")
                 done < <(_qt_new_since "$work/.baseline-qemu-nbd" "qt_list_pids qemu-nbd" "$strict")
         fi
+        # A job's FUSE server (nbd-fuse.h) outlives its worker only until its connection ends.
+        while read -r x; do
+                [[ -n $x ]] && bad+=("FUSE server pid $x (qtrim-fuse)")
+        done < <(_qt_new_since "$work/.baseline-qtrim-fuse" "qt_list_pids qtrim-fuse" "$strict")
         while read -r x; do
                 [[ -n $x ]] && bad+=("mount under the work dir: $x")
         done < <(qt_mounts_under "$work")

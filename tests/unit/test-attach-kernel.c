@@ -602,15 +602,15 @@ START_TEST(test_linear_over_extents)
         bad = lv;
         bad.extents[1].offset += 512 / 2;
         qt_attachment_source(at.a, &bad, &src);
-        ck_assert(!src.device);
+        ck_assert(!src.device && src.unusable);
         bad = lv;
         bad.extents[1].offset = (LINEAR_DISK_MIB - 4) * MIB;
         qt_attachment_source(at.a, &bad, &src);
-        ck_assert(!src.device);
+        ck_assert(!src.device && src.unusable);
         bad = lv;
         bad.n_extents = QT_FS_EXTENTS_MAX + 1;
         qt_attachment_source(at.a, &bad, &src);
-        ck_assert(!src.device);
+        ck_assert(!src.device && src.unusable);
         ck_assert_uint_eq(count_linear(at.sysname), 0);
 
         qt_attachment_source(at.a, &lv, &src);

@@ -313,7 +313,7 @@ static const struct fuse_operations operations = {
     .fallocate = op_fallocate,
 };
 
-/* Socket activation by hand: libnbd's own gives qemu-nbd no parent-death signal, so a worker
+/* Socket activation by hand: libnbd's own gives qemu-nbd no parent-death signal, so a server
  * killed while qemu-nbd opens a large image would leave it listening, holding the image's lock.
  * qemu-nbd gets a listening socket as fd 3 (LISTEN_FDS), already holding our connection. */
 static int spawn_server(char *const argv[], pid_t *ret_pid, int *ret_fd)
@@ -332,24 +332,9 @@ static int spawn_server(char *const argv[], pid_t *ret_pid, int *ret_fd)
         if (client < 0 || connect(client, (struct sockaddr *)&addr, len) < 0)
                 return -errno;
 
-        pid_t parent = getpid();
-        pid_t pid = fork();
+        pid_t pid = qt_qemu_nbd_spawn(argv, listener, -1);
         if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                qt_child_prepare(parent, SIGTERM);
-                /* dup2 onto itself would keep close-on-exec */
-                if (listener == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(listener, 3) < 0)
-                        _exit(127);
-                close_range(4, ~0U, 0);
-                char pid_text[16];
-                snprintf(pid_text, sizeof(pid_text), "%d", (int)getpid());
-                setenv("LISTEN_PID", pid_text, 1);
-                setenv("LISTEN_FDS", "1", 1);
-                unsetenv("LISTEN_FDNAMES");
-                execvp(argv[0], argv);
-                _exit(127);
-        }
+                return pid;
         *ret_pid = pid;
         *ret_fd = TAKE_FD(client);
         return 0;

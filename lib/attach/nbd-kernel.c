@@ -244,20 +244,10 @@ static int start_server(struct qt_nbd_kernel *k, const char *image, const char *
         _cleanup_close_ int log = open(k->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (log < 0)
                 return qt_error_set(e, QT_ERR_FAILED, errno, "cannot create %s: %m", k->log_path);
-        pid_t parent = getpid();
-        pid_t pid = fork();
+        pid_t pid = qt_qemu_nbd_spawn(argv, -1, log);
         if (pid < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot start qemu-nbd: %m");
-        if (pid == 0) {
-                /* SIGTERM: qemu-nbd disconnects the device and closes the image cleanly. */
-                qt_child_prepare(parent, SIGTERM);
-                if (dup2(log, 1) < 0 || dup2(log, 2) < 0)
-                        _exit(127);
-                close_range(3, ~0U, 0);
-                execvp(argv[0], argv);
-                dprintf(2, "cannot run qemu-nbd: %s\n", strerror(errno));
-                _exit(127);
-        }
+                return qt_error_set(e, QT_ERR_FAILED, -pid, "cannot start qemu-nbd: %s",
+                                    strerror(-pid));
         k->server = pid;
         return 0;
 }

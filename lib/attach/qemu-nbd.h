@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* What both attach paths (nbd-fuse.h, nbd-kernel.h) do alike with the qemu-nbd they start: its
- * command line for the image, and its end. */
+ * command line for the image, its start, and its end. */
 #pragma once
 
 #include <stdbool.h>
@@ -15,6 +15,13 @@
 #define QT_QEMU_NBD_IMAGE_ARGS_MAX 4
 size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
                               char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[]);
+
+/* Starts qemu-nbd (argv) as the caller's child, dying with it by SIGTERM (on which qemu-nbd
+ * disconnects and closes the image cleanly): standard input /dev/null, standard output and error
+ * to output_fd (inherited when < 0), and when listen_fd >= 0, that listening socket as fd 3 with
+ * LISTEN_PID and LISTEN_FDS (socket activation); no other descriptor. Returns its pid, or a
+ * negative errno if it could not be forked. */
+pid_t qt_qemu_nbd_spawn(char *const argv[], int listen_fd, int output_fd);
 
 /* Waits up to timeout_ms for qemu-nbd (a child) to exit, in 5 ms polls (it usually exits within
  * milliseconds of its client's disconnect), then kills it. Returns its exit status, 128 + the

@@ -7,6 +7,7 @@ packages=(
   # build
   gcc meson ninja-build pkg-config
   libnbd-dev libmount-dev libblkid-dev libudev-dev libsystemd-dev libfuse3-dev libjson-c-dev check
+  ntfs-3g-dev # lib/ntfs.c reads NTFS volumes read-only, without mounting
   # run
   qemu-utils fuse3 dbus-daemon
   # tests and benchmarks: real filesystems, partitioning, bus clients (busctl, gdbus,
@@ -16,6 +17,7 @@ packages=(
   inotify-tools # formats.sh: proves that no process opens a file a hostile header names
   lvm2 # test-lvm-meta and tests/lib/layouts.sh build guest PVs and VGs, under a private lvm.conf
   dosfstools mtools # tests/lib/layouts.sh: an EFI system partition with files
+  ntfs-3g # tests/lib/layouts.sh: Windows-like NTFS volumes (mkntfs, a FUSE mount to fill them)
   # VM tests (tests/vm, bench/attach-bench.sh): a TCG guest booting Debian's kernel (nbd,
   # partition parsing and module loading, which the build machines' kernel lacks) from a busybox
   # initramfs over this machine's root; systemd as the guest's PID 1 with the system bus, polkit

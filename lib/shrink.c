@@ -10,10 +10,13 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 
+#include "cancel.h"
 #include "convert.h"
 #include "discover.h"
+#include "fat.h"
 #include "image.h"
 #include "layout.h"
+#include "ntfs.h"
 #include "overlays.h"
 #include "test-hooks.h"
 #include "trim.h"
@@ -204,6 +207,30 @@ static void on_extent(uint64_t offset, uint64_t length, void *userdata)
         }
 }
 
+static int count_free(void *userdata, uint64_t offset, uint64_t length)
+{
+        *(uint64_t *)userdata += length;
+        return 0;
+}
+
+static int read_free_map(struct shrink *s, const struct qt_fs_result *fs, qt_free_range_fn on_free,
+                         void *ctx, char why[QT_FREEMAP_WHY_MAX]);
+
+/* Inspect, for a volume read rather than mounted: its map read now (nothing written), so a
+ * volume that would be left alone says why before anyone runs a shrink. */
+static const char *describe_free_map(struct shrink *s, const struct qt_fs_result *fs,
+                                     char why[QT_FS_MESSAGE_MAX])
+{
+        uint64_t free = 0;
+        char reason[QT_FREEMAP_WHY_MAX], bytes[FORMAT_BYTES_MAX];
+        if (read_free_map(s, fs, count_free, &free, reason) < 0)
+                snprintf(why, QT_FS_MESSAGE_MAX, "would be left alone: %.170s", reason);
+        else
+                snprintf(why, QT_FS_MESSAGE_MAX, "read, not mounted: %s free in its map, discarded",
+                         format_bytes(bytes, free));
+        return why;
+}
+
 /* Inspect: how each volume would be handled, and how much of it the image file holds (what a
  * shrink can give back is at most that). */
 static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n)
@@ -227,6 +254,9 @@ static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n
                         break;
                 case QT_TRIM_DISCARD:
                         how = "discarded";
+                        break;
+                case QT_TRIM_FREEMAP:
+                        how = describe_free_map(s, &fs[i], why);
                         break;
                 case QT_TRIM_SKIP:
                         break;
@@ -431,6 +461,116 @@ static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
         return 0;
 }
 
+/* The user-space method (freemap.h): a volume's bytes read through the attachment's disk, at
+ * the disk offsets they are (a volume in several places reads as one). */
+struct volume_read {
+        int fd;
+        const struct qt_fs_result *fs;
+};
+
+static int read_volume(void *ctx, void *buf, size_t len, uint64_t offset)
+{
+        const struct volume_read *v = ctx;
+        struct qt_range r[QT_FS_EXTENTS_MAX];
+        size_t n = qt_fs_disk_ranges(v->fs, offset, r);
+        char *p = buf;
+        for (size_t i = 0; i < n && len > 0; i++) {
+                for (uint64_t done = 0; done < r[i].size && len > 0;) {
+                        ssize_t got =
+                            pread(v->fd, p, len < r[i].size - done ? len : r[i].size - done,
+                                  (off_t)(r[i].offset + done));
+                        if (got < 0 && errno == EINTR)
+                                continue;
+                        if (got <= 0)
+                                return got < 0 ? -errno : -EIO;
+                        p += got;
+                        len -= (size_t)got;
+                        done += (uint64_t)got;
+                }
+        }
+        return len > 0 ? -EIO : 0;
+}
+
+/* Runs the reader of fs's type over it; on_free sees its free ranges (volume-relative). */
+static int read_free_map(struct shrink *s, const struct qt_fs_result *fs, qt_free_range_fn on_free,
+                         void *ctx, char why[QT_FREEMAP_WHY_MAX])
+{
+        const char *disk = qt_attachment_disk(s->attachment);
+        _cleanup_close_ int fd = open(disk, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                snprintf(why, QT_FREEMAP_WHY_MAX, "cannot open %s: %s", disk, strerror(errno));
+                return -errno;
+        }
+        struct volume_read vr = {fd, fs};
+        struct qt_volume_reader v = {read_volume, &vr, fs->size};
+        why[0] = '\0';
+        if (strcmp(fs->fstype, "ntfs") == 0)
+                return qt_ntfs_free_ranges(&v, on_free, ctx, why, QT_FREEMAP_WHY_MAX);
+        return qt_fat_free_ranges(&v, on_free, ctx, why, QT_FREEMAP_WHY_MAX);
+}
+
+struct freemap_trim {
+        struct shrink *s;
+        const struct qt_fs_result *fs;
+        uint64_t cluster; /* the image's: only whole ones are given back */
+        uint64_t discarded, free;
+        struct qt_error error;
+};
+
+/* One free range of the filesystem: the whole image clusters in it are discarded. The parts of
+ * clusters at its ends stay as they are: the guest's used clusters share them, and an advisory
+ * discard needs no zeroes (nothing here must read back as zeroes, unlike swap and gaps). */
+static int on_free_range(void *userdata, uint64_t offset, uint64_t length)
+{
+        struct freemap_trim *t = userdata;
+        if (qt_cancel_requested)
+                return -ECANCELED;
+        t->free += length;
+        struct qt_range r[QT_FS_EXTENTS_MAX];
+        size_t n = qt_fs_disk_ranges(t->fs, offset, r);
+        for (size_t i = 0; i < n && length > 0; i++) {
+                uint64_t len = r[i].size < length ? r[i].size : length;
+                uint64_t lo = (r[i].offset + t->cluster - 1) / t->cluster * t->cluster;
+                uint64_t hi = (r[i].offset + len) / t->cluster * t->cluster;
+                length -= len;
+                if (hi <= lo)
+                        continue;
+                int ret = qt_attachment_discard(t->s->attachment, lo, hi - lo, t->cluster, NULL,
+                                                NULL, &t->error);
+                if (ret < 0)
+                        return ret;
+                t->discarded += hi - lo;
+        }
+        /* The ranges come in order: how far into the volume is how far along. */
+        on_trim_progress((double)(offset + 1) / (double)t->fs->size, t->s);
+        return 0;
+}
+
+/* A FAT or NTFS volume, never mounted: its own map of free space read, the free ranges
+ * discarded. A volume whose state or metadata forbids it (a hibernated Windows, a dirty
+ * filesystem, FAT copies that differ, hostile geometry) is left byte for byte as it is. */
+static int trim_freemap(struct shrink *s, struct qt_fs_result *fs)
+{
+        struct freemap_trim t = {.s = s, .fs = fs};
+        t.cluster = s->info.cluster_size >= 4096 ? s->info.cluster_size : 4096;
+        char why[QT_FREEMAP_WHY_MAX];
+        int r = read_free_map(s, fs, on_free_range, &t, why);
+        fs->trimmed = t.discarded;
+        if (r == -ECANCELED) {
+                qt_fs_set_outcome(fs, "failed", "canceled");
+                return r;
+        }
+        if (r == -EUCLEAN && t.discarded == 0)
+                qt_fs_set_outcome(fs, "skipped", "%s", why);
+        else if (r < 0)
+                qt_fs_set_outcome(fs, "failed", "%s",
+                                  qt_error_is_set(&t.error) ? t.error.message : why);
+        else
+                qt_fs_set_outcome(fs, "discarded",
+                                  "free clusters read from its own map, not mounted");
+        return 0;
+}
+
 /* 4. Trim: every volume, by the method its kind and content call for (trim.h); one that cannot
  * be trimmed is reported, not fatal, unless none could: a job that trimmed nothing because
  * everything failed did not succeed. */
@@ -463,6 +603,9 @@ static int trim(struct shrink *s)
                 }
                 case QT_TRIM_SWAP:
                         r = trim_swap(s, &fs);
+                        break;
+                case QT_TRIM_FREEMAP:
+                        r = trim_freemap(s, &fs);
                         break;
                 case QT_TRIM_DISCARD:
                         if (s->req->keep_gaps)

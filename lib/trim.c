@@ -128,6 +128,11 @@ static const struct {
         const char *why;
 } others[] = {
     {"swap", QT_TRIM_SWAP, NULL},
+    /* No host kernel driver needed, and none must mount them: an NTFS that Windows hibernated
+     * would lose the guest's unflushed changes to a read-write mount. */
+    {"vfat", QT_TRIM_FREEMAP, NULL},
+    {"ntfs", QT_TRIM_FREEMAP, NULL},
+    {"exfat", QT_TRIM_SKIP, "exFAT is not read yet"},
     {"swsuspend", QT_TRIM_SKIP, QT_HIBERNATED_SWAP_WHY},
     {"LVM2_member", QT_TRIM_SKIP,
      "an LVM physical volume: its logical volumes and free extents are handled on their own"},
@@ -162,10 +167,8 @@ enum qt_trim_method qt_trim_method(const struct qt_fs_result *fs, char *why, siz
 const char *qt_trim_method_name(enum qt_trim_method m)
 {
         static const char *const names[] = {
-            [QT_TRIM_MOUNT] = "mount",
-            [QT_TRIM_SWAP] = "swap",
-            [QT_TRIM_DISCARD] = "discard",
-            [QT_TRIM_SKIP] = "skip",
+            [QT_TRIM_MOUNT] = "mount",     [QT_TRIM_SWAP] = "swap", [QT_TRIM_DISCARD] = "discard",
+            [QT_TRIM_FREEMAP] = "freemap", [QT_TRIM_SKIP] = "skip",
         };
         return (size_t)m < ELEMENTSOF(names) ? names[m] : "skip";
 }

@@ -24,6 +24,8 @@ enum qt_trim_method {
         QT_TRIM_MOUNT,   /* a filesystem qtrim mounts read-write and FITRIMs */
         QT_TRIM_SWAP,    /* a swap area: its header page kept, the rest discarded */
         QT_TRIM_DISCARD, /* space that holds nothing of the guest's: discarded whole */
+        QT_TRIM_FREEMAP, /* a filesystem read, never mounted: the free ranges of its own map
+                          * discarded (freemap.h: FAT, NTFS) */
         QT_TRIM_SKIP,    /* left byte for byte as it is; why says why */
 };
 
@@ -40,7 +42,7 @@ void qt_fs_set_outcome(struct qt_fs_result *fs, const char *state, const char *f
 
 /* The method for fs (a record of qt_discover); for QT_TRIM_SKIP, the reason goes into why. */
 enum qt_trim_method qt_trim_method(const struct qt_fs_result *fs, char *why, size_t why_size);
-/* "mount", "swap", "discard", "skip": what a volume record says. */
+/* "mount", "swap", "discard", "freemap", "skip": what a volume record says. */
 const char *qt_trim_method_name(enum qt_trim_method m);
 
 /* Trims fs (a record from qt_discover) from src, mounted on mount_dir. The outcome goes into fs:

@@ -44,6 +44,7 @@ struct qt_attachment {
         enum qt_attach_backend backend;
         struct qt_nbd_fuse *bridge; /* fuse */
         struct qt_nbd_kernel *nbd;  /* kernel */
+        int discard_fd;             /* the disk, opened by the first discard, until detach */
 };
 
 static int attach_fuse(const struct qt_attach_request *req, struct qt_attachment *a,
@@ -70,6 +71,7 @@ int qt_attach(const struct qt_attach_request *req, struct qt_attachment **ret, s
         struct qt_attachment *a = calloc(1, sizeof(*a));
         if (!a)
                 return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        a->discard_fd = -1;
         char why[QT_ERROR_MESSAGE_MAX];
         int r;
         switch (req->backend) {
@@ -212,7 +214,11 @@ int qt_attachment_discard(struct qt_attachment *a, uint64_t offset, uint64_t len
                                     "discard of %llu+%llu outside the disk or unaligned",
                                     (unsigned long long)offset, (unsigned long long)length);
         const char *disk = qt_attachment_disk(a);
-        _cleanup_close_ int fd = open(disk, O_RDWR | O_CLOEXEC);
+        /* One descriptor for every discard of the job: on the FUSE path each close is a flush
+         * of the image, and a filesystem's free-space map can make thousands of discards. */
+        if (a->discard_fd < 0)
+                a->discard_fd = open(disk, O_RDWR | O_CLOEXEC);
+        int fd = a->discard_fd;
         if (fd < 0)
                 return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open %s: %m", disk);
         bool block = a->nbd != NULL;
@@ -257,6 +263,7 @@ int qt_detach(struct qt_attachment *a, struct qt_error *e)
 {
         if (!a)
                 return 0;
+        closep(&a->discard_fd);
         int r = a->nbd ? qt_nbd_kernel_detach(a->nbd, e) : qt_nbd_fuse_detach(a->bridge, e);
         free(a);
         return r;

@@ -130,6 +130,14 @@ START_TEST(test_trim_mounts)
         snprintf(fs.fstype, sizeof(fs.fstype), "crypto_LUKS");
         ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
         ck_assert(strstr(why, "encrypted"));
+        /* Read, never mounted: no host driver needed, no hibernated Windows mounted. */
+        snprintf(fs.fstype, sizeof(fs.fstype), "vfat");
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_FREEMAP);
+        ck_assert_str_eq(qt_trim_method_name(QT_TRIM_FREEMAP), "freemap");
+        snprintf(fs.fstype, sizeof(fs.fstype), "ntfs");
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_FREEMAP);
+        snprintf(fs.fstype, sizeof(fs.fstype), "exfat");
+        ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
         fs.fstype[0] = '\0';
         ck_assert_int_eq(method_of(&fs, why), QT_TRIM_SKIP);
         ck_assert_str_eq(why, "no filesystem found");

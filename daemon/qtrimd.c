@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
@@ -167,6 +168,10 @@ static int run(int argc, char **argv)
         if (r < 0)
                 return r;
 
+        /* A dead worker's processes (qemu-nbd, the FUSE server, qemu-img) become ours, so a
+         * job ends only once they are gone too (worker.c). */
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+                fprintf(stderr, "qtrimd: PR_SET_CHILD_SUBREAPER: %m\n");
         /* sd-event handles these through signalfd and child sources. */
         sigset_t mask;
         sigemptyset(&mask);

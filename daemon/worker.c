@@ -24,6 +24,12 @@
 #define RELEASE_ACCURACY_USEC 1000ULL /* sd-event's default would be 250 ms */
 #define RELEASE_KILL_USEC     5000000ULL
 #define RELEASE_GIVE_UP_USEC  15000000ULL
+/* A dead worker's other processes (its process group, which qtrimd inherits as subreaper): how
+ * often qtrimd reaps them, when it kills those still there (they had their parent-death signals;
+ * the FUSE server cuts its connection 10 s after the worker let go), and when it stops waiting. */
+#define DRAIN_POLL_USEC    20000ULL
+#define DRAIN_KILL_USEC    15000000ULL
+#define DRAIN_GIVE_UP_USEC 20000000ULL
 /* A line is never longer than this; a worker that sends longer is broken. */
 #define LINE_MAX_BYTES (QT_REPORT_STRING_MAX + 1024)
 
@@ -35,6 +41,11 @@ struct worker {
         int fd;
         sd_event *event;
         sd_event_source *io, *child;
+        /* After it died: waiting for the rest of its process group (group: its pid). */
+        pid_t group;
+        sd_event_source *drain;
+        uint64_t drain_start;
+        bool drain_killed, drained;
         /* After it died holding an nbd device: waiting for the device to be free. */
         sd_event_source *release;
         uint64_t release_start;
@@ -53,6 +64,8 @@ static void on_sigterm(int sig)
 /* In the child: become a worker and never return. */
 _Noreturn static void run_child(const struct qt_shrink_request *req, int report_fd, pid_t parent)
 {
+        /* A process group of its own: what it starts is found (and waited for) by it. */
+        setpgid(0, 0);
         /* Die with qtrimd, but through the cancel path so nothing stays attached. */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent)
@@ -84,11 +97,17 @@ _Noreturn static void run_child(const struct qt_shrink_request *req, int report_
 }
 
 static void start_release(struct worker *w);
+static void start_drain(struct worker *w);
 
 static void maybe_finish(struct worker *w)
 {
         if (!w->eof || !w->exited)
                 return;
+        /* Nor while a process it started lives: qemu-nbd may still hold the image. */
+        if (!w->drained) {
+                start_drain(w);
+                return;
+        }
         /* The job is not over while the device it held is not free. */
         if (w->report->nbd_device[0] && !w->released) {
                 start_release(w);
@@ -182,6 +201,62 @@ static void start_release(struct worker *w)
         }
 }
 
+/* Reaps what has ended of the group; true once none of it is left. */
+static bool reap_group(pid_t group)
+{
+        for (;;) {
+                pid_t p = waitpid(-group, NULL, WNOHANG);
+                if (p > 0)
+                        continue;
+                return p < 0 && errno == ECHILD;
+        }
+}
+
+static int on_drain(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct worker *w = userdata;
+        uint64_t waited = now_usec() - w->drain_start;
+        if (!reap_group(w->group)) {
+                if (waited >= DRAIN_KILL_USEC && !w->drain_killed) {
+                        fprintf(stderr,
+                                "qtrimd: processes of dead worker %d still run after %llu s; "
+                                "killing them\n",
+                                (int)w->group, (unsigned long long)(DRAIN_KILL_USEC / 1000000));
+                        kill(-w->group, SIGKILL);
+                        w->drain_killed = true;
+                }
+                if (waited < DRAIN_GIVE_UP_USEC)
+                        return sd_event_source_set_time_relative(s, DRAIN_POLL_USEC) < 0
+                                   ? 0
+                                   : sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+                /* Unkillable (stuck in the kernel): said, and the job ends all the same. */
+                fprintf(stderr, "qtrimd: processes of dead worker %d do not end; giving up\n",
+                        (int)w->group);
+                if (!qt_error_is_set(&w->report->error))
+                        qt_error_set(&w->report->error, QT_ERR_FAILED, EIO,
+                                     "processes of the job (process group %d) did not end",
+                                     (int)w->group);
+        }
+        w->drain = sd_event_source_disable_unref(w->drain);
+        w->drained = true;
+        maybe_finish(w);
+        return 0;
+}
+
+static void start_drain(struct worker *w)
+{
+        if (w->drain)
+                return;
+        w->drain_start = now_usec();
+        /* From the event loop, not from here: the worker's own exit is its child source's to
+         * reap. Usually nothing is left by then. */
+        if (sd_event_add_time_relative(w->event, &w->drain, CLOCK_MONOTONIC, 0,
+                                       RELEASE_ACCURACY_USEC, on_drain, w) < 0) {
+                w->drained = true;
+                maybe_finish(w);
+        }
+}
+
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata)
 {
         struct worker *w = userdata;
@@ -236,6 +311,9 @@ int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt
         }
         if (w->pid == 0)
                 run_child(req, pipe_fds[1], parent);
+        /* Also here, so no process it starts can be outside the group (whichever runs first). */
+        setpgid(w->pid, w->pid);
+        w->group = w->pid;
         close(pipe_fds[1]);
         w->fd = pipe_fds[0];
         fcntl(w->fd, F_SETFL, O_NONBLOCK);
@@ -270,6 +348,7 @@ struct worker *worker_free(struct worker *w)
         sd_event_source_disable_unref(w->io);
         sd_event_source_disable_unref(w->child);
         sd_event_source_disable_unref(w->release);
+        sd_event_source_disable_unref(w->drain);
         closep(&w->fd);
         free(w);
         return NULL;

@@ -171,11 +171,11 @@ for victim in worker server; do
                 qt_clone_image "$master" "$img"
                 qt_expect_files
                 : >"$QT_DAEMON_LOG"
-                at=$(awk -v d="$duration" -v k="$k" -v n="$spread" 'BEGIN { printf "%.3f", d * k / (n + 1) }')
+                at=$(qt_spread_moment "$k" "$spread" "$duration")
                 t0=$(qt_now)
                 job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
                 pid=$(victim_pid "$victim")
-                sleep "$(awk -v at="$at" -v el="$(qt_since "$t0")" 'BEGIN { s = at - el; printf "%.3f", (s > 0 ? s : 0) }')"
+                qt_sleep_until "$t0" "$at"
                 killed_at=$(qt_now)
                 if [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null; then
                         qt_wait_pid_gone "$pid" 10 || qt_fail "the $victim ($pid) outlived its SIGKILL by 10 s"

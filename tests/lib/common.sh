@@ -38,6 +38,13 @@ qt_need() {
 qt_now() { date +%s.%N; }
 # Seconds since a qt_now timestamp, with 2 decimals.
 qt_since() { awk -v a="$1" -v b="$(qt_now)" 'BEGIN { printf "%.2f", b - a }'; }
+# Kills spread over a job (crash.sh, the VM suite's kernel-path crash payload): the moment of
+# kill K of N spread evenly over DURATION seconds, and a sleep until AT seconds after T0 (a
+# qt_now timestamp; none if that has passed).
+qt_spread_moment() { awk -v k="$1" -v n="$2" -v d="$3" 'BEGIN { printf "%.3f", d * k / (n + 1) }'; }
+qt_sleep_until() { # T0 AT
+        sleep "$(awk -v at="$2" -v el="$(qt_since "$1")" 'BEGIN { s = at - el; printf "%.3f", (s > 0 ? s : 0) }')"
+}
 
 qt_human() { numfmt --to=iec-i --suffix=B --format='%.1f' "$1"; }
 

@@ -6,6 +6,7 @@
 #    a cancel leaves the device free with no partition node behind.
 #  - The worker SIGKILLed at each pause point from attach to detach: the job fails, and when
 #    JobRemoved arrives no nbd device is connected and no qemu-nbd runs; the image is intact.
+#  - The worker SIGKILLed at 20 moments spread over a whole shrink (not at pause points).
 #  - The worker SIGKILLed while its qemu-nbd is stopped (it cannot act on its parent-death
 #    signal): qtrimd kills that qemu-nbd and the job ends only once the device is free.
 #  - qtrimd SIGKILLed with filesystems mounted: the worker tears down and frees the device.
@@ -178,6 +179,50 @@ for point in "${points[@]}"; do
         check_image
         qt_ok "job failed; at JobRemoved no device connected, no partition node, no qemu-nbd; image intact"
 done
+
+# Kills anywhere, not at pause points: the worker SIGKILLed at moments spread evenly over a
+# whole kernel-path shrink (its duration measured first): inside the connect, the partition
+# scan, a mount, FITRIM, the unmounts, the disconnect, the convert. QT_KERNEL_CRASH_SPREAD kills
+# (CI 20). Each: the job ends reported, no device connected and no qemu-nbd at JobRemoved, the
+# image intact.
+spread=${QT_KERNEL_CRASH_SPREAD:-20}
+restart_daemon "" kernel
+img=$QT_IMAGES/crash.qcow2
+qt_clone_image "$master" "$img"
+qt_expect_files
+t0=$(qt_now)
+qt_qtrimctl shrink "$img" >/dev/null || qt_fail "the unkilled kernel-path shrink failed"
+duration=$(qt_since "$t0")
+check_image
+qt_step "SIGKILL the worker at $spread moments spread over a ${duration}s shrink (kernel path)"
+declare -A outcomes=()
+for ((k = 1; k <= spread; k++)); do
+        img=$QT_IMAGES/crash.qcow2
+        qt_clone_image "$master" "$img"
+        qt_expect_files
+        at=$(qt_spread_moment "$k" "$spread" "$duration")
+        t0=$(qt_now)
+        job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
+        worker=
+        for ((i = 0; i < 500; i++)); do
+                worker=$(pgrep -P "$QT_DAEMON_PID" | head -n 1)
+                [[ -z $worker ]] || break
+                sleep 0.01
+        done
+        qt_sleep_until "$t0" "$at"
+        if [[ -n $worker ]] && kill -KILL "$worker" 2>/dev/null; then
+                result=$(job_result "$job")
+        else
+                result="$(job_result "$job") (ended before the kill)"
+        fi
+        [[ $result == failed* || $result == done* ]] || qt_fail "kill $k at ${at}s: the job ended '$result'"
+        outcomes[$result]=$((${outcomes[$result]:-0} + 1))
+        assert_nbd_free "at JobRemoved after the kill at ${at}s"
+        check_image
+done
+summary=
+for r in "${!outcomes[@]}"; do summary+="${summary:+, }$r ${outcomes[$r]}"; done
+qt_ok "$spread kills: $summary; at each JobRemoved no device connected, no qemu-nbd; every image intact"
 
 qt_step "SIGKILL the worker while its qemu-nbd is stopped: qtrimd kills that qemu-nbd"
 restart_daemon trim-mounted kernel

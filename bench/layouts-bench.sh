@@ -23,13 +23,13 @@
 #
 # Usage (as root, from anywhere):
 #   bench/layouts-bench.sh
-#   ROUNDS=5 LAYOUTS="fedora-like mbr-swap-gaps lvm-two-pvs bench-4g ldm thin" bench/layouts-bench.sh
+#   ROUNDS=5 LAYOUTS="fedora-like mbr-swap-gaps lvm-two-pvs bench-4g windows-mbr windows-gpt ldm thin" bench/layouts-bench.sh
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 top=$here/..
 rounds=${ROUNDS:-3}
-layouts=${LAYOUTS:-fedora-like mbr-swap-gaps lvm-two-pvs bench-4g}
+layouts=${LAYOUTS:-fedora-like mbr-swap-gaps lvm-two-pvs bench-4g windows-mbr windows-gpt}
 verify=${VERIFY:-1}
 vs_timeout=${VS_TIMEOUT:-1200}
 keep_dir=${KEEP_DIR:-${TMPDIR:-/var/tmp}/qtrim-layouts-bench-$(date +%Y%m%d-%H%M%S)}
@@ -53,6 +53,8 @@ source "$top/tests/lib/bus.sh"
 source "$top/tests/lib/layouts.sh"
 # shellcheck source=tests/lib/verify.sh
 source "$top/tests/lib/verify.sh"
+# shellcheck source=tests/lib/windows.sh
+source "$top/tests/lib/windows.sh"
 
 qt_init_workdir layouts-bench
 load_start=$(uptime)
@@ -120,6 +122,8 @@ describe() {
         bench-4g) echo "4 GiB qcow2, GPT: ext4 + xfs, ~1 GiB written and deleted (make_bench_image)" ;;
         ldm) echo "512 MiB qcow2, MBR Windows dynamic disk + ext4 (gaps must stay)" ;;
         thin) echo "1 GiB qcow2, GPT: VG with ext4 LV + thin pool (skipped by qtrim)" ;;
+        windows-mbr) echo "MBR Windows: System Reserved NTFS + C: NTFS, data written and deleted (make_windows_mbr)" ;;
+        windows-gpt) echo "GPT Windows: ESP FAT32, MSR, C: NTFS, data written and deleted (make_windows_gpt)" ;;
         esac
 }
 
@@ -131,7 +135,9 @@ build() { # NAME IMG
         bench-4g) make_bench_image "$2" ;;
         ldm) make_ldm_disk "$2" ;;
         thin) make_thin_pool_disk "$2" ;;
-        *) qt_fail "unknown layout $1 (fedora-like mbr-swap-gaps lvm-two-pvs bench-4g ldm thin)" ;;
+        windows-mbr) make_windows_mbr "$2" ;;
+        windows-gpt) make_windows_gpt "$2" ;;
+        *) qt_fail "unknown layout $1 (fedora-like mbr-swap-gaps lvm-two-pvs bench-4g ldm thin windows-mbr windows-gpt)" ;;
         esac
 }
 

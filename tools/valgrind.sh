@@ -57,8 +57,8 @@ status=0
 compat=$PWD/$build/tests/tools/valgrind-compat.so
 for t in "${tests[@]}"; do
   mkdir -p "$logs/$t"
-  # fuse-compatible and the preload (tests/tools/valgrind-compat.c): a worker's FUSE thread
-  # must run while another of its threads waits on the FUSE file. --track-fds is left out: the
+  # fuse-compatible and the preload (tests/tools/valgrind-compat.c): the FUSE server's thread
+  # must run while another of its threads waits (the server is a forked process, traced too). --track-fds is left out: the
   # fds qtrimd holds at exit are its bus and event loop, and valgrind 3.19 does not count them.
   wrapper=(env "LD_PRELOAD=$compat" valgrind --sim-hints=fuse-compatible
     "--suppressions=$PWD/tests/tools/valgrind.supp" --error-exitcode=99 --leak-check=full
@@ -101,6 +101,14 @@ for f in "$logs"/*/qtrimd.*.log; do
     fi
   fi
 done
+# The readers of guest filesystems' own metadata (FAT; NTFS through libntfs-3g), on their unit
+# tests' real and hostile volumes, in one process each (CK_FORK=no): any error or leak fails.
+for t in fat ntfs; do
+  CK_FORK=no valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+    --num-callers=40 "--log-file=$logs/test-$t.log" "$build/tests/unit/test-$t" >/dev/null ||
+    { echo "valgrind.sh: test-$t under valgrind failed, see $logs/test-$t.log" >&2; status=1; }
+done
+
 errors=$(sort -u "$distinct" | grep -c . || true)
 if [ "$errors" -gt 0 ]; then
   echo "valgrind.sh: $errors distinct error(s) in $with_errors process(es):" >&2
@@ -109,5 +117,5 @@ fi
 [ "$errors" -eq 0 ] && [ "$leaks" -eq 0 ] || status=1
 
 elapsed=$(($(date +%s) - start))
-echo "valgrind: ${#tests[@]} test(s), $processes process(es) checked, $errors distinct error(s), $leaks qtrimd(s) with leaks, $((elapsed / 60)) min $((elapsed % 60)) s"
+echo "valgrind: ${#tests[@]} test(s) and test-fat, test-ntfs, $processes process(es) checked, $errors distinct error(s), $leaks qtrimd(s) with leaks, $((elapsed / 60)) min $((elapsed % 60)) s"
 exit "$status"

@@ -330,7 +330,7 @@ static void add_vg_volumes(int fd, const struct qt_lvm_vg *vg, const struct foun
 static void add_vg(int fd, struct found_pv *pvs, size_t n_pvs, size_t first,
                    struct qt_fs_result *fs, size_t *n)
 {
-        struct qt_lvm_vg vg;
+        _cleanup_(qt_lvm_vg_done) struct qt_lvm_vg vg = {};
         char why[QT_FS_MESSAGE_MAX] = "";
         struct found_pv *self = &pvs[first];
         self->done = true;
@@ -373,7 +373,6 @@ static void add_vg(int fd, struct found_pv *pvs, size_t n_pvs, size_t first,
                                : "its extents start over a PV's label or metadata; left alone");
         else
                 add_vg_volumes(fd, &vg, by_pv, fs, n);
-        qt_lvm_vg_done(&vg);
 }
 
 static void add_lvm_volumes(int fd, struct qt_fs_result *fs, size_t *n)

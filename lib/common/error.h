@@ -2,8 +2,14 @@
 /*
  * qtrim's typed errors: what a caller can branch on. Each code has exactly one D-Bus error name
  * (org.qtrim1.Error.*); the table lives in error.c and is the only place the two are paired.
- * Engine functions return a negative errno for the caller's control flow and describe the
- * failure for the user in a struct qt_error.
+ *
+ * The one convention for failure, in every layer: a function that can fail returns 0 (or a
+ * count) on success and a negative errno on failure, for the caller's control flow. What the
+ * user reads travels beside it: a struct qt_error where the failure ends a phase or a job (the
+ * engine's steps, attach, convert), or a short reason buffer (why, why_size) where it only
+ * decides how one volume or one input is handled (the pure readers of guest bytes: lvm-meta.h,
+ * layout.h, fat.h, ntfs.h, which answer -EUCLEAN and why for bytes they refuse, and so are
+ * fuzzed without any of the engine).
  */
 #pragma once
 

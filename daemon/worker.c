@@ -103,14 +103,16 @@ static void maybe_finish(struct worker *w)
 {
         if (!w->eof || !w->exited)
                 return;
-        /* Nor while a process it started lives: qemu-nbd may still hold the image. */
-        if (!w->drained) {
-                start_drain(w);
-                return;
-        }
-        /* The job is not over while the device it held is not free. */
+        /* The job is not over while the device it held is not free (its qemu-nbd is seen to
+         * and killed if it must be, on_release)... */
         if (w->report->nbd_device[0] && !w->released) {
                 start_release(w);
+                return;
+        }
+        /* ...nor while any other process it started lives: a qemu-nbd started before the
+         * worker could report its device may still hold the image. */
+        if (!w->drained) {
+                start_drain(w);
                 return;
         }
         if (!w->report->finished && !qt_error_is_set(&w->report->error))

@@ -212,8 +212,11 @@ hx_worker_child() { pgrep -o -P "$1" -x "$2"; }
 # server's (qtrim-fuse) on the FUSE path.
 hx_job_qemu_nbd() {
         local server
-        server=$(hx_worker_child "$1" qtrim-fuse) && hx_worker_child "$server" qemu-nbd ||
+        if server=$(hx_worker_child "$1" qtrim-fuse); then
+                hx_worker_child "$server" qemu-nbd
+        else
                 hx_worker_child "$1" qemu-nbd
+        fi
 }
 
 # hx_verify_raw_in_place IMG: verify_files for a raw image too big to copy (its partitions are

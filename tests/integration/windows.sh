@@ -11,11 +11,12 @@
 #     VOLUME_IS_DIRTY set, both skipped with the reason and byte-identical;
 #   fat: FAT12, FAT16 and FAT32 trimmed; a FAT16 with its dirty bit set and one whose two FATs
 #     differ, skipped and byte-identical;
+#   whole: a FAT32 over a whole disk without partition table, trimmed;
 #   lv: an NTFS LV and a FAT32 LV in a VG on a GPT disk, trimmed;
 #   hostile: boot sectors that do not add up (FAT32 and NTFS claiming more than their partition,
 #     FAT16 with 0 sectors per cluster, NTFS whose $MFT is random bytes): skipped, byte-identical,
 #     the healthy FAT16 beside them trimmed.
-# QT_WINDOWS (default "mbr gpt hibernated fat lv hostile") picks the disks.
+# QT_WINDOWS (default "mbr gpt hibernated fat whole lv hostile") picks the disks.
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
@@ -174,6 +175,18 @@ windows_fat() {
         expect_reclaimed "$img"
 }
 
+windows_whole() {
+        qt_step "a FAT32 over a whole disk, no partition table"
+        local img=$QT_IMAGES/fat-whole.qcow2 j=$QT_WORK/fat-whole.json
+        build fat-whole make_fat_whole_disk
+        record_allocation "$img" disk
+        shrink_json "$img"
+        expect_freemap "$j" disk vfat
+        verify_files "$img"
+        assert_qemu_img_check "$img"
+        expect_reclaimed "$img"
+}
+
 windows_lv() {
         qt_step "an NTFS LV and a FAT32 LV, trimmed from their maps"
         local img=$QT_IMAGES/lv.qcow2 j=$QT_WORK/lv.json
@@ -208,7 +221,7 @@ windows_hostile() {
         expect_reclaimed "$img"
 }
 
-for disk in ${QT_WINDOWS:-mbr gpt hibernated fat lv hostile}; do
+for disk in ${QT_WINDOWS:-mbr gpt hibernated fat whole lv hostile}; do
         declare -F "windows_$disk" >/dev/null || qt_fail "no disk $disk"
         "windows_$disk"
 done

@@ -421,6 +421,17 @@ make_ntfs_hibernated() {
         _qt_write_layout_manifest "$img" dos "$frag" "$pfrag" "$zfrag"
 }
 
+# make_fat_whole_disk IMG: qcow2, 200 MiB virtual, no partition table: one FAT32 over the whole
+# disk (a data disk formatted without partitions), 96 MiB of junk deleted.     filesystems "disk"
+make_fat_whole_disk() {
+        local img=$1 raw frag pfrag zfrag
+        _qt_layout_files "$img"
+        truncate -s 200M -- "$raw"
+        _qt_populate_fat "$frag" "$raw" disk 0 $((200 * MiB)) 32 DATA 0 96 4K 3M
+        _qt_finish_qcow2 "$raw" "$img"
+        _qt_write_layout_manifest "$img" none "$frag" "$pfrag" "$zfrag"
+}
+
 # make_fat_variants IMG: qcow2, 512 MiB virtual, sparse, MBR:
 #   p1    8 MiB  FAT12 (type 1), 5 MiB deleted                           filesystems "p1"
 #   p2   64 MiB  FAT16 (type 6), 40 MiB deleted                          filesystems "p2"

@@ -97,6 +97,7 @@ _Noreturn static void run_child(const struct qt_shrink_request *req, int report_
 }
 
 static void start_release(struct worker *w);
+static void release_done(struct worker *w);
 static void start_drain(struct worker *w);
 
 static void maybe_finish(struct worker *w)
@@ -105,14 +106,22 @@ static void maybe_finish(struct worker *w)
                 return;
         /* The job is not over while the device it held is not free (its qemu-nbd is seen to
          * and killed if it must be, on_release)... */
-        if (w->report->nbd_device[0] && !w->released) {
+        bool claimed = w->report->nbd_device[0] && !w->released;
+        if (claimed && w->report->nbd_owner) {
                 start_release(w);
                 return;
         }
         /* ...nor while any other process it started lives: a qemu-nbd started before the
-         * worker could report its device may still hold the image. */
+         * worker could report its connection may still hold the image... */
         if (!w->drained) {
                 start_drain(w);
+                return;
+        }
+        /* ...and a device it claimed but died connecting: with its processes gone, the
+         * connection is too; what can be left are the partition nodes of its first scan. */
+        if (claimed) {
+                qt_attach_nbd_drop_stale(w->report->nbd_device);
+                release_done(w);
                 return;
         }
         if (!w->report->finished && !qt_error_is_set(&w->report->error))

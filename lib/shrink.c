@@ -134,6 +134,16 @@ static void emit_attachment(struct shrink *s, const struct qt_attachment *a, boo
         }
 }
 
+/* Kernel path: the device is reported the moment it is claimed, its connection's owner not yet
+ * known (0): if the worker dies in the middle of the connect, qtrimd still knows which device to
+ * clean (daemon/worker.c). */
+static void on_nbd_claim(const char *device, void *userdata)
+{
+        struct shrink *s = userdata;
+        qt_emit_u64(s->rep, "nbd-owner", 0);
+        qt_emit_str(s->rep, "nbd-device", device);
+}
+
 /* 2. Attach: qemu-nbd --discard=unmap, through the kernel's nbd or a FUSE file (attach.h). */
 static int attach(struct shrink *s)
 {
@@ -154,10 +164,16 @@ static int attach(struct shrink *s)
             .read_only = read_only,
             .backend = s->req->attach,
             .scratch_dir = s->req->scratch_dir,
+            .on_nbd_claim = on_nbd_claim,
+            .userdata = s,
         };
         r = qt_attach(&req, &s->attachment, &s->error);
-        if (r < 0)
+        if (r < 0) {
+                /* A device claimed on the way was let go of (its qemu-nbd stopped). */
+                if (s->rep->report.nbd_device[0])
+                        emit_attachment(s, NULL, true);
                 return r;
+        }
         enum qt_attach_backend backend = qt_attachment_backend(s->attachment);
         qt_emit_str(s->rep, "attach-backend", qt_attach_backend_name(backend));
         emit_attachment(s, s->attachment, backend == QT_ATTACH_KERNEL);

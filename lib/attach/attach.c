@@ -63,7 +63,7 @@ static int attach_kernel(const struct qt_attach_request *req, struct qt_attachme
 {
         a->backend = QT_ATTACH_KERNEL;
         return qt_nbd_kernel_attach(req->image, req->format, req->read_only, req->scratch_dir,
-                                    &a->nbd, e);
+                                    req->on_nbd_claim, req->userdata, &a->nbd, e);
 }
 
 int qt_attach(const struct qt_attach_request *req, struct qt_attachment **ret, struct qt_error *e)

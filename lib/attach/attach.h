@@ -37,6 +37,8 @@ struct qt_attach_request {
         bool read_only;     /* inspection: no writes, qemu's lock not taken */
         enum qt_attach_backend backend;
         const char *scratch_dir; /* the worker's private tmpfs: FUSE mount, qemu-nbd's socket */
+        qt_nbd_claim_fn on_nbd_claim; /* kernel path: the device claimed, before the connect */
+        void *userdata;
 };
 
 struct qt_attachment;

@@ -313,7 +313,7 @@ static int wait_connected(struct qt_nbd_kernel *k, struct qt_error *e)
 /* Claims /dev/nbd<index> and connects the image to it: 0, -EBUSY (taken: try another), or an
  * error that ends the attach. */
 static int try_device(struct qt_nbd_kernel *k, int index, const char *image, const char *format,
-                      struct qt_error *e)
+                      qt_nbd_claim_fn on_claim, void *userdata, struct qt_error *e)
 {
         snprintf(k->sysname, sizeof(k->sysname), "nbd%d", index);
         snprintf(k->device, sizeof(k->device), "/dev/nbd%d", index);
@@ -329,6 +329,8 @@ static int try_device(struct qt_nbd_kernel *k, int index, const char *image, con
                 closep(&k->fd);
                 return -EBUSY;
         }
+        if (on_claim)
+                on_claim(k->device, userdata);
         int r = start_server(k, image, format, e);
         if (r >= 0)
                 r = wait_connected(k, e);
@@ -340,7 +342,8 @@ static int try_device(struct qt_nbd_kernel *k, int index, const char *image, con
 }
 
 int qt_nbd_kernel_attach(const char *image, const char *format, bool read_only,
-                         const char *scratch_dir, struct qt_nbd_kernel **ret, struct qt_error *e)
+                         const char *scratch_dir, qt_nbd_claim_fn on_claim, void *userdata,
+                         struct qt_nbd_kernel **ret, struct qt_error *e)
 {
         struct qt_nbd_kernel *k = calloc(1, sizeof(*k));
         if (!k)
@@ -366,7 +369,7 @@ int qt_nbd_kernel_attach(const char *image, const char *format, bool read_only,
                 if (qt_cancel_requested)
                         r = -ECANCELED;
                 else
-                        r = try_device(k, indices[i], image, format, e);
+                        r = try_device(k, indices[i], image, format, on_claim, userdata, e);
         }
         if (r == -EBUSY)
                 r = qt_error_set(e, QT_ERR_FAILED, ENODEV,

@@ -44,11 +44,17 @@ struct qt_nbd_kernel;
  * If not, why says so in a few words. */
 bool qt_nbd_kernel_available(char *why, size_t why_size);
 
-/* Connects image (format "qcow2" or "raw") to a free /dev/nbdN. scratch_dir is the worker's
+/* Told the device a worker has just claimed (locked), before its qemu-nbd starts: qtrimd must
+ * know it from then on, to clean up what a worker killed in the middle of the connect leaves. */
+typedef void (*qt_nbd_claim_fn)(const char *device, void *userdata);
+
+/* Connects image (format "qcow2" or "raw") to a free /dev/nbdN (on_claim, if set, hears of each
+ * device claimed on the way). scratch_dir is the worker's
  * private tmpfs (qemu-nbd's socket and log go there). -ENODEV (with e set) when every device is
  * taken or there is none; -ECANCELED on a cancel. */
 int qt_nbd_kernel_attach(const char *image, const char *format, bool read_only,
-                         const char *scratch_dir, struct qt_nbd_kernel **ret, struct qt_error *e);
+                         const char *scratch_dir, qt_nbd_claim_fn on_claim, void *userdata,
+                         struct qt_nbd_kernel **ret, struct qt_error *e);
 
 const char *qt_nbd_kernel_device(const struct qt_nbd_kernel *k); /* "/dev/nbd3" */
 uint64_t qt_nbd_kernel_size(const struct qt_nbd_kernel *k);

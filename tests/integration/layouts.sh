@@ -24,30 +24,6 @@ host_lvm_state() { { find /etc/lvm /run/lvm -type f -exec sha256sum {} + 2>/dev/
 host_lvm_before=$(host_lvm_state)
 
 failures=()
-# volume_state JSON NAME: "STATE MESSAGE" of volume NAME in a qtrimctl --json report.
-volume_state() {
-        jq -r --arg n "$2" '.[0].filesystems[] | select(.name == $n) | "\(.state) \(.message)"' "$1"
-}
-expect_volume() { # JSON NAME STATE-REGEX [MESSAGE-REGEX]
-        local got
-        got=$(volume_state "$1" "$2")
-        if [[ $got =~ ^$3( |$) && $got =~ ${4:-} ]]; then
-                qt_ok "$2: $got"
-        else
-                failures+=("$(basename -- "$1" .json): $2 is '${got:-missing}', expected $3 ${4:-}")
-        fi
-}
-
-# shrink_json IMG [OPTION...]: qtrimctl shrink --json IMG into $QT_WORK/NAME.json, its volumes
-# shown; the job must end done.
-shrink_json() {
-        local json
-        json=$QT_WORK/$(basename -- "$1" .qcow2).json
-        qt_qtrimctl shrink --json "${@:2}" "$1" >"$json" || qt_fail "qtrimctl shrink $1 failed: $(cat "$json")"
-        jq -r '.[0].filesystems[] | "    | \(.name) \(.fstype) \(.state) \(.trimmed) \(.message)"' "$json"
-        [[ $(jq -r '.[0].result' "$json") == done ]] || qt_fail "$1: $(jq -c '.[0]' "$json")"
-}
-
 # shrink IMG: shrink_json, with the checks every fully built layout shares before and after.
 shrink() {
         local img=$1 before

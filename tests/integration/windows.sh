@@ -27,19 +27,6 @@ qt_scenario_start windows
 qt_need ntfs-3g mkntfs ntfscp ntfscat ntfsfix ntfsinfo fusermount mcopy mtype mdel mdir mmd mkfs.vfat fsck.vfat lvm
 
 failures=()
-# volume_state JSON NAME: "STATE MESSAGE" of volume NAME in a qtrimctl --json report.
-volume_state() {
-        jq -r --arg n "$2" '.[0].filesystems[] | select(.name == $n) | "\(.state) \(.message)"' "$1"
-}
-expect_volume() { # JSON NAME STATE-REGEX [MESSAGE-REGEX]
-        local got
-        got=$(volume_state "$1" "$2")
-        if [[ $got =~ ^$3( |$) && $got =~ ${4:-} ]]; then
-                qt_ok "$2: $got"
-        else
-                failures+=("$(basename -- "$1" .json): $2 is '${got:-missing}', expected $3 ${4:-}")
-        fi
-}
 # expect_freemap JSON NAME FSTYPE: trimmed from its own map: fstype, method "freemap", state
 # "discarded", more than 0 bytes.
 expect_freemap() {
@@ -51,16 +38,6 @@ expect_freemap() {
         else
                 failures+=("$(basename -- "$1" .json): $2 is '${got:-missing}', expected '$3 freemap discarded true'")
         fi
-}
-
-# shrink_json IMG: qtrimctl shrink --json IMG into $QT_WORK/NAME.json, its volumes shown; the
-# job must end done.
-shrink_json() {
-        local json
-        json=$QT_WORK/$(basename -- "$1" .qcow2).json
-        qt_qtrimctl shrink --json "$1" >"$json" || qt_fail "qtrimctl shrink $1 failed: $(cat "$json")"
-        jq -r '.[0].filesystems[] | "    | \(.name) \(.fstype) \(.method) \(.state) \(.trimmed) \(.message)"' "$json"
-        [[ $(jq -r '.[0].result' "$json") == "done" ]] || qt_fail "$1: $(jq -c '.[0]' "$json")"
 }
 
 # The ranges of a manifest's filesystem NAME ({offset,size}: its segments, or itself), as JSON.

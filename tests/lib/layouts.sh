@@ -564,3 +564,31 @@ _qt_lv_text() {
         printf '\n%s {\nid = "%s"\nstatus = [%s]\nflags = []\nsegment_count = 1\n\nsegment1 {\nstart_extent = 0\nextent_count = %d\n\n%s\n}\n}\n' \
                 "$1" "$id" "$2" "$3" "$4"
 }
+
+# ---- checking a shrink's report (tests/integration/layouts.sh, windows.sh) ---------------
+# Failed checks are collected in the caller's failures array; the test fails at its end with all
+# of them listed, so one run shows every volume that went wrong.
+
+# volume_state JSON NAME: "STATE MESSAGE" of volume NAME in a qtrimctl --json report.
+volume_state() {
+        jq -r --arg n "$2" '.[0].filesystems[] | select(.name == $n) | "\(.state) \(.message)"' "$1"
+}
+expect_volume() { # JSON NAME STATE-REGEX [MESSAGE-REGEX]
+        local got
+        got=$(volume_state "$1" "$2")
+        if [[ $got =~ ^$3( |$) && $got =~ ${4:-} ]]; then
+                qt_ok "$2: $got"
+        else
+                failures+=("$(basename -- "$1" .json): $2 is '${got:-missing}', expected $3 ${4:-}")
+        fi
+}
+
+# shrink_json IMG [OPTION...]: qtrimctl shrink --json IMG into $QT_WORK/NAME.json, its volumes
+# shown; the job must end done.
+shrink_json() {
+        local json
+        json=$QT_WORK/$(basename -- "$1" .qcow2).json
+        qt_qtrimctl shrink --json "${@:2}" "$1" >"$json" || qt_fail "qtrimctl shrink $1 failed: $(cat "$json")"
+        jq -r '.[0].filesystems[] | "    | \(.name) \(.fstype) \(.method) \(.state) \(.trimmed) \(.message)"' "$json"
+        [[ $(jq -r '.[0].result' "$json") == "done" ]] || qt_fail "$1: $(jq -c '.[0]' "$json")"
+}

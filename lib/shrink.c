@@ -529,7 +529,9 @@ struct freemap_trim {
         struct shrink *s;
         const struct qt_fs_result *fs;
         uint64_t cluster; /* the image's: only whole ones are given back */
-        uint64_t discarded, free;
+        uint64_t discarded;
+        double reported; /* the progress last emitted: a fragmented map has ranges by the
+                          * thousand, and each emit is a line to qtrimd and a D-Bus signal */
         struct qt_error error;
 };
 
@@ -541,7 +543,6 @@ static int on_free_range(void *userdata, uint64_t offset, uint64_t length)
         struct freemap_trim *t = userdata;
         if (qt_cancel_requested)
                 return -ECANCELED;
-        t->free += length;
         struct qt_range r[QT_FS_EXTENTS_MAX];
         size_t n = qt_fs_disk_ranges(t->fs, offset, r);
         for (size_t i = 0; i < n && length > 0; i++) {
@@ -558,7 +559,11 @@ static int on_free_range(void *userdata, uint64_t offset, uint64_t length)
                 t->discarded += hi - lo;
         }
         /* The ranges come in order: how far into the volume is how far along. */
-        on_trim_progress((double)(offset + 1) / (double)t->fs->size, t->s);
+        double fraction = (double)(offset + 1) / (double)t->fs->size;
+        if (fraction - t->reported >= 0.01) {
+                on_trim_progress(fraction, t->s);
+                t->reported = fraction;
+        }
         return 0;
 }
 

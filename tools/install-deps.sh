@@ -26,6 +26,10 @@ packages=(
   dbus polkitd man-db
   # tools/valgrind.sh: memcheck, and glibc's symbols so it can name glibc's frames
   valgrind libc6-dbg
+  # the Debian package (debian/): dpkg-buildpackage and its checks
+  build-essential debhelper lintian
+  # tests of the terminal output (a real terminal of a given width) and of the metrics file
+  tmux python3-prometheus-client
 )
 
 missing=()

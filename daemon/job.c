@@ -5,6 +5,8 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include "authorize.h"
 #include "bus-util.h"
@@ -19,6 +21,13 @@ static const char *const state_names[] = {
     [JOB_DONE] = QTRIM_STATE_DONE,         [JOB_FAILED] = QTRIM_STATE_FAILED,
     [JOB_CANCELED] = QTRIM_STATE_CANCELED,
 };
+
+static uint64_t realtime_usec(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 const char *job_state_name(enum job_state state)
 {
@@ -57,6 +66,9 @@ int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t ui
         j->report.finished = false;
         j->report.phase = QT_PHASE_QUEUED;
         j->report.progress = 0;
+        snprintf(j->report.image_state, sizeof(j->report.image_state), QT_IMAGE_UNTOUCHED);
+        j->queued_at = realtime_usec();
+        j->queued_usec = now_usec();
         j->image = strdup(image);
         if (!j->image || asprintf(&j->path, QTRIM_JOB_PATH_PREFIX "/%u", j->id) < 0) {
                 free(j->image);
@@ -75,22 +87,57 @@ int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t ui
         return 0;
 }
 
+/* "1.2 GiB reclaimed", "grew by 4.1 MiB", "nothing reclaimed": allocation before minus after,
+ * the one meaning of "reclaimed" on the bus, in the journal and in qtrimctl. */
+static char *format_reclaimed(char buf[FORMAT_BYTES_MAX + 16], int64_t reclaimed)
+{
+        char bytes[FORMAT_BYTES_MAX];
+        if (reclaimed > 0)
+                snprintf(buf, FORMAT_BYTES_MAX + 16, "%s reclaimed",
+                         format_bytes(bytes, (uint64_t)reclaimed));
+        else if (reclaimed < 0)
+                snprintf(buf, FORMAT_BYTES_MAX + 16, "grew by %s",
+                         format_bytes(bytes, (uint64_t)-reclaimed));
+        else
+                snprintf(buf, FORMAT_BYTES_MAX + 16, "nothing reclaimed");
+        return buf;
+}
+
 static void log_result(const struct job *j)
 {
         char before[FORMAT_BYTES_MAX], after[FORMAT_BYTES_MAX], trimmed[FORMAT_BYTES_MAX],
-            took[FORMAT_DURATION_MAX], message[QT_REPORT_STRING_MAX + 256];
+            reclaimed[FORMAT_BYTES_MAX + 16], took[FORMAT_DURATION_MAX],
+            queued[FORMAT_DURATION_MAX + 16] = "", message[QT_REPORT_STRING_MAX + 256];
         const struct qt_report *r = &j->report;
-        if (j->state == JOB_DONE)
-                snprintf(message, sizeof(message), "%s → %s allocated, %s trimmed in %s%s%s",
+        /* The run time counts from the worker's start; time spent waiting is said apart. */
+        uint64_t waited = (j->started_usec ? j->started_usec : now_usec()) - j->queued_usec;
+        if (waited >= 1000000u) {
+                char d[FORMAT_DURATION_MAX];
+                snprintf(queued, sizeof(queued), " after %s queued", format_duration(d, waited));
+        }
+        if (j->state == JOB_DONE && r->nothing_to_trim)
+                snprintf(message, sizeof(message), "%s", r->message);
+        else if (j->state == JOB_DONE)
+                snprintf(message, sizeof(message),
+                         "%s → %s allocated (%s), %s trimmed in the guest, in %s%s%s%s",
                          format_bytes(before, r->bytes_before), format_bytes(after, r->bytes_after),
+                         format_reclaimed(reclaimed, j->bytes_reclaimed),
                          format_bytes(trimmed, r->bytes_trimmed),
-                         format_duration(took, now_usec() - j->started_usec),
+                         format_duration(took, now_usec() - j->started_usec), queued,
                          r->message[0] ? "; " : "", r->message);
         else
                 snprintf(message, sizeof(message), "%s: %s", job_state_name(j->state),
                          r->error.message);
-        journal_job(j->id, j->image, job_state_name(j->state), r->bytes_before, r->bytes_after,
-                    message);
+        journal_job(&(struct journal_job){
+            .job_id = j->id,
+            .image = j->image,
+            .result = job_state_name(j->state),
+            .image_state = r->image_state,
+            .bytes_before = r->bytes_before,
+            .bytes_after = r->bytes_after,
+            .bytes_reclaimed = j->bytes_reclaimed,
+            .message = message,
+        });
         for (size_t i = 0; i < r->n_fs; i++)
                 if (strcmp(r->fs[i].state, "skipped") == 0 || strcmp(r->fs[i].state, "failed") == 0)
                         fprintf(stderr, "%s: %s (%s): %s: %s\n", j->image, r->fs[i].name,
@@ -98,13 +145,34 @@ static void log_result(const struct job *j)
                                 r->fs[i].message);
 }
 
+/* The numbers a job ends with. A job whose worker never said what the host holds (canceled in
+ * the queue, a worker that died) is measured here. A cancel says what it left. */
+static void settle_outcome(struct job *j)
+{
+        struct qt_report *r = &j->report;
+        struct stat st;
+        if (!j->bytes_after_known)
+                r->bytes_after =
+                    stat(j->image, &st) == 0 ? qt_file_allocated(&st) : r->bytes_before;
+        j->bytes_reclaimed = (int64_t)r->bytes_before - (int64_t)r->bytes_after;
+        if (j->state != JOB_CANCELED)
+                return;
+        r->error = (struct qt_error){};
+        if (strcmp(r->image_state, QT_IMAGE_TRIMMED) == 0)
+                qt_error_set(&r->error, QT_ERR_CANCELED, ECANCELED,
+                             "canceled; the image was trimmed in place, not converted");
+        else
+                qt_error_set(&r->error, QT_ERR_CANCELED, ECANCELED,
+                             "canceled; the image is untouched");
+}
+
 /* The end of a job: publish the final state, say JobRemoved, drop the object. */
 static void job_finish(struct job *j, enum job_state state)
 {
         struct manager *m = j->manager;
         j->state = state;
-        if (state == JOB_CANCELED && !qt_error_is_set(&j->report.error))
-                qt_error_set(&j->report.error, QT_ERR_CANCELED, ECANCELED, "canceled");
+        j->finished_at = realtime_usec();
+        settle_outcome(j);
         if (state == JOB_DONE) {
                 j->report.phase = QT_PHASE_DONE;
                 j->report.progress = 1.0;
@@ -151,6 +219,8 @@ static void on_worker_change(struct worker *w, const char *property, void *userd
 {
         struct job *j = userdata;
         record_temp_file(j);
+        if (property && strcmp(property, "BytesAfter") == 0)
+                j->bytes_after_known = true;
         emit_changed(j, property);
         if (property && strcmp(property, "Error") == 0)
                 emit_changed(j, "ErrorMessage");
@@ -209,8 +279,10 @@ int job_start(struct job *j)
         }
         j->manager->n_running++;
         j->state = JOB_RUNNING;
+        j->started_at = realtime_usec();
         j->started_usec = now_usec();
-        emit_changed(j, "State");
+        sd_bus_emit_properties_changed(j->manager->bus, j->path, QTRIM_JOB_IFACE, "State",
+                                       "StartedAt", NULL);
         return 0;
 }
 
@@ -382,7 +454,10 @@ const sd_bus_vtable job_vtable[] = {
     SD_BUS_PROPERTY("BytesBefore", "t", NULL, REPORT(bytes_before), CHANGE),
     SD_BUS_PROPERTY("BytesAfter", "t", NULL, REPORT(bytes_after), CHANGE),
     SD_BUS_PROPERTY("BytesTrimmed", "t", NULL, REPORT(bytes_trimmed), CHANGE),
+    SD_BUS_PROPERTY("BytesReclaimed", "x", NULL, offsetof(struct job, bytes_reclaimed), CHANGE),
     SD_BUS_PROPERTY("Converted", "b", get_bool, REPORT(converted), CHANGE),
+    SD_BUS_PROPERTY("ImageState", "s", get_chars, REPORT(image_state), CHANGE),
+    SD_BUS_PROPERTY("NothingToTrim", "b", get_bool, REPORT(nothing_to_trim), CHANGE),
     SD_BUS_PROPERTY("Message", "s", get_chars, REPORT(message), CHANGE),
     SD_BUS_PROPERTY("Filesystems", QTRIM_FS_ARRAY_SIGNATURE, get_filesystems, 0, CHANGE),
     SD_BUS_PROPERTY("PhaseTimes", QTRIM_PHASE_TIME_SIGNATURE, get_phase_times, 0, CHANGE),
@@ -390,6 +465,9 @@ const sd_bus_vtable job_vtable[] = {
     SD_BUS_PROPERTY("NbdDevice", "s", get_chars, REPORT(nbd_device), CHANGE),
     SD_BUS_PROPERTY("Error", "s", get_error_name, 0, CHANGE),
     SD_BUS_PROPERTY("ErrorMessage", "s", get_chars, REPORT(error.message), CHANGE),
+    SD_BUS_PROPERTY("QueuedAt", "t", NULL, offsetof(struct job, queued_at), CONST),
+    SD_BUS_PROPERTY("StartedAt", "t", NULL, offsetof(struct job, started_at), CHANGE),
+    SD_BUS_PROPERTY("FinishedAt", "t", NULL, offsetof(struct job, finished_at), CHANGE),
     SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_VTABLE_END,
 };

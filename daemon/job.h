@@ -25,6 +25,7 @@ struct qt_format_claim job_format_claim(const struct job_format *f);
 struct job_options {
         bool convert;   /* write a compact copy after the trim */
         bool keep_gaps; /* leave the space outside the partitions alone */
+        bool sweep;     /* asked with if-changed, as qtrimctl's sweep asks */
         struct job_format format;
 };
 
@@ -43,7 +44,12 @@ struct job {
         struct qt_report report; /* what the daemon publishes; the worker's lines update it */
         struct worker *worker;
         char *recorded_temp; /* the copy temp-records.h knows of, NULL if none */
-        uint64_t started_usec;
+        /* CLOCK_REALTIME µs of the job's life (QueuedAt, StartedAt, FinishedAt; 0 = not yet),
+         * and CLOCK_MONOTONIC ones for the durations the log gives. */
+        uint64_t queued_at, started_at, finished_at;
+        uint64_t queued_usec, started_usec;
+        bool bytes_after_known;  /* the worker said what the host holds at the end */
+        int64_t bytes_reclaimed; /* BytesBefore - BytesAfter once ended, 0 before */
 };
 
 /* Creates a queued job and its bus object, sends JobNew. The manager owns it from then on. */

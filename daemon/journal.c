@@ -14,18 +14,18 @@ static int to_journal(void)
         return getenv("JOURNAL_STREAM") != NULL;
 }
 
-void journal_job(unsigned job_id, const char *image, const char *result, uint64_t bytes_before,
-                 uint64_t bytes_after, const char *message)
+void journal_job(const struct journal_job *job)
 {
         if (!to_journal()) {
-                fprintf(stderr, "%s: %s\n", image, message);
+                fprintf(stderr, "%s: %s\n", job->image, job->message);
                 return;
         }
-        sd_journal_send("MESSAGE=%s: %s", image, message, "PRIORITY=%d",
-                        result[0] == 'd' ? LOG_INFO : LOG_WARNING, "QTRIM_JOB_ID=%u", job_id,
-                        "QTRIM_IMAGE=%s", image, "QTRIM_RESULT=%s", result,
-                        "QTRIM_BYTES_BEFORE=%" PRIu64, bytes_before, "QTRIM_BYTES_AFTER=%" PRIu64,
-                        bytes_after, NULL);
+        sd_journal_send("MESSAGE=%s: %s", job->image, job->message, "PRIORITY=%d",
+                        job->result[0] == 'd' ? LOG_INFO : LOG_WARNING, "QTRIM_JOB_ID=%u",
+                        job->job_id, "QTRIM_IMAGE=%s", job->image, "QTRIM_RESULT=%s", job->result,
+                        "QTRIM_IMAGE_STATE=%s", job->image_state, "QTRIM_BYTES_BEFORE=%" PRIu64,
+                        job->bytes_before, "QTRIM_BYTES_AFTER=%" PRIu64, job->bytes_after,
+                        "QTRIM_BYTES_RECLAIMED=%" PRId64, job->bytes_reclaimed, NULL);
 }
 
 void journal_job_interrupted(const char *image, const char *record, const char *temp)
@@ -35,5 +35,6 @@ void journal_job_interrupted(const char *image, const char *record, const char *
                  "failed: interrupted when an earlier qtrimd stopped unexpectedly (job record %s); "
                  "the image is the old one or the new one, whole%s%s",
                  record, temp ? "; removed its temporary copy " : "", temp ? temp : "");
-        journal_job(0, image, "interrupted", 0, 0, message);
+        journal_job(&(struct journal_job){
+            .image = image, .result = "interrupted", .image_state = "", .message = message});
 }

@@ -252,6 +252,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         q->options.convert = o->convert;
         q->options.keep_gaps = !o->trim_gaps;
         q->if_changed = o->if_changed;
+        q->options.sweep = o->if_changed;
         snprintf(q->options.format.declared, sizeof(q->options.format.declared), "%s", o->format);
         q->next = m->requests;
         m->requests = q;

@@ -78,6 +78,8 @@ static const struct field fields[] = {
     FIELD("bytes-after", "BytesAfter", FIELD_U64, bytes_after),
     FIELD("apparent-after", NULL, FIELD_U64, apparent_after),
     FIELD("converted", "Converted", FIELD_BOOL, converted),
+    FIELD("image-state", "ImageState", FIELD_STR, image_state),
+    FIELD("nothing-to-trim", "NothingToTrim", FIELD_BOOL, nothing_to_trim),
     FIELD("message", "Message", FIELD_STR, message),
     FIELD("temp-file", NULL, FIELD_STR, temp_file),
     FIELD("attach-backend", "AttachBackend", FIELD_STR, attach_backend),

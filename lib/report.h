@@ -73,6 +73,11 @@ size_t qt_fs_disk_ranges(const struct qt_fs_result *fs, uint64_t from,
 
 #define QT_REPORT_STRING_MAX 4096
 
+/* The image states of struct qt_report (the Job's ImageState). */
+#define QT_IMAGE_UNTOUCHED "untouched"
+#define QT_IMAGE_TRIMMED   "trimmed"
+#define QT_IMAGE_COMPACTED "compacted"
+
 struct qt_report {
         /* Inspect */
         char format[16];
@@ -96,6 +101,10 @@ struct qt_report {
         uint64_t bytes_trimmed;
         uint64_t bytes_after, apparent_after;
         bool converted;
+        /* What was written to the image: QT_IMAGE_UNTOUCHED until the trim begins, then
+         * QT_IMAGE_TRIMMED, QT_IMAGE_COMPACTED once the compact copy replaced it. */
+        char image_state[16];
+        bool nothing_to_trim; /* a blank disk: done without writing anything */
         char message[QT_REPORT_STRING_MAX];
         /* The compact copy while it exists: whoever sees the worker die deletes it. */
         char temp_file[QT_REPORT_STRING_MAX];

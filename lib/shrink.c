@@ -604,6 +604,8 @@ static int trim(struct shrink *s)
 
         int err = 0;
 
+        /* From here on the image may be written in place (mounts, discards). */
+        qt_emit_str(s->rep, "image-state", QT_IMAGE_TRIMMED);
         /* Before anything is written: the map then is the image as the guest left it. */
         s->held = held_map(s);
         for (s->trim_index = 0; s->trim_index < report->n_fs; s->trim_index++) {
@@ -767,6 +769,7 @@ static int replace(struct shrink *s)
         s->tmp[0] = '\0'; /* it is the image now */
         qt_emit_str(s->rep, "temp-file", "");
         qt_emit_u64(s->rep, "converted", 1);
+        qt_emit_str(s->rep, "image-state", QT_IMAGE_COMPACTED);
         return 0;
 }
 

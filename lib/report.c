@@ -243,6 +243,28 @@ void qt_emit_fs(struct qt_reporter *r, const struct qt_fs_result *fs)
                   (unsigned long long)clean.trimmed, clean.state, clean.message);
 }
 
+static struct qt_fs_result *fs_by_name(struct qt_report *report, const char *name)
+{
+        for (size_t i = 0; i < report->n_fs; i++)
+                if (strcmp(report->fs[i].name, name) == 0)
+                        return &report->fs[i];
+        return NULL;
+}
+
+void qt_emit_estimate(struct qt_reporter *r, const struct qt_fs_result *fs)
+{
+        struct qt_fs_result *known = fs_by_name(&r->report, fs->name);
+        if (!known)
+                return;
+        known->used = fs->used;
+        known->free = fs->free;
+        known->reclaimable = fs->reclaimable;
+        r->report.estimated = true;
+        emit_line(r, "estimate\t%s\t%llu\t%llu\t%llu", known->name,
+                  (unsigned long long)fs->used, (unsigned long long)fs->free,
+                  (unsigned long long)fs->reclaimable);
+}
+
 void qt_emit_error(struct qt_reporter *r, const struct qt_error *e)
 {
         r->report.error = *e;
@@ -338,6 +360,18 @@ int qt_report_apply_line(struct qt_report *report, const char *line, const char 
                 if (r < 0)
                         return r;
                 *ret_property = "Filesystems";
+                return 0;
+        }
+        if (strcmp(v[0], "estimate") == 0 && n == 5) {
+                struct qt_fs_result *fs = fs_by_name(report, v[1]);
+                struct qt_fs_result e = {};
+                if (!fs || parse_u64(v[2], &e.used) < 0 || parse_u64(v[3], &e.free) < 0 ||
+                    parse_u64(v[4], &e.reclaimable) < 0)
+                        return -EBADMSG;
+                fs->used = e.used;
+                fs->free = e.free;
+                fs->reclaimable = e.reclaimable;
+                report->estimated = true;
                 return 0;
         }
         if (strcmp(v[0], "error") == 0 && n == 3) {

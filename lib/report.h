@@ -64,6 +64,9 @@ struct qt_fs_result {
         /* "found", "trimmed" (FITRIM), "discarded" (freed directly), "skipped", "failed" */
         char state[QT_FS_STATE_MAX];
         char message[QT_FS_MESSAGE_MAX];
+        /* Inspect's estimate (estimate.h), when asked: the guest's used and free bytes, and what
+         * the image holds of the free ones in whole clusters (what a shrink gives back). */
+        uint64_t used, free, reclaimable;
 };
 
 /* The ranges of the disk that bytes [from, fs->size) of volume fs are, in the volume's order;
@@ -89,6 +92,7 @@ struct qt_report {
         char backing_format[16];
         uint32_t snapshots, bitmaps;
         char partition_table[16];
+        bool estimated; /* fs[].used, free and reclaimable are Inspect's estimate */
 
         /* Progress */
         enum qt_phase phase;
@@ -129,6 +133,8 @@ void qt_emit_phase(struct qt_reporter *r, enum qt_phase phase);
 void qt_emit_progress(struct qt_reporter *r, double fraction);
 void qt_emit_phase_time(struct qt_reporter *r, enum qt_phase phase, uint64_t usec);
 void qt_emit_fs(struct qt_reporter *r, const struct qt_fs_result *fs);
+/* The estimate of a volume emitted with qt_emit_fs before: its used, free, reclaimable. */
+void qt_emit_estimate(struct qt_reporter *r, const struct qt_fs_result *fs);
 void qt_emit_error(struct qt_reporter *r, const struct qt_error *e);
 void qt_emit_end(struct qt_reporter *r);
 /* The scalar fields, by protocol key ("bytes-before", "message", ...); see report.c's table. */

@@ -35,6 +35,7 @@ struct request {
         ino_t ino;
         uid_t uid;
         bool if_changed;
+        bool estimate; /* Inspect: with the estimate of what a shrink would give back */
         struct job_options options;
         sd_bus_slot *authorization; /* polkit's answer, while it is awaited */
         struct worker *worker;
@@ -43,7 +44,7 @@ struct request {
 
 /* The options of Shrink and Inspect. */
 struct shrink_options {
-        bool convert, if_changed, trim_gaps;
+        bool convert, if_changed, trim_gaps, estimate;
         const char *format; /* "" when not declared; points into the message */
 };
 
@@ -52,6 +53,7 @@ enum {
         OPTION_IF_CHANGED = 1 << 1,
         OPTION_FORMAT = 1 << 2,
         OPTION_TRIM_GAPS = 1 << 3,
+        OPTION_ESTIMATE = 1 << 4,
 };
 
 static int reply_qt_error(sd_bus_message *call, const struct qt_error *e)
@@ -75,18 +77,50 @@ static void request_free(struct request *q)
         free(q);
 }
 
+/* Inspect's estimate, when it was asked for (it costs a read-only mount of each filesystem):
+ * the total, and per volume its used, free and reclaimable bytes. A new key rather than more
+ * fields in the volume records, whose signature the Job's Filesystems property shares. */
+static int append_estimate(sd_bus_message *reply, const struct qt_report *rep)
+{
+        uint64_t total = 0;
+        for (size_t i = 0; i < rep->n_fs; i++)
+                total += rep->fs[i].reclaimable;
+        int r = sd_bus_message_append(reply, "{sv}", QTRIM_INFO_RECLAIMABLE, "t", total);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "s", QTRIM_INFO_ESTIMATE);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'v', QTRIM_ESTIMATE_ARRAY_SIGNATURE);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', QTRIM_ESTIMATE_SIGNATURE);
+        for (size_t i = 0; r >= 0 && i < rep->n_fs; i++)
+                r = sd_bus_message_append(reply, QTRIM_ESTIMATE_SIGNATURE, rep->fs[i].name,
+                                          rep->fs[i].used, rep->fs[i].free, rep->fs[i].reclaimable);
+        for (int depth = 0; r >= 0 && depth < 3; depth++)
+                r = sd_bus_message_close_container(reply);
+        return r;
+}
+
 static int reply_inspect(sd_bus_message *call, const struct qt_report *rep)
 {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r = sd_bus_message_new_method_return(call, &reply);
         if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        if (r >= 0)
                 r = sd_bus_message_append(
-                    reply, "a{sv}", 11, "Format", "s", rep->format, "FormatSource", "s",
-                    rep->format_source, "VirtualSize", "t", rep->virtual_size, "AllocatedBytes",
-                    "t", rep->bytes_before, "ApparentSize", "t", rep->apparent_before,
-                    "ClusterSize", "t", rep->cluster_size, "BackingFile", "s", rep->backing_file,
-                    "BackingFormat", "s", rep->backing_format, "Snapshots", "u", rep->snapshots,
-                    "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s", rep->partition_table);
+                    reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}", "Format", "s",
+                    rep->format, "FormatSource", "s", rep->format_source, "VirtualSize", "t",
+                    rep->virtual_size, "AllocatedBytes", "t", rep->bytes_before, "ApparentSize",
+                    "t", rep->apparent_before, "ClusterSize", "t", rep->cluster_size, "BackingFile",
+                    "s", rep->backing_file, "BackingFormat", "s", rep->backing_format, "Snapshots",
+                    "u", rep->snapshots, "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s",
+                    rep->partition_table);
+        if (r >= 0 && rep->estimated)
+                r = append_estimate(reply, rep);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
         if (r >= 0)
                 r = bus_append_filesystems(reply, rep);
         if (r >= 0)
@@ -206,6 +240,8 @@ static void request_continue(struct request *q)
                                         .image = q->image,
                                         .format = job_format_claim(&q->options.format),
                                         .formats = &m->config.formats,
+                                        .keep_gaps = q->options.keep_gaps,
+                                        .estimate = q->estimate,
                                         .attach = m->config.attach,
                                         .scratch_dir = m->scratch_dir};
         int r = worker_start(m->event, &req, &q->report, &request_worker_callbacks, q, &q->worker);
@@ -252,6 +288,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         q->options.convert = o->convert;
         q->options.keep_gaps = !o->trim_gaps;
         q->if_changed = o->if_changed;
+        q->estimate = o->estimate;
         q->options.sweep = o->if_changed;
         snprintf(q->options.format.declared, sizeof(q->options.format.declared), "%s", o->format);
         q->next = m->requests;
@@ -283,6 +320,7 @@ static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_opt
             {QTRIM_OPT_IF_CHANGED, OPTION_IF_CHANGED, 'b'},
             {QTRIM_OPT_FORMAT, OPTION_FORMAT, 's'},
             {QTRIM_OPT_TRIM_GAPS, OPTION_TRIM_GAPS, 'b'},
+            {QTRIM_OPT_ESTIMATE, OPTION_ESTIMATE, 'b'},
         };
         int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
@@ -315,6 +353,8 @@ static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_opt
                                 o->convert = b;
                         else if (known[i].flag == OPTION_IF_CHANGED)
                                 o->if_changed = b;
+                        else if (known[i].flag == OPTION_ESTIMATE)
+                                o->estimate = b;
                         else
                                 o->trim_gaps = b;
                 } else {
@@ -357,15 +397,18 @@ static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 
 static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
+        struct manager *m = userdata;
         const char *image;
-        struct shrink_options o = {.format = ""};
+        struct shrink_options o = {.trim_gaps = true, .format = ""};
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        r = read_options(msg, OPTION_FORMAT, &o, error);
+        r = read_options(msg, OPTION_FORMAT | OPTION_TRIM_GAPS | OPTION_ESTIMATE, &o, error);
         if (r < 0)
                 return r;
-        return start_request(userdata, msg, QT_JOB_INSPECT, image, &o, error);
+        /* The estimate counts the gaps as the shrink would: TrimGaps=no wins here too. */
+        o.trim_gaps = o.trim_gaps && m->config.trim_gaps;
+        return start_request(m, msg, QT_JOB_INSPECT, image, &o, error);
 }
 
 static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error)

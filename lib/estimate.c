@@ -36,9 +36,8 @@ void qt_allocation_on_extent(uint64_t offset, uint64_t length, void *userdata)
         }
         if (a->n == a->cap) {
                 size_t cap = a->cap ? a->cap * 2 : 256;
-                struct qt_range *r = cap <= ALLOCATION_RANGES_MAX
-                                         ? reallocarray(a->ranges, cap, sizeof(*r))
-                                         : NULL;
+                struct qt_range *r =
+                    cap <= ALLOCATION_RANGES_MAX ? reallocarray(a->ranges, cap, sizeof(*r)) : NULL;
                 if (!r) {
                         a->unknown = true;
                         return;
@@ -75,8 +74,7 @@ uint64_t qt_allocation_held(const struct qt_allocation *a, uint64_t offset, uint
         return held;
 }
 
-uint64_t qt_allocation_reclaimable(const struct qt_allocation *a, uint64_t offset,
-                                   uint64_t length)
+uint64_t qt_allocation_reclaimable(const struct qt_allocation *a, uint64_t offset, uint64_t length)
 {
         uint64_t c = a->cluster;
         uint64_t lo = (offset + c - 1) / c * c, hi = (offset + length) / c * c;
@@ -95,8 +93,7 @@ static uint64_t volume_sum(const struct qt_allocation *a, const struct qt_fs_res
         return sum;
 }
 
-uint64_t qt_volume_held(const struct qt_allocation *a, const struct qt_fs_result *fs,
-                        uint64_t from)
+uint64_t qt_volume_held(const struct qt_allocation *a, const struct qt_fs_result *fs, uint64_t from)
 {
         return volume_sum(a, fs, from, qt_allocation_held);
 }

@@ -32,8 +32,7 @@ void qt_allocation_done(struct qt_allocation *a);
 uint64_t qt_allocation_held(const struct qt_allocation *a, uint64_t offset, uint64_t length);
 /* What freeing [offset, +length) of the disk would give back: the bytes the image holds of the
  * whole clusters inside it. */
-uint64_t qt_allocation_reclaimable(const struct qt_allocation *a, uint64_t offset,
-                                   uint64_t length);
+uint64_t qt_allocation_reclaimable(const struct qt_allocation *a, uint64_t offset, uint64_t length);
 /* Both, over bytes [from, fs->size) of volume fs (the disk ranges it is made of). */
 uint64_t qt_volume_held(const struct qt_allocation *a, const struct qt_fs_result *fs,
                         uint64_t from);

@@ -260,9 +260,8 @@ void qt_emit_estimate(struct qt_reporter *r, const struct qt_fs_result *fs)
         known->free = fs->free;
         known->reclaimable = fs->reclaimable;
         r->report.estimated = true;
-        emit_line(r, "estimate\t%s\t%llu\t%llu\t%llu", known->name,
-                  (unsigned long long)fs->used, (unsigned long long)fs->free,
-                  (unsigned long long)fs->reclaimable);
+        emit_line(r, "estimate\t%s\t%llu\t%llu\t%llu", known->name, (unsigned long long)fs->used,
+                  (unsigned long long)fs->free, (unsigned long long)fs->reclaimable);
 }
 
 void qt_emit_error(struct qt_reporter *r, const struct qt_error *e)

@@ -13,6 +13,7 @@
 #include "cancel.h"
 #include "convert.h"
 #include "discover.h"
+#include "estimate.h"
 #include "fat.h"
 #include "image.h"
 #include "layout.h"
@@ -193,12 +194,6 @@ static int attach(struct shrink *s)
         return 0;
 }
 
-struct allocation {
-        const struct qt_fs_result *fs;
-        size_t n;
-        uint64_t *bytes; /* per volume */
-};
-
 /* The part of [offset, +length) that lies in r, if any. */
 static bool overlap(uint64_t offset, uint64_t length, const struct qt_range *r,
                     struct qt_range *ret)
@@ -211,53 +206,83 @@ static bool overlap(uint64_t offset, uint64_t length, const struct qt_range *r,
         return true;
 }
 
-static void on_extent(uint64_t offset, uint64_t length, void *userdata)
-{
-        struct allocation *a = userdata;
-        for (size_t i = 0; i < a->n; i++) {
-                struct qt_range ranges[QT_FS_EXTENTS_MAX], piece;
-                size_t n = qt_fs_disk_ranges(&a->fs[i], 0, ranges);
-                for (size_t k = 0; k < n; k++)
-                        if (overlap(offset, length, &ranges[k], &piece))
-                                a->bytes[i] += piece.size;
-        }
-}
-
-static int count_free(void *userdata, uint64_t offset, uint64_t length)
-{
-        *(uint64_t *)userdata += length;
-        return 0;
-}
-
 static int read_free_map(struct shrink *s, const struct qt_fs_result *fs, qt_free_range_fn on_free,
                          void *ctx, char why[QT_FREEMAP_WHY_MAX]);
 
 /* Inspect, for a volume read rather than mounted: its map read now (nothing written), so a
- * volume that would be left alone says why before anyone runs a shrink. */
-static const char *describe_free_map(struct shrink *s, const struct qt_fs_result *fs,
-                                     char why[QT_FS_MESSAGE_MAX])
+ * volume that would be left alone says why before anyone runs a shrink. The estimate is exact
+ * here: the free ranges the trim would discard, met with the image's allocation. */
+static const char *describe_free_map(struct shrink *s, struct qt_fs_result *fs,
+                                     const struct qt_allocation *alloc, char why[QT_FS_MESSAGE_MAX])
 {
-        uint64_t free = 0;
+        struct qt_free_tally t = {.alloc = alloc, .fs = fs};
         char reason[QT_FREEMAP_WHY_MAX], bytes[FORMAT_BYTES_MAX];
-        if (read_free_map(s, fs, count_free, &free, reason) < 0)
+        int r = read_free_map(s, fs, qt_free_tally_add, &t, reason);
+        qt_free_tally_end(&t);
+        if (r < 0) {
                 snprintf(why, QT_FS_MESSAGE_MAX, "would be left alone: %.170s", reason);
-        else
-                snprintf(why, QT_FS_MESSAGE_MAX, "read, not mounted: %s free in its map, discarded",
-                         format_bytes(bytes, free));
+                fs->used = fs->size;
+                return why;
+        }
+        fs->free = t.free;
+        fs->used = fs->size - t.free;
+        fs->reclaimable = t.reclaimable;
+        snprintf(why, QT_FS_MESSAGE_MAX, "read, not mounted: %s free in its map, discarded",
+                 format_bytes(bytes, t.free));
         return why;
 }
 
-/* Inspect: how each volume would be handled, and how much of it the image file holds (what a
- * shrink can give back is at most that). */
-static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n)
+static int read_swap_header(struct shrink *s, const struct qt_fs_result *fs, uint64_t *ret_header);
+
+/* Inspect's estimate for a volume the shrink would not mount (mounted ones: estimate_mounted):
+ * what the method of trim() would discard, met with the image's allocation. */
+static void estimate_unmounted(struct shrink *s, struct qt_fs_result *fs, enum qt_trim_method m,
+                               const struct qt_allocation *alloc)
 {
-        uint64_t bytes[QT_MAX_FILESYSTEMS] = {0};
-        struct allocation a = {fs, n, bytes};
-        struct qt_error e = {};
-        bool mapped = qt_image_map(s->req->image, s->info.format, on_extent, &a, &e) >= 0;
-        if (!mapped)
-                fprintf(stderr, "qtrim worker %d: %s, continuing without\n", (int)getpid(),
-                        e.message);
+        uint64_t header = 0;
+        switch (m) {
+        case QT_TRIM_DISCARD:
+                fs->free = fs->size;
+                if (!s->req->keep_gaps)
+                        fs->reclaimable = qt_volume_reclaimable(alloc, fs, 0);
+                break;
+        case QT_TRIM_SWAP:
+                /* A hibernation image is the guest's, whole; so is what cannot be read. */
+                fs->used = fs->size;
+                if (read_swap_header(s, fs, &header) == QT_SWAP_AREA) {
+                        fs->used = header;
+                        fs->free = fs->size - header;
+                        fs->reclaimable = qt_volume_reclaimable(alloc, fs, header);
+                }
+                break;
+        case QT_TRIM_MOUNT:   /* estimate_mounted */
+        case QT_TRIM_FREEMAP: /* describe_free_map */
+        case QT_TRIM_SKIP:    /* left as it is: nothing to give back, used and free unknown */
+                break;
+        }
+}
+
+/* Inspect's estimate for a filesystem the shrink would mount and FITRIM: mounted read-only,
+ * its free space read (estimate.h). */
+static void estimate_mounted(struct shrink *s, struct qt_fs_result *fs, size_t index,
+                             const struct qt_allocation *alloc)
+{
+        struct qt_fs_source src = {};
+        char dir[PATH_MAX], name[32], why[QT_FS_MESSAGE_MAX];
+        qt_attachment_source(s->attachment, fs, &src);
+        snprintf(name, sizeof(name), "volume%zu", index);
+        if (scratch_path(s, name, dir) < 0 ||
+            qt_estimate_mounted(&src, dir, alloc, fs, why, sizeof(why)) < 0)
+                fprintf(stderr, "qtrim worker %d: %s: no estimate: %s\n", (int)getpid(), fs->name,
+                        why);
+}
+
+/* Inspect: how each volume would be handled, and how much of it the image file holds (what a
+ * shrink can give back is at most that); with the estimate, how much it would give back. */
+static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n,
+                             const struct qt_allocation *alloc)
+{
+        bool mapped = !alloc->unknown;
         for (size_t i = 0; i < n; i++) {
                 char why[QT_FS_MESSAGE_MAX], held[FORMAT_BYTES_MAX];
                 const char *how = why;
@@ -272,7 +297,7 @@ static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n
                         how = "discarded";
                         break;
                 case QT_TRIM_FREEMAP:
-                        how = describe_free_map(s, &fs[i], why);
+                        how = describe_free_map(s, &fs[i], alloc, why);
                         break;
                 case QT_TRIM_SKIP:
                         break;
@@ -280,7 +305,7 @@ static void describe_volumes(struct shrink *s, struct qt_fs_result *fs, size_t n
                 char message[QT_FS_MESSAGE_MAX];
                 if (mapped)
                         snprintf(message, sizeof(message), "%.150s; %s in the image", how,
-                                 format_bytes(held, bytes[i]));
+                                 format_bytes(held, qt_volume_held(alloc, &fs[i], 0)));
                 else
                         snprintf(message, sizeof(message), "%.190s", how);
                 memcpy(fs[i].message, message, sizeof(fs[i].message));
@@ -303,11 +328,36 @@ static int discover(struct shrink *s)
                          qt_trim_method_name(qt_trim_method(&fs[i], why, sizeof(why))));
                 qt_attachment_hide(s->attachment, &fs[i]);
         }
-        if (s->req->kind == QT_JOB_INSPECT)
-                describe_volumes(s, fs, n);
+        if (s->req->kind == QT_JOB_INSPECT) {
+                /* What the image holds, as qemu-img map says: only whole clusters are given
+                 * back (at least 4 KiB, a raw file's host blocks). */
+                struct qt_allocation alloc = {
+                    .cluster = s->info.cluster_size >= 4096 ? s->info.cluster_size : 4096};
+                struct qt_error e = {};
+                if (qt_image_map(s->req->image, s->info.format, qt_allocation_on_extent, &alloc,
+                                 &e) < 0) {
+                        fprintf(stderr, "qtrim worker %d: %s, continuing without\n", (int)getpid(),
+                                e.message);
+                        alloc.unknown = true;
+                }
+                describe_volumes(s, fs, n, &alloc);
+                if (s->req->estimate && !alloc.unknown)
+                        for (size_t i = 0; i < n; i++) {
+                                char why[QT_FS_MESSAGE_MAX];
+                                enum qt_trim_method m = qt_trim_method(&fs[i], why, sizeof(why));
+                                if (m == QT_TRIM_MOUNT)
+                                        estimate_mounted(s, &fs[i], i, &alloc);
+                                else
+                                        estimate_unmounted(s, &fs[i], m, &alloc);
+                        }
+                qt_allocation_done(&alloc);
+        }
         qt_emit_str(s->rep, "partition-table", pttype);
         for (size_t i = 0; i < n; i++)
                 qt_emit_fs(s->rep, &fs[i]);
+        if (s->req->kind == QT_JOB_INSPECT && s->req->estimate)
+                for (size_t i = 0; i < n; i++)
+                        qt_emit_estimate(s->rep, &fs[i]);
         return 0;
 }
 
@@ -450,7 +500,9 @@ static int discard_volume(struct shrink *s, struct qt_fs_result *fs, uint64_t fr
 
 /* A swap area: the header page (signature, label, UUID, version) stays as it is, so the guest's
  * fstab still finds it; everything after it is stale swapped-out data. */
-static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
+/* What the swap area fs holds (enum qt_swap_state), and the bytes of its header; -EIO if it
+ * cannot be read. */
+static int read_swap_header(struct shrink *s, const struct qt_fs_result *fs, uint64_t *ret_header)
 {
         _cleanup_free_ uint8_t *buf = malloc(QT_SWAP_HEADER_READ_SIZE);
         const char *disk = qt_attachment_disk(s->attachment);
@@ -459,12 +511,20 @@ static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
         uint64_t first = fs->n_extents ? fs->extents[0].size : fs->size;
         size_t want = first < QT_SWAP_HEADER_READ_SIZE ? (size_t)first : QT_SWAP_HEADER_READ_SIZE;
         ssize_t got = buf && fd >= 0 ? pread(fd, buf, want, (off_t)fs->offset) : -1;
-        if (got < 0) {
+        if (got < 0)
+                return -EIO;
+        return (int)qt_swap_parse(buf, (size_t)got, ret_header);
+}
+
+static int trim_swap(struct shrink *s, struct qt_fs_result *fs)
+{
+        uint64_t header = 0;
+        int state = read_swap_header(s, fs, &header);
+        if (state < 0) {
                 qt_fs_set_outcome(fs, "failed", "cannot read the swap header");
                 return 0;
         }
-        uint64_t header = 0;
-        switch (qt_swap_parse(buf, (size_t)got, &header)) {
+        switch ((enum qt_swap_state)state) {
         case QT_SWAP_AREA:
                 return discard_volume(s, fs, header, "header page (label, UUID) kept");
         case QT_SWAP_HIBERNATED:

@@ -26,6 +26,9 @@ struct qt_shrink_request {
         const struct qt_format_rules *formats; /* Formats=, for the files beside it (or NULL) */
         bool convert;   /* QT_JOB_SHRINK: make a compact copy after the trim */
         bool keep_gaps; /* leave the space outside the partitions alone */
+        /* QT_JOB_INSPECT: estimate what a shrink would give back (mounts read-only the
+         * filesystems a shrink would mount: estimate.h) */
+        bool estimate;
         struct qt_convert_policy convert_policy; /* and keep it only if it saves enough */
         enum qt_attach_backend attach;
         const char

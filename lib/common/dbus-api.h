@@ -23,7 +23,7 @@
 #define QTRIM_PHASE_TIME_ELEMENT   "(st)"
 #define QTRIM_PHASE_TIME_SIGNATURE "a" QTRIM_PHASE_TIME_ELEMENT
 
-/* Shrink() options (a{sv}); Inspect() takes "format" only. */
+/* Shrink() options (a{sv}); Inspect() takes "format", "trim-gaps" and "estimate". */
 /* b: convert to a compact copy after the trim (default true) */
 #define QTRIM_OPT_CONVERT "convert"
 /* b: refuse with Error.Unchanged if nothing wrote to the image since qtrim last shrank it */
@@ -33,6 +33,14 @@
 #define QTRIM_OPT_FORMAT "format"
 /* b: discard the space outside the partitions (default true; TrimGaps=no in qtrimd.conf wins) */
 #define QTRIM_OPT_TRIM_GAPS "trim-gaps"
+/* Inspect, b: also estimate what a shrink would give back (default false; it mounts read-only
+ * the filesystems a shrink would mount). The answer's "info" then has ReclaimableBytes (t, the
+ * total) and Estimate: per volume its name, used, free and reclaimable bytes. */
+#define QTRIM_OPT_ESTIMATE                 "estimate"
+#define QTRIM_INFO_RECLAIMABLE             "ReclaimableBytes"
+#define QTRIM_INFO_ESTIMATE                "Estimate"
+#define QTRIM_ESTIMATE_SIGNATURE           "(sttt)"
+#define QTRIM_ESTIMATE_ARRAY_SIGNATURE     "a" QTRIM_ESTIMATE_SIGNATURE
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

@@ -96,7 +96,8 @@ static int append_estimate(sd_bus_message *reply, const struct qt_report *rep)
                 r = sd_bus_message_open_container(reply, 'a', QTRIM_ESTIMATE_SIGNATURE);
         for (size_t i = 0; r >= 0 && i < rep->n_fs; i++)
                 r = sd_bus_message_append(reply, QTRIM_ESTIMATE_SIGNATURE, rep->fs[i].name,
-                                          rep->fs[i].used, rep->fs[i].free, rep->fs[i].reclaimable);
+                                          rep->fs[i].used, rep->fs[i].free,
+                                          rep->fs[i].reclaimable);
         for (int depth = 0; r >= 0 && depth < 3; depth++)
                 r = sd_bus_message_close_container(reply);
         return r;
@@ -111,12 +112,12 @@ static int reply_inspect(sd_bus_message *call, const struct qt_report *rep)
         if (r >= 0)
                 r = sd_bus_message_append(
                     reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}", "Format", "s",
-                    rep->format, "FormatSource", "s", rep->format_source, "VirtualSize", "t",
-                    rep->virtual_size, "AllocatedBytes", "t", rep->bytes_before, "ApparentSize",
-                    "t", rep->apparent_before, "ClusterSize", "t", rep->cluster_size, "BackingFile",
-                    "s", rep->backing_file, "BackingFormat", "s", rep->backing_format, "Snapshots",
-                    "u", rep->snapshots, "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s",
-                    rep->partition_table);
+                    rep->format, "FormatSource", "s",
+                    rep->format_source, "VirtualSize", "t", rep->virtual_size, "AllocatedBytes",
+                    "t", rep->bytes_before, "ApparentSize", "t", rep->apparent_before,
+                    "ClusterSize", "t", rep->cluster_size, "BackingFile", "s", rep->backing_file,
+                    "BackingFormat", "s", rep->backing_format, "Snapshots", "u", rep->snapshots,
+                    "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s", rep->partition_table);
         if (r >= 0 && rep->estimated)
                 r = append_estimate(reply, rep);
         if (r >= 0)
@@ -238,6 +239,8 @@ static void request_continue(struct request *q)
 
         struct qt_shrink_request req = {.kind = q->kind,
                                         .image = q->image,
+                                        .dev = q->dev,
+                                        .ino = q->ino,
                                         .format = job_format_claim(&q->options.format),
                                         .formats = &m->config.formats,
                                         .keep_gaps = q->options.keep_gaps,

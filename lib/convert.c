@@ -130,9 +130,14 @@ bool qt_convert_is_temp_of(const char *image, const char *path)
                strlen(path + n) == 6 && !strchr(path + n, '/');
 }
 
-int qt_convert_image(const char *image, const struct qt_image_info *info, const char *tmp,
-                     qt_progress_fn progress, void *userdata, struct qt_error *e)
+int qt_convert_image(const struct qt_image_file *f, const struct qt_image_info *info,
+                     const char *tmp, qt_progress_fn progress, void *userdata, struct qt_error *e)
 {
+        char name[QT_QEMU_NAME_MAX];
+        int r = qt_image_qemu_name(f, info, false, name);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot name the image to qemu-img: %s",
+                                    strerror(-r));
         char options[512] = "";
         char *argv[24] = {"qemu-img", "convert",           "-p", "-f", (char *)info->format,
                           "-O",       (char *)info->format};
@@ -151,20 +156,22 @@ int qt_convert_image(const char *image, const struct qt_image_info *info, const 
                 argv[n++] = "-F";
                 argv[n++] = (char *)info->backing_format;
         }
-        argv[n++] = (char *)image;
+        argv[n++] = name;
         argv[n++] = (char *)tmp;
         argv[n] = NULL;
 
         struct convert_progress p = {progress, userdata};
         struct qt_command c = {.argv = argv, .on_line = on_convert_line, .userdata = &p};
-        int r = qt_command_run(&c);
+        r = qt_command_run(&c);
         if (r == -ECANCELED)
                 qt_error_set(e, QT_ERR_CANCELED, ECANCELED, "canceled");
         else if (r < 0)
                 qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img convert: %s", strerror(-r));
-        else if (c.status != 0)
+        else if (c.status != 0) {
+                _cleanup_free_ char *msg = qt_image_qemu_message(f, name, c.err);
                 r = qt_error_set(e, strstr(c.err, "No space") ? QT_ERR_NO_SPACE : QT_ERR_FAILED,
-                                 EIO, "qemu-img convert failed: %s", c.err);
+                                 EIO, "qemu-img convert failed: %s", msg ? msg : c.err);
+        }
         qt_command_done(&c);
         return r;
 }

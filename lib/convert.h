@@ -35,10 +35,11 @@ int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_
  * a worker died holding it. */
 bool qt_convert_is_temp_of(const char *image, const char *path);
 
-/* Converts image into tmp (from qt_convert_create_temp) with the image's format, creation
- * options, backing file and bitmaps. The caller removes tmp on failure. */
-int qt_convert_image(const char *image, const struct qt_image_info *info, const char *tmp,
-                     qt_progress_fn progress, void *userdata, struct qt_error *e);
+/* Converts the image (read through the file inspected, not its path) into tmp (from
+ * qt_convert_create_temp) with the image's format, creation options, backing file and bitmaps.
+ * The caller removes tmp on failure. */
+int qt_convert_image(const struct qt_image_file *f, const struct qt_image_info *info,
+                     const char *tmp, qt_progress_fn progress, void *userdata, struct qt_error *e);
 
 /* Checks the copy (qemu-img check, same format, virtual size and backing file), gives it the
  * original's owner, mode and extended attributes (ACLs, SELinux label), fsyncs it, renames it

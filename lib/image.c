@@ -134,36 +134,133 @@ out:
         return r;
 }
 
-/* Opens the image and applies one OFD lock command to the lock bytes [start, start + len):
- * qemu's protocol is OFD locks, and only another open file description conflicts with one.
- * Returns the fd (which holds a lock that was set). */
-static int qemu_lock_bytes(const char *path, int cmd, struct flock *fl, struct qt_error *e)
+int qt_image_open(const char *path, const struct stat *expected, struct qt_image_file *ret,
+                  struct qt_error *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        *ret = (struct qt_image_file){.path = path, .fd = -1};
+        struct stat looked;
+        int r = qt_image_check_path(path, false, &looked, e);
+        if (r < 0)
+                return r;
+        /* O_NONBLOCK: a FIFO that took the path since the look must not block the open. */
+        _cleanup_close_ int fd =
+            open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
         if (fd < 0)
                 return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
-        fl->l_whence = SEEK_SET;
-        if (fcntl(fd, cmd, fl) < 0)
-                return qt_error_set(e, cmd == F_OFD_SETLK ? QT_ERR_IN_USE : QT_ERR_FAILED, errno,
-                                    "cannot %s qemu's lock bytes: %m",
-                                    cmd == F_OFD_SETLK ? "take" : "test");
-        return TAKE_FD(fd);
+        if (fstat(fd, &ret->st) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot stat: %m");
+        if (ret->st.st_dev != looked.st_dev || ret->st.st_ino != looked.st_ino ||
+            (expected &&
+             (ret->st.st_dev != expected->st_dev || ret->st.st_ino != expected->st_ino)))
+                return qt_error_set(e, QT_ERR_FAILED, ESTALE,
+                                    "was replaced by another file since qtrim checked it");
+        snprintf(ret->by_fd, sizeof(ret->by_fd), "/proc/%d/fd/%d", (int)getpid(), fd);
+        ret->fd = TAKE_FD(fd);
+        return 0;
+}
+
+void qt_image_file_close(struct qt_image_file *f)
+{
+        if (f->fd >= 0)
+                close(f->fd);
+        f->fd = -1;
+}
+
+static void json_object_putp(struct json_object **o)
+{
+        json_object_put(*o);
+}
+
+/* {"driver": "file", "filename": FILENAME} plus options, as qemu's blockdev options spell it. */
+static struct json_object *file_node(const char *filename, bool no_locking)
+{
+        struct json_object *o = json_object_new_object();
+        if (!o)
+                return NULL;
+        json_object_object_add(o, "driver", json_object_new_string("file"));
+        json_object_object_add(o, "filename", json_object_new_string(filename));
+        if (no_locking)
+                json_object_object_add(o, "locking", json_object_new_string("off"));
+        return o;
+}
+
+int qt_image_qemu_name(const struct qt_image_file *f, const struct qt_image_info *chain,
+                       bool no_locking, char buf[QT_QEMU_NAME_MAX])
+{
+        _cleanup_(json_object_putp) struct json_object *root = json_object_new_object();
+        if (!root)
+                return -ENOMEM;
+        json_object_object_add(root, "file", file_node(f->by_fd, no_locking));
+        if (chain && chain->backing_file[0]) {
+                char backing_path[PATH_MAX];
+                int r = qt_qcow2_backing_path(f->path, chain->backing_file, backing_path);
+                if (r < 0)
+                        return r;
+                struct json_object *backing = json_object_new_object();
+                json_object_object_add(root, "backing", backing);
+                /* Not recorded: qemu probes it, as it would (qt_image_probe held it to the rules).
+                 */
+                if (chain->backing_format[0])
+                        json_object_object_add(backing, "driver",
+                                               json_object_new_string(chain->backing_format));
+                json_object_object_add(backing, "file", file_node(backing_path, no_locking));
+        }
+        const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
+                                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
+        if (!text)
+                return -ENOMEM;
+        int n = snprintf(buf, QT_QEMU_NAME_MAX, "json:%s", text);
+        return n < QT_QEMU_NAME_MAX ? 0 : -ENAMETOOLONG;
+}
+
+/* Copies s to out, each occurrence of from written as to. */
+static void put_replaced(FILE *out, const char *s, const char *from, const char *to)
+{
+        size_t len = strlen(from);
+        for (const char *hit; len && (hit = strstr(s, from)); s = hit + len) {
+                fwrite(s, 1, (size_t)(hit - s), out);
+                fputs(to, out);
+        }
+        fputs(s, out);
+}
+
+char *qt_image_qemu_message(const struct qt_image_file *f, const char *name, const char *msg)
+{
+        _cleanup_free_ char *step = NULL;
+        char *result = NULL;
+        size_t size;
+        FILE *out = open_memstream(&step, &size);
+        if (!out)
+                return NULL;
+        put_replaced(out, msg, name, f->path);
+        if (fclose(out) != 0)
+                return NULL;
+        /* qemu also names the file node alone, e.g. "Could not open '/proc/1/fd/5'". */
+        out = open_memstream(&result, &size);
+        if (!out)
+                return NULL;
+        put_replaced(out, step, f->by_fd, f->path);
+        if (fclose(out) != 0) {
+                free(result);
+                return NULL;
+        }
+        return result;
 }
 
 /* Is another process using the image the way qemu does? Any of qemu's lock bytes held means a
  * qemu process has it open: a VM (also with the disk read-only, or as its backing file), qemu-nbd,
  * qemu-img. qemu-img info alone notices only the writers. */
-static int check_qemu_locks(const char *path, struct qt_error *e)
+static int check_qemu_locks(const struct qt_image_file *f, struct qt_error *e)
 {
         struct flock fl = {
             .l_type = F_WRLCK,
+            .l_whence = SEEK_SET,
             .l_start = QEMU_LOCK_PERM_BASE,
             .l_len = QEMU_LOCK_SHARED_BASE + 100 - QEMU_LOCK_PERM_BASE,
         };
-        int fd = qemu_lock_bytes(path, F_OFD_GETLK, &fl, e);
-        if (fd < 0)
-                return fd;
-        close(fd);
+        /* Our own open file holds no lock: any one reported is another's. */
+        if (fcntl(f->fd, F_OFD_GETLK, &fl) < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot test qemu's lock bytes: %m");
         if (fl.l_type != F_UNLCK)
                 return qt_error_set(e, QT_ERR_IN_USE, EBUSY,
                                     "is in use: another process (a running VM?) holds qemu's lock "
@@ -210,15 +307,6 @@ int qt_image_read_content(int fd, enum qt_image_content *ret)
                 return -errno;
         *ret = qt_image_content_of(buf, (size_t)got);
         return 0;
-}
-
-static int read_content_of(const char *path, enum qt_image_content *ret)
-{
-        /* Never blocks: qtrimd checked it is a regular file. */
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        return qt_image_read_content(fd, ret);
 }
 
 /* Names that say "raw disk" by convention; a qcow2 header in such a file is not trusted. */
@@ -278,15 +366,19 @@ int qt_image_choose_format(const char *path, const struct qt_format_claim *claim
         return 0;
 }
 
-static bool has_qcow2_magic(const char *path)
+static bool has_qcow2_magic(const struct qt_image_file *f)
 {
         enum qt_image_content content;
-        return read_content_of(path, &content) == 0 && content != QT_CONTENT_OTHER;
+        return qt_image_read_content(f->fd, &content) == 0 && content != QT_CONTENT_OTHER;
 }
 
 /* qemu-img says why it could not open an image only in words; these are its words. */
-static int classify_open_failure(const char *path, const char *msg, struct qt_error *e)
+static int classify_open_failure(const struct qt_image_file *f, const char *name,
+                                 const char *qemu_msg, struct qt_error *e)
 {
+        _cleanup_free_ char *msg = qt_image_qemu_message(f, name, qemu_msg);
+        if (!msg)
+                return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
         if (strstr(msg, "lock") && strstr(msg, "another process"))
                 return qt_error_set(
                     e, QT_ERR_IN_USE, EBUSY,
@@ -298,7 +390,7 @@ static int classify_open_failure(const char *path, const char *msg, struct qt_er
         /* A file that says it is a qcow2 image and that qemu cannot open is a damaged one (a
          * truncated header, sizes or offsets that lie), not some other kind of file. qemu says
          * "Unsupported" for versions and features newer than it knows. */
-        if (has_qcow2_magic(path)) {
+        if (has_qcow2_magic(f)) {
                 if (strstr(msg, "Unsupported"))
                         return qt_error_set(e, QT_ERR_UNSUPPORTED, EOPNOTSUPP,
                                             "is a qcow2 image qemu cannot open: %s", msg);
@@ -318,7 +410,7 @@ static int classify_open_failure(const char *path, const char *msg, struct qt_er
  * the image records it as raw. name, format: the image's backing file name and format ("" if
  * not recorded), as its header records them.
  */
-static int check_backing_chain(const char *path, const char *name, const char *format,
+static int check_backing_chain(const struct qt_image_file *f, const char *name, const char *format,
                                struct qt_error *e)
 {
         _cleanup_free_ struct stat *seen = calloc(QT_BACKING_CHAIN_MAX + 1, sizeof(*seen));
@@ -328,9 +420,8 @@ static int check_backing_chain(const char *path, const char *name, const char *f
 
         if (!seen || !buf)
                 return qt_error_set(e, QT_ERR_FAILED, ENOMEM, "out of memory");
-        if (stat(path, &seen[n_seen++]) < 0)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot stat: %m");
-        if (snprintf(cur, sizeof(cur), "%s", path) >= (int)sizeof(cur))
+        seen[n_seen++] = f->st;
+        if (snprintf(cur, sizeof(cur), "%s", f->path) >= (int)sizeof(cur))
                 return qt_error_set(e, QT_ERR_NOT_FOUND, ENAMETOOLONG, "the path is too long");
 
         for (;;) {
@@ -400,9 +491,9 @@ static int check_backing_chain(const char *path, const char *name, const char *f
 /* qtrim writes the image (the trim, through qemu-nbd): one that cannot be opened for writing
  * (a read-only mount, an immutable or append-only file) is refused now, not by a failed attach
  * once a job runs. Opening does not change the file. */
-static int check_writable(const char *path, struct qt_error *e)
+static int check_writable(const struct qt_image_file *f, struct qt_error *e)
 {
-        _cleanup_close_ int fd = open(path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        _cleanup_close_ int fd = open(f->by_fd, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
         if (fd < 0)
                 return qt_error_set(e, QT_ERR_UNSUPPORTED, errno,
                                     "cannot be opened for writing (%m); qtrim trims images in "
@@ -410,35 +501,78 @@ static int check_writable(const char *path, struct qt_error *e)
         return 0;
 }
 
-/* A raw file is whatever qemu-img cannot name otherwise; require a partition table or a
- * filesystem, so a text file or random data is refused rather than "shrunk". */
-static int check_raw_content(const char *path, struct qt_error *e)
+/* Whether every byte of the file reads as zero: holes are skipped (SEEK_DATA), data is read up
+ * to its first byte that is not. 1: all zeroes, 0: not, negative errno. */
+static int file_is_all_zeroes(int fd)
 {
-        blkid_probe pr = blkid_new_probe_from_filename(path);
-        if (!pr)
-                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot read: %m");
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        _cleanup_free_ uint8_t *buf = malloc(1u << 20);
+        if (!buf)
+                return -ENOMEM;
+        off_t data = 0;
+        for (;;) {
+                data = lseek(fd, data, SEEK_DATA);
+                if (data < 0)
+                        return errno == ENXIO ? 1 : -errno; /* ENXIO: no data after it */
+                ssize_t got = pread(fd, buf, 1u << 20, data);
+                if (got < 0 && errno == EINTR)
+                        continue;
+                if (got < 0)
+                        return -errno;
+                if (got == 0)
+                        return 1;
+                if (buf[0] != 0 || memcmp(buf, buf + 1, (size_t)got - 1) != 0)
+                        return 0;
+                data += got;
+        }
+}
+
+/* A raw file is whatever qemu-img cannot name otherwise; require a partition table or a
+ * filesystem, so a text file or random data is refused rather than "shrunk". A file of nothing
+ * but zeroes is a blank disk (an unused one in a pool): not refused, *ret_blank says there is
+ * nothing to trim. */
+static int check_raw_content(const struct qt_image_file *f, bool *ret_blank, struct qt_error *e)
+{
+        blkid_probe pr = blkid_new_probe();
+        if (!pr || blkid_probe_set_device(pr, f->fd, 0, 0) < 0) {
+                blkid_free_probe(pr);
+                return qt_error_set(e, QT_ERR_FAILED, EIO, "cannot read it for a partition table");
+        }
         blkid_probe_enable_partitions(pr, 1);
         blkid_probe_enable_superblocks(pr, 1);
         int r = blkid_do_safeprobe(pr);
         blkid_free_probe(pr);
         /* 1: nothing found; -2: more than one signature, which is still a disk. */
-        if (r == 1 || r == -1)
+        *ret_blank = false;
+        if (r != 1 && r != -1)
+                return 0;
+        r = file_is_all_zeroes(f->fd);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot read: %s", strerror(-r));
+        if (r == 0)
                 return qt_error_set(e, QT_ERR_NOT_AN_IMAGE, EINVAL,
                                     "is not a disk image: no partition table or filesystem found");
+        *ret_blank = true;
         return 0;
 }
 
-static int check_qcow2_consistency(const char *path, bool force_share, struct qt_error *e)
+static int check_qcow2_consistency(const struct qt_image_file *f, const struct qt_image_info *info,
+                                   bool force_share, struct qt_error *e)
 {
+        char name[QT_QEMU_NAME_MAX];
+        int r = qt_image_qemu_name(f, info, false, name);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot name the image to qemu-img: %s",
+                                    strerror(-r));
         /* With force_share (read-only inspection), without asking for qemu's lock. */
         char *argv[8] = {"qemu-img", "check", "-q", "-f", "qcow2"};
         size_t n = 5;
         if (force_share)
                 argv[n++] = "-U";
-        argv[n++] = (char *)path;
+        argv[n++] = name;
         argv[n] = NULL;
         struct qt_command c = {.argv = argv};
-        int r = qt_command_run(&c);
+        r = qt_command_run(&c);
         if (r < 0) {
                 qt_command_done(&c);
                 return qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img check: %s",
@@ -453,31 +587,37 @@ static int check_qcow2_consistency(const char *path, bool force_share, struct qt
                 bool more = nl && nl[1];
                 if (nl)
                         *nl = '\0';
+                _cleanup_free_ char *msg = qt_image_qemu_message(f, name, c.err);
                 r = qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN, "is corrupt (qemu-img check): %s%s",
-                                 c.err[0] ? c.err : "errors found",
+                                 msg && msg[0] ? msg : "errors found",
                                  more ? " (and more errors)" : "");
         } else
-                r = classify_open_failure(path, c.err, e);
+                r = classify_open_failure(f, name, c.err, e);
         qt_command_done(&c);
         return r;
 }
 
-int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool force_share,
-                   struct qt_image_info *ret, struct qt_error *e)
+int qt_image_probe(const struct qt_image_file *f, const struct qt_format_claim *claim,
+                   bool force_share, struct qt_image_info *ret, struct qt_error *e)
 {
-        int r = force_share ? 0 : check_qemu_locks(path, e);
+        int r = force_share ? 0 : check_qemu_locks(f, e);
         if (r < 0)
                 return r;
         /* The format first, from what qtrim reads itself: qemu-img is told it, never asked. */
         enum qt_image_content content;
-        r = read_content_of(path, &content);
+        r = qt_image_read_content(f->fd, &content);
         if (r < 0)
                 return qt_error_set(e, QT_ERR_FAILED, r, "cannot read: %s", strerror(-r));
         char format[16];
         enum qt_format_source source;
-        r = qt_image_choose_format(path, claim, content, format, &source, e);
+        r = qt_image_choose_format(f->path, claim, content, format, &source, e);
         if (r < 0)
                 return r;
+        char name[QT_QEMU_NAME_MAX];
+        r = qt_image_qemu_name(f, NULL, false, name);
+        if (r < 0)
+                return qt_error_set(e, QT_ERR_FAILED, r, "cannot name the image to qemu-img: %s",
+                                    strerror(-r));
 
         char *argv[8] = {"qemu-img", "info", "--output=json"};
         size_t n = 3;
@@ -487,7 +627,7 @@ int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool f
         }
         if (force_share)
                 argv[n++] = "-U";
-        argv[n++] = (char *)path;
+        argv[n++] = name;
         argv[n] = NULL;
         struct qt_command c = {.argv = argv};
         r = qt_command_run(&c);
@@ -496,7 +636,7 @@ int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool f
                 return qt_error_set(e, QT_ERR_FAILED, r, "cannot run qemu-img: %s", strerror(-r));
         }
         if (c.status != 0)
-                r = classify_open_failure(path, c.err, e);
+                r = classify_open_failure(f, name, c.err, e);
         else
                 r = qt_image_parse_info(c.out, ret, e);
         qt_command_done(&c);
@@ -522,7 +662,7 @@ int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool f
         /* What root opens on the image's word: local regular files only, and a chain that
          * ends. Before qemu-img check, which opens the chain. */
         if (ret->backing_file[0]) {
-                r = check_backing_chain(path, ret->backing_file, ret->backing_format, e);
+                r = check_backing_chain(f, ret->backing_file, ret->backing_format, e);
                 if (r < 0)
                         return r;
         }
@@ -530,12 +670,12 @@ int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool f
                 return qt_error_set(e, QT_ERR_CORRUPT, EUCLEAN,
                                     "is marked corrupt; repair it with qemu-img check -r first");
         if (strcmp(ret->format, "raw") == 0)
-                r = check_raw_content(path, e);
+                r = check_raw_content(f, &ret->blank, e);
         else
-                r = check_qcow2_consistency(path, force_share, e);
+                r = check_qcow2_consistency(f, ret, force_share, e);
         if (r < 0 || force_share)
                 return r;
-        return check_writable(path, e);
+        return check_writable(f, e);
 }
 
 struct map_walk {
@@ -573,11 +713,11 @@ static void on_map_line(const char *line, void *userdata)
         json_object_put(e);
 }
 
-int qt_image_map(const char *path, const char *format, qt_extent_fn fn, void *userdata,
+int qt_image_map(const char *name, const char *format, qt_extent_fn fn, void *userdata,
                  struct qt_error *e)
 {
         char *argv[] = {"qemu-img", "map",          "--output=json", "-U",
-                        "-f",       (char *)format, (char *)path,    NULL};
+                        "-f",       (char *)format, (char *)name,    NULL};
         struct map_walk w = {.fn = fn, .userdata = userdata};
         struct qt_command c = {.argv = argv, .on_line = on_map_line, .userdata = &w};
         int r = qt_command_run(&c);
@@ -595,14 +735,22 @@ uint64_t qt_file_allocated(const struct stat *st)
         return (uint64_t)st->st_blocks * 512u;
 }
 
-int qt_image_lock_writers_out(const char *path, struct qt_error *e)
+int qt_image_lock_writers_out(const struct qt_image_file *f, struct qt_error *e)
 {
         struct flock fl = {
             .l_type = F_RDLCK,
+            .l_whence = SEEK_SET,
             .l_start = QEMU_LOCK_SHARED_BASE + QEMU_PERM_WRITE_BIT,
             .l_len = 1,
         };
-        return qemu_lock_bytes(path, F_OFD_SETLK, &fl, e);
+        /* An open file of its own (qemu's protocol is OFD locks, held per open file), of the
+         * inode inspected, not of whatever the path names now. */
+        _cleanup_close_ int fd = open(f->by_fd, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return qt_error_set(e, QT_ERR_FAILED, errno, "cannot open: %m");
+        if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+                return qt_error_set(e, QT_ERR_IN_USE, errno, "cannot take qemu's lock bytes: %m");
+        return TAKE_FD(fd);
 }
 
 const char *qt_format_rule_format(const char *rule, size_t *ret_pattern_len)

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,6 +58,7 @@ struct qt_image_info {
         unsigned snapshots; /* internal snapshots (qcow2) */
         unsigned bitmaps;   /* persistent dirty bitmaps (qcow2) */
         bool encrypted, corrupt, has_data_file;
+        bool blank; /* raw, no partition table, no filesystem, all zeroes: nothing to trim */
         /* qcow2 creation options, to give the converted copy the same ones */
         char compat[8];
         char compression_type[8];
@@ -68,6 +70,44 @@ struct qt_image_info {
  * (as the caller named it); otherwise it is refused (a resolved path that became a link since).
  * Fills ret_st. */
 int qt_image_check_path(const char *path, bool follow, struct stat *ret_st, struct qt_error *e);
+
+/*
+ * The image as a worker holds it from inspection on: opened once by its path, then reached only
+ * through that open file (qtrim's own reads, and every qemu tool by by_fd, the same inode), so
+ * a path swapped for another file meanwhile cannot put that file in its place. The path stays
+ * for messages, the directory beside it and the final rename, which checks it still names st.
+ */
+struct qt_image_file {
+        const char *path; /* absolute, resolved by qtrimd */
+        int fd;           /* read-only, close-on-exec; -1 when closed */
+        struct stat st;
+        char by_fd[48]; /* "/proc/PID/fd/N": opens this inode for any process of the worker */
+};
+
+/* Opens the image at path (qt_image_check_path without following links, then the open file
+ * checked to be what was looked at). expected: the file qtrimd resolved and authorized (dev
+ * and inode), or NULL; another file at the path now is refused. */
+int qt_image_open(const char *path, const struct stat *expected, struct qt_image_file *ret,
+                  struct qt_error *e);
+void qt_image_file_close(struct qt_image_file *f);
+
+/* A json: filename can be long: the image's by_fd and a backing path, escaped. */
+#define QT_QEMU_NAME_MAX (2 * PATH_MAX + 256)
+
+/*
+ * The name a qemu tool is given for the image: a json: filename over f->by_fd (format: -f
+ * says it, as before). chain: for tools that open the backing chain (check, map, convert,
+ * qemu-nbd), the image's backing file named explicitly, resolved beside f->path as qemu
+ * would, since qemu looks for a relative backing file beside the name it opened; NULL for
+ * qemu-img info, which does not open it. no_locking: without qemu's locks (read-only
+ * inspection of an image in use). -ENAMETOOLONG if it does not fit.
+ */
+int qt_image_qemu_name(const struct qt_image_file *f, const struct qt_image_info *chain,
+                       bool no_locking, char buf[QT_QEMU_NAME_MAX]);
+
+/* A qemu tool's message with the name it was given (qt_image_qemu_name) put back as the image's
+ * path, for the user; malloc'd, NULL when out of memory. */
+char *qt_image_qemu_message(const struct qt_image_file *f, const char *name, const char *msg);
 
 /* Whether a format name is one qtrim handles ("raw", "qcow2"). */
 bool qt_format_is_known(const char *format);
@@ -117,16 +157,17 @@ int qt_image_parse_info(const char *json, struct qt_image_info *ret, struct qt_e
  * (read-only inspection) reads without qemu's lock, so an image in use can still be looked at,
  * and does not ask for write access. The format is chosen first (qt_image_choose_format), and
  * is the one every qemu tool is given from then on. */
-int qt_image_probe(const char *path, const struct qt_format_claim *claim, bool force_share,
-                   struct qt_image_info *ret, struct qt_error *e);
+int qt_image_probe(const struct qt_image_file *f, const struct qt_format_claim *claim,
+                   bool force_share, struct qt_image_info *ret, struct qt_error *e);
 
 /* Called for each range of the virtual disk whose data this image file itself holds. */
 typedef void (*qt_extent_fn)(uint64_t offset, uint64_t length, void *userdata);
 
-/* Walks `qemu-img map` of the image (read without qemu's lock, in the format given), one extent
+/* Walks `qemu-img map` of the image (name: qt_image_qemu_name with its chain; read without
+ * qemu's lock, in the format given), one extent
  * at a time, so its size is not bounded by what fits in memory. Extents that read through to a
  * backing file, or read as zeroes without data, are not this file's and are not reported. */
-int qt_image_map(const char *path, const char *format, qt_extent_fn fn, void *userdata,
+int qt_image_map(const char *name, const char *format, qt_extent_fn fn, void *userdata,
                  struct qt_error *e);
 
 /* Bytes the host has allocated to the file (st_blocks * 512). */
@@ -138,4 +179,4 @@ uint64_t qt_file_allocated(const struct stat *st);
  * fails to open it, as it would if another qemu held it. Call it while qemu-nbd runs: qemu-nbd
  * checks the lock only when it opens the image. Returns the fd holding the lock.
  */
-int qt_image_lock_writers_out(const char *path, struct qt_error *e);
+int qt_image_lock_writers_out(const struct qt_image_file *f, struct qt_error *e);

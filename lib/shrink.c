@@ -29,7 +29,10 @@ struct shrink {
         struct qt_error error;
 
         struct qt_image_info info;
-        struct stat inspected; /* the image as inspected: what every later step must still see */
+        /* The image as inspected: every later step reaches it through this open file, and
+         * file.st is what its path must still name at the end. */
+        struct qt_image_file file;
+        char qemu_name[QT_QEMU_NAME_MAX]; /* how qemu tools open it, its backing file explicit */
         struct qt_attachment *attachment;
         int image_lock_fd;  /* qemu's lock held against writers from attach to replace */
         char tmp[PATH_MAX]; /* the compact copy while it exists */
@@ -38,6 +41,23 @@ struct shrink {
 };
 
 typedef int (*phase_fn)(struct shrink *s);
+
+/* A blank disk, or one with neither a partition table nor a filesystem: done, nothing written
+ * (no trim, no copy), which a sweep over a pool with an unused disk in it must not call a
+ * failure. */
+static void say_nothing_to_trim(struct shrink *s)
+{
+        qt_emit_u64(s->rep, "nothing-to-trim", 1);
+        qt_emit_str(s->rep, "message", "nothing to trim: no partition table or filesystem found");
+}
+
+/* What discovery found on a disk that inspection could not call blank (a qcow2): no table, and
+ * the whole disk with no filesystem on it. */
+static bool found_nothing(const struct qt_report *r)
+{
+        return !r->partition_table[0] &&
+               (r->n_fs == 0 || (r->n_fs == 1 && !r->fs[0].fstype[0]));
+}
 
 /* Runs one phase: announces it, times it, and makes sure a failure carries a message. */
 static int run_phase(struct shrink *s, enum qt_phase phase, phase_fn fn)
@@ -72,19 +92,25 @@ static int scratch_path(const struct shrink *s, const char *name, char buf[PATH_
 static int inspect(struct shrink *s)
 {
         struct qt_reporter *rep = s->rep;
-        /* qtrimd resolved the path: from here on a symbolic link is a swap, not an image. */
-        int r = qt_image_check_path(s->req->image, false, &s->inspected, &s->error);
+        /* qtrimd resolved the path: from here on a symbolic link is a swap, not an image, and
+         * another file than the one qtrimd checked is refused. */
+        struct stat resolved = {.st_dev = s->req->dev, .st_ino = s->req->ino};
+        int r = qt_image_open(s->req->image, s->req->ino ? &resolved : NULL, &s->file, &s->error);
         if (r < 0)
                 return r;
-        r = qt_image_probe(s->req->image, &s->req->format, s->req->kind == QT_JOB_INSPECT, &s->info,
+        r = qt_image_probe(&s->file, &s->req->format, s->req->kind == QT_JOB_INSPECT, &s->info,
                            &s->error);
         if (r < 0)
                 return r;
+        r = qt_image_qemu_name(&s->file, &s->info, false, s->qemu_name);
+        if (r < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, r,
+                                    "cannot name the image to qemu: %s", strerror(-r));
         if (s->req->kind != QT_JOB_INSPECT) {
                 /* Mounting a backing file read-write writes (journal, superblock, log) into
                  * clusters its overlays read through to. */
                 char overlay[PATH_MAX];
-                r = qt_find_overlay(s->req->image, &s->inspected, s->req->formats, overlay,
+                r = qt_find_overlay(s->req->image, &s->file.st, s->req->formats, overlay,
                                     sizeof(overlay), &s->error);
                 if (r < 0)
                         return r;
@@ -97,13 +123,15 @@ static int inspect(struct shrink *s)
         qt_emit_str(rep, "format", s->info.format);
         qt_emit_str(rep, "format-source", qt_format_source_name(s->info.format_source));
         qt_emit_u64(rep, "virtual-size", s->info.virtual_size);
-        qt_emit_u64(rep, "bytes-before", qt_file_allocated(&s->inspected));
-        qt_emit_u64(rep, "apparent-before", (uint64_t)s->inspected.st_size);
+        qt_emit_u64(rep, "bytes-before", qt_file_allocated(&s->file.st));
+        qt_emit_u64(rep, "apparent-before", (uint64_t)s->file.st.st_size);
         qt_emit_u64(rep, "cluster-size", s->info.cluster_size);
         qt_emit_str(rep, "backing-file", s->info.backing_file);
         qt_emit_str(rep, "backing-format", s->info.backing_format);
         qt_emit_u64(rep, "snapshots", s->info.snapshots);
         qt_emit_u64(rep, "bitmaps", s->info.bitmaps);
+        if (s->info.blank)
+                say_nothing_to_trim(s);
         return 0;
 }
 
@@ -159,8 +187,14 @@ static int attach(struct shrink *s)
         if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0)
                 fprintf(stderr, "qtrim worker %d: PR_SET_IO_FLUSHER: %m, continuing without\n",
                         (int)getpid());
+        /* A read-only look takes no lock of qemu's: an image in use may still be inspected. */
+        char name[QT_QEMU_NAME_MAX];
+        r = qt_image_qemu_name(&s->file, &s->info, read_only, name);
+        if (r < 0)
+                return qt_error_set(&s->error, QT_ERR_FAILED, r,
+                                    "cannot name the image to qemu-nbd: %s", strerror(-r));
         struct qt_attach_request req = {
-            .image = s->req->image,
+            .image = name,
             .format = s->info.format,
             .read_only = read_only,
             .backend = s->req->attach,
@@ -181,17 +215,10 @@ static int attach(struct shrink *s)
         if (read_only)
                 return 0;
 
-        /* qemu-nbd holds the image now; keep VMs out until the very end, then make sure the
-         * file qemu-nbd opened is the one we inspected. */
-        s->image_lock_fd = qt_image_lock_writers_out(s->req->image, &s->error);
-        if (s->image_lock_fd < 0)
-                return s->image_lock_fd;
-        struct stat st;
-        if (fstat(s->image_lock_fd, &st) < 0 || st.st_dev != s->inspected.st_dev ||
-            st.st_ino != s->inspected.st_ino)
-                return qt_error_set(&s->error, QT_ERR_FAILED, ESTALE,
-                                    "was replaced by another file during the job");
-        return 0;
+        /* qemu-nbd holds the image now (the file inspected, by its open file); keep VMs out
+         * until the very end. */
+        s->image_lock_fd = qt_image_lock_writers_out(&s->file, &s->error);
+        return s->image_lock_fd < 0 ? s->image_lock_fd : 0;
 }
 
 /* The part of [offset, +length) that lies in r, if any. */
@@ -334,7 +361,7 @@ static int discover(struct shrink *s)
                 struct qt_allocation alloc = {
                     .cluster = s->info.cluster_size >= 4096 ? s->info.cluster_size : 4096};
                 struct qt_error e = {};
-                if (qt_image_map(s->req->image, s->info.format, qt_allocation_on_extent, &alloc,
+                if (qt_image_map(s->qemu_name, s->info.format, qt_allocation_on_extent, &alloc,
                                  &e) < 0) {
                         fprintf(stderr, "qtrim worker %d: %s, continuing without\n", (int)getpid(),
                                 e.message);
@@ -426,7 +453,7 @@ static struct held *held_map(struct shrink *s)
                             qt_fs_disk_ranges(&report->fs[i], 0, h->volumes + h->n_volumes);
         }
         struct qt_error e = {};
-        if (qt_image_map(s->req->image, s->info.format, on_held_extent, h, &e) < 0) {
+        if (qt_image_map(s->qemu_name, s->info.format, on_held_extent, h, &e) < 0) {
                 fprintf(stderr, "qtrim worker %d: %s; discarding whole volumes\n", (int)getpid(),
                         e.message);
                 h->unknown = true;
@@ -745,7 +772,7 @@ static int detach(struct shrink *s)
         if (r < 0 || s->req->kind != QT_JOB_SHRINK)
                 return r;
         r = stat_image(s, &st);
-        if (r >= 0 && (st.st_dev != s->inspected.st_dev || st.st_ino != s->inspected.st_ino))
+        if (r >= 0 && (st.st_dev != s->file.st.st_dev || st.st_ino != s->file.st.st_ino))
                 r = qt_error_set(&s->error, QT_ERR_FAILED, ESTALE,
                                  "was replaced by another file while qtrim worked on it");
         return r;
@@ -785,7 +812,7 @@ static int convert(struct shrink *s)
         /* The copy holds at most what the trimmed image holds, plus metadata. */
         uint64_t needed =
             qt_file_allocated(&trimmed) + qt_file_allocated(&trimmed) / 32 + (16u << 20);
-        const char *refusal = qt_convert_refusal(s->req->image, &s->info, &s->inspected, needed);
+        const char *refusal = qt_convert_refusal(s->req->image, &s->info, &s->file.st, needed);
         if (refusal) {
                 qt_emit_str(s->rep, "message", refusal);
                 return 0;
@@ -796,8 +823,7 @@ static int convert(struct shrink *s)
         qt_emit_str(s->rep, "temp-file", s->tmp);
         r = qt_test_pause("convert-write");
         if (r >= 0)
-                r = qt_convert_image(s->req->image, &s->info, s->tmp, on_convert_progress, s,
-                                     &s->error);
+                r = qt_convert_image(&s->file, &s->info, s->tmp, on_convert_progress, s, &s->error);
         if (r < 0)
                 return r;
         if (stat(s->tmp, &copy) < 0)
@@ -845,31 +871,35 @@ static void report_result(struct shrink *s)
 
 int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *rep)
 {
-        struct shrink s = {.req = req, .rep = rep, .image_lock_fd = -1};
+        struct shrink s = {.req = req, .rep = rep, .image_lock_fd = -1, .file.fd = -1};
         bool shrinking = req->kind == QT_JOB_SHRINK;
 
+        const bool *nothing_to_trim = &rep->report.nothing_to_trim;
         int r = run_phase(&s, QT_PHASE_INSPECT, inspect);
-        if (r >= 0 && req->kind != QT_JOB_PROBE) {
+        if (r >= 0 && req->kind != QT_JOB_PROBE && !(shrinking && *nothing_to_trim)) {
                 r = run_phase(&s, QT_PHASE_ATTACH, attach);
                 if (r >= 0)
                         r = run_phase(&s, QT_PHASE_DISCOVER, discover);
-                if (r >= 0 && shrinking)
+                if (r >= 0 && shrinking && found_nothing(&rep->report))
+                        say_nothing_to_trim(&s);
+                if (r >= 0 && shrinking && !*nothing_to_trim)
                         r = run_phase(&s, QT_PHASE_TRIM, trim);
                 /* Always, whatever failed: nothing may stay attached. */
                 int k = run_phase(&s, QT_PHASE_DETACH, detach);
                 if (r >= 0)
                         r = k;
         }
-        if (r >= 0 && shrinking && !req->convert)
+        if (r >= 0 && shrinking && !req->convert && !*nothing_to_trim)
                 qt_emit_str(rep, "message",
                             "not converted (--no-convert): the image was trimmed in place");
-        if (r >= 0 && shrinking && req->convert) {
+        if (r >= 0 && shrinking && req->convert && !*nothing_to_trim) {
                 r = run_phase(&s, QT_PHASE_CONVERT, convert);
                 if (r >= 0 && s.tmp[0])
                         r = run_phase(&s, QT_PHASE_REPLACE, replace);
         }
         drop_temp(&s);
         closep(&s.image_lock_fd);
+        qt_image_file_close(&s.file);
 
         if (shrinking)
                 report_result(&s);

@@ -22,6 +22,8 @@ enum qt_job_kind {
 struct qt_shrink_request {
         enum qt_job_kind kind;
         const char *image;             /* absolute path */
+        dev_t dev;                     /* the file qtrimd resolved it to, checked at inspect */
+        ino_t ino;                     /* (0: not known) */
         struct qt_format_claim format; /* what the caller and qtrimd.conf say its format is */
         const struct qt_format_rules *formats; /* Formats=, for the files beside it (or NULL) */
         bool convert;   /* QT_JOB_SHRINK: make a compact copy after the trim */

@@ -32,7 +32,9 @@ const char *qt_attach_backend_name(enum qt_attach_backend b);
 int qt_attach_backend_from_name(const char *name, enum qt_attach_backend *ret);
 
 struct qt_attach_request {
-        const char *image;  /* absolute path */
+        /* What qemu-nbd opens: qt_image_qemu_name() of the inspected image (a plain path does
+         * too), read_only given as no_locking. */
+        const char *image;
         const char *format; /* "qcow2" or "raw" */
         bool read_only;     /* inspection: no writes, qemu's lock not taken */
         enum qt_attach_backend backend;

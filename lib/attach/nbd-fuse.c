@@ -347,9 +347,8 @@ static int start_qemu_nbd(struct server *srv, const char *image, const char *for
         struct shared *sh = srv->sh;
         /* No --persistent: qemu-nbd must exit when its one client goes, so a killed server
          * leaves no server holding the image. */
-        char opts[QT_QEMU_NBD_OPTS_MAX];
         char *argv[1 + QT_QEMU_NBD_IMAGE_ARGS_MAX + 1] = {"qemu-nbd"};
-        size_t n = 1 + qt_qemu_nbd_image_args(image, format, srv->read_only, opts, argv + 1);
+        size_t n = 1 + qt_qemu_nbd_image_args(image, format, srv->read_only, argv + 1);
         argv[n] = NULL;
 
         srv->nbd = nbd_create();

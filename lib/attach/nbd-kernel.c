@@ -232,13 +232,12 @@ static void forward_log(const struct qt_nbd_kernel *k)
 static int start_server(struct qt_nbd_kernel *k, const char *image, const char *format,
                         struct qt_error *e)
 {
-        char opts[QT_QEMU_NBD_OPTS_MAX];
         char *argv[16] = {"qemu-nbd", "-v", "-c", k->device, "-k", k->socket_path,
                           /* qemu-nbd's default, as on the FUSE path: the kernel's flushes (the
                            * journals', and ours at detach) reach the image as fdatasync. */
                           "--cache=writeback"};
         size_t n = 7;
-        n += qt_qemu_nbd_image_args(image, format, k->read_only, opts, argv + n);
+        n += qt_qemu_nbd_image_args(image, format, k->read_only, argv + n);
         argv[n] = NULL;
 
         _cleanup_close_ int log = open(k->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -42,29 +42,13 @@ pid_t qt_qemu_nbd_spawn(char *const argv[], int listen_fd, int output_fd)
         _exit(127);
 }
 
-size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
-                              char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[])
+size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only, char *argv[])
 {
         size_t n = 0;
-        if (!read_only) {
-                argv[n++] = "--format";
-                argv[n++] = (char *)format;
-                argv[n++] = "--discard=unmap";
-                argv[n++] = (char *)image;
-                return n;
-        }
-        int k = snprintf(opts, QT_QEMU_NBD_OPTS_MAX,
-                         "driver=%s,file.driver=file,file.locking=off,file.filename=", format);
-        /* In qemu's option syntax a comma in a value is written twice. */
-        for (const char *p = image; *p && (size_t)k + 3 < QT_QEMU_NBD_OPTS_MAX; p++) {
-                if (*p == ',')
-                        opts[k++] = ',';
-                opts[k++] = *p;
-        }
-        opts[k] = '\0';
-        argv[n++] = "--read-only";
-        argv[n++] = "--image-opts";
-        argv[n++] = opts;
+        argv[n++] = "--format";
+        argv[n++] = (char *)format;
+        argv[n++] = read_only ? "--read-only" : "--discard=unmap";
+        argv[n++] = (char *)image;
         return n;
 }
 

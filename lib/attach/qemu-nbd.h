@@ -8,13 +8,11 @@
 #include <sys/types.h>
 
 /* The image part of a qemu-nbd command line, shared by both paths: "--format F --discard=unmap
- * IMAGE" to write, "--read-only --image-opts driver=F,...,file.locking=off,file.filename=IMAGE"
- * to read without taking qemu's lock (qemu-nbd has no --force-share). opts is storage for the
- * latter. Writes at most QT_QEMU_NBD_IMAGE_ARGS_MAX arguments to argv; returns how many. */
-#define QT_QEMU_NBD_OPTS_MAX       (4096 * 2 + 128)
+ * IMAGE" to write, "--format F --read-only IMAGE" to read; IMAGE is the name qemu is given for
+ * it (image.h: qt_image_qemu_name, which also leaves out qemu's lock for a read: qemu-nbd has
+ * no --force-share). Writes QT_QEMU_NBD_IMAGE_ARGS_MAX arguments to argv; returns how many. */
 #define QT_QEMU_NBD_IMAGE_ARGS_MAX 4
-size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only,
-                              char opts[QT_QEMU_NBD_OPTS_MAX], char *argv[]);
+size_t qt_qemu_nbd_image_args(const char *image, const char *format, bool read_only, char *argv[]);
 
 /* Starts qemu-nbd (argv) as the caller's child, dying with it by SIGTERM (on which qemu-nbd
  * disconnects and closes the image cleanly): standard input /dev/null, standard output and error

@@ -33,11 +33,20 @@ static void make_dir(char ret_dir[PATH_MAX], const char *name, const char *scrip
         fx_path(ret_dir, name);
 }
 
+/* As qtrim's inspect phase opens an image. */
+static void open_image(const char *image, struct qt_image_file *ret)
+{
+        struct qt_error e = {};
+        ck_assert_msg(qt_image_open(image, NULL, ret, &e) == 0, "open %s: %s", image, e.message);
+}
+
 /* As qtrim's inspect phase sees an image. */
 static void probe(const char *image, struct qt_image_info *ret)
 {
+        _cleanup_(qt_image_file_close) struct qt_image_file f;
         struct qt_error e = {};
-        ck_assert_msg(qt_image_probe(image, NULL, false, ret, &e) == 0, "probe %s: %s", image,
+        open_image(image, &f);
+        ck_assert_msg(qt_image_probe(&f, NULL, false, ret, &e) == 0, "probe %s: %s", image,
                       e.message);
 }
 
@@ -72,10 +81,12 @@ static void on_progress(double fraction, void *userdata)
 static void convert(const char *image, const struct qt_image_info *info, char tmp[PATH_MAX],
                     struct progress *progress)
 {
+        _cleanup_(qt_image_file_close) struct qt_image_file f;
         struct qt_error e = {};
+        open_image(image, &f);
         ck_assert_msg(qt_convert_create_temp(image, tmp, &e) == 0, "%s", e.message);
         ck_assert(qt_convert_is_temp_of(image, tmp));
-        ck_assert_msg(qt_convert_image(image, info, tmp, on_progress, progress, &e) == 0, "%s",
+        ck_assert_msg(qt_convert_image(&f, info, tmp, on_progress, progress, &e) == 0, "%s",
                       e.message);
         ck_assert(!qt_error_is_set(&e));
 }
@@ -408,8 +419,10 @@ START_TEST(test_convert_failure)
         probe(image, &info);
         snprintf(info.backing_format, sizeof(info.backing_format), "bogus");
 
+        _cleanup_(qt_image_file_close) struct qt_image_file f;
+        open_image(image, &f);
         ck_assert_msg(qt_convert_create_temp(image, tmp, &e) == 0, "%s", e.message);
-        ck_assert_int_lt(qt_convert_image(image, &info, tmp, on_progress, &progress, &e), 0);
+        ck_assert_int_lt(qt_convert_image(&f, &info, tmp, on_progress, &progress, &e), 0);
         ck_assert_int_eq(e.code, QT_ERR_FAILED);
         ck_assert_msg(strncmp(e.message, "qemu-img convert failed: ",
                               strlen("qemu-img convert failed: ")) == 0 &&
@@ -453,6 +466,81 @@ START_TEST(test_temp_file_names)
 }
 END_TEST
 
+/* Everything after the open reaches the file opened, whatever the path names by then: the
+ * probe, qemu-img check and the copy read the original overlay (relative backing file and a
+ * name with quotes and commas, which the json: name qemu is given must carry), while another
+ * image has taken its path. */
+START_TEST(test_image_reached_by_fd)
+{
+        char dir[PATH_MAX], image[PATH_MAX], tmp[PATH_MAX], moved[PATH_MAX];
+        struct qt_image_info info, copy;
+        struct progress progress = {.monotonic = true};
+        _cleanup_(qt_image_file_close) struct qt_image_file f;
+        struct qt_error e = {};
+
+        make_dir(dir, "by-fd",
+                 "qemu-img create -q -f qcow2 base.qcow2 16M && "
+                 "qemu-io -c 'write -P 0xcd 0 4M' base.qcow2 && "
+                 "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 'o,v\"e\\r.qcow2' && "
+                 "qemu-io -c 'write -P 0xab 1M 1M' 'o,v\"e\\r.qcow2' && "
+                 "qemu-img create -q -f qcow2 other.qcow2 16M && "
+                 "qemu-io -c 'write -P 0x11 0 2M' other.qcow2");
+        fx_join(image, dir, "o,v\"e\\r.qcow2");
+        fx_join(moved, dir, "moved.qcow2");
+        open_image(image, &f);
+        fx_sh("cd '%s' && mv 'o,v\"e\\r.qcow2' moved.qcow2 && cp other.qcow2 'o,v\"e\\r.qcow2'",
+              dir);
+        ck_assert_msg(qt_image_probe(&f, NULL, false, &info, &e) == 0, "%s", e.message);
+        ck_assert_str_eq(info.backing_file, "base.qcow2");
+        ck_assert_msg(qt_convert_create_temp(image, tmp, &e) == 0, "%s", e.message);
+        ck_assert_msg(qt_convert_image(&f, &info, tmp, on_progress, &progress, &e) == 0, "%s",
+                      e.message);
+        qemu_img_info(tmp, &copy, NULL);
+        ck_assert_str_eq(copy.backing_file, "base.qcow2");
+        fx_sh("qemu-img compare -q -f qcow2 -F qcow2 '%s' '%s'", moved, tmp);
+        ck_assert_uint_eq(own_data_bytes(tmp), MIB);
+        ck_assert_int_eq(unlink(tmp), 0);
+
+        /* qemu's words name the image by its path, never by the name qtrim gave qemu. */
+        snprintf(info.backing_format, sizeof(info.backing_format), "bogus");
+        ck_assert_msg(qt_convert_create_temp(image, tmp, &e) == 0, "%s", e.message);
+        ck_assert_int_lt(qt_convert_image(&f, &info, tmp, on_progress, &progress, &e), 0);
+        ck_assert_msg(!strstr(e.message, "json:") && !strstr(e.message, "/proc/"), "%s", e.message);
+        unlink(tmp);
+}
+END_TEST
+
+/* What the open refuses: a link (the path was resolved by qtrimd, a link now is a swap), and a
+ * file that is not the one qtrimd resolved. */
+START_TEST(test_image_open_refusals)
+{
+        char image[PATH_MAX], link[PATH_MAX];
+        struct qt_image_file f;
+        struct stat st;
+        struct qt_error e = {};
+
+        fx_sh("qemu-img create -q -f qcow2 '%s/open.qcow2' 1M && ln -s open.qcow2 '%s/link.qcow2'",
+              fx_scratch, fx_scratch);
+        fx_path(image, "open.qcow2");
+        fx_path(link, "link.qcow2");
+        ck_assert_int_lt(qt_image_open(link, NULL, &f, &e), 0);
+        ck_assert_int_eq(e.code, QT_ERR_NOT_REGULAR);
+        ck_assert_int_eq(f.fd, -1);
+
+        ck_assert_int_eq(stat("/proc/self/exe", &st), 0);
+        e = (struct qt_error){};
+        ck_assert_int_lt(qt_image_open(image, &st, &f, &e), 0);
+        ck_assert_msg(strstr(e.message, "replaced by another file"), "%s", e.message);
+        ck_assert_int_eq(f.fd, -1);
+
+        ck_assert_int_eq(stat(image, &st), 0);
+        e = (struct qt_error){};
+        ck_assert_msg(qt_image_open(image, &st, &f, &e) == 0, "%s", e.message);
+        ck_assert_int_ge(f.fd, 0);
+        qt_image_file_close(&f);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("convert");
@@ -466,6 +554,8 @@ static Suite *suite(void)
         tcase_add_test(tc, test_replace_refuses_swapped_file);
         tcase_add_test(tc, test_replace_refuses_other_format);
         tcase_add_test(tc, test_convert_failure);
+        tcase_add_test(tc, test_image_reached_by_fd);
+        tcase_add_test(tc, test_image_open_refusals);
         tcase_add_test(tc, test_temp_file_names);
         suite_add_tcase(s, tc);
         return s;

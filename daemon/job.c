@@ -255,6 +255,8 @@ int job_start(struct job *j)
         struct qt_shrink_request req = {
             .kind = QT_JOB_SHRINK,
             .image = j->image,
+            .dev = j->dev,
+            .ino = j->ino,
             .format = job_format_claim(&j->options.format),
             .formats = &j->manager->config.formats,
             .convert = j->options.convert,

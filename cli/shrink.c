@@ -7,11 +7,15 @@
  * signals, so an older snapshot never overwrites a newer change. A job ends when its JobRemoved
  * arrives; the PropertiesChanged just before it carries the final properties.
  *
- * Everything runs on one sd-event loop: bus messages, and SIGINT/SIGTERM, which cancel our jobs.
+ * Everything runs on one sd-event loop: bus messages, SIGINT/SIGTERM, which cancel our jobs,
+ * SIGWINCH and a one-second tick, which redraw the progress lines.
+ *
+ * qtrimctl wait follows jobs that exist already the same way: the matches first, then GetAll.
  */
 #include "shrink.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <signal.h>
 #include <stddef.h>
@@ -20,6 +24,7 @@
 #include <sys/param.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-event.h>
+#include <wchar.h>
 
 #include "common.h"
 #include "dbus-api.h"
@@ -43,6 +48,7 @@ enum job_result {
         JOB_CANCELED,
         JOB_REFUSED, /* Shrink returned an error: no job exists */
         JOB_SKIPPED, /* a sweep's image refused for a reason that is no failure */
+        JOB_GONE,    /* wait: the job named did not exist (any more) */
 };
 
 /* JobRemoved's result strings, which are also what --json reports. */
@@ -54,37 +60,26 @@ static const char *const job_result_names[] = {
     [JOB_CANCELED] = QTRIM_STATE_CANCELED,
     [JOB_REFUSED] = "refused",
     [JOB_SKIPPED] = "skipped",
-};
-
-/* The Job properties qtrimctl shows (see org.qtrim1.xml); strings are NULL until received. */
-struct job_properties {
-        char *phase;
-        double progress;
-        char *format;
-        uint64_t virtual_size;
-        uint64_t bytes_before;
-        uint64_t bytes_after;
-        uint64_t bytes_trimmed;
-        bool converted;
-        char *message;
-        struct filesystem_list filesystems;
-        struct json_object *phase_seconds; /* PhaseTimes as {phase: seconds} */
-        char *error;
-        char *error_message;
+    [JOB_GONE] = "gone",
 };
 
 struct shrink_run;
 
 struct job {
         struct shrink_run *run;
-        const char *name; /* the image as the user wrote it, for messages */
-        char *image;      /* the absolute path sent to qtrimd */
-        char *path;       /* the job object; NULL if none was created */
+        char *name;  /* the image as the user wrote it (wait: as qtrimd has it), for messages */
+        char *image; /* the absolute path sent to qtrimd */
+        char *path;  /* the job object; NULL if none was created */
         enum job_result result;
+        bool reported;         /* its outcome has been printed */
         uint64_t started_usec; /* wall time from the Shrink call to JobRemoved */
         uint64_t ended_usec;
         struct job_properties props;
         char *shown_phase; /* the last phase written to a stderr that is not a terminal */
+        /* Where the job was when its phase was first seen, for the rate: the bytes of the phase
+         * done (job_phase_bytes) and the time. */
+        char *sampled_phase;
+        uint64_t sampled_bytes, sampled_usec;
         sd_bus_slot *get_all_call;
         sd_bus_slot *cancel_call;
 };
@@ -96,183 +91,31 @@ struct shrink_run {
         const char *format; /* declared, or NULL */
         bool keep_gaps;
         bool sweep;
+        bool json;
+        bool adopted; /* wait: the jobs were not started here, an interrupt leaves them alone */
         struct job *jobs;
         size_t n_jobs;
         size_t n_pending; /* jobs in state JOB_PENDING */
         bool canceling;
-        bool tty;                /* stderr is a terminal: draw progress bars there */
-        unsigned progress_lines; /* lines of progress bars now on the terminal */
+        bool tty;             /* stderr is a terminal: draw progress lines there */
+        size_t columns;       /* its width, read again on SIGWINCH */
+        size_t *drawn_widths; /* the columns of each progress line now on the terminal */
+        size_t n_drawn;
+        sd_event_source *tick;
+        struct shrink_totals *totals; /* sweep */
         sd_bus_slot *properties_changed_match;
         sd_bus_slot *job_removed_match;
         sd_bus_slot *name_owner_changed_match;
 };
 
-static const char *empty_to_null(const char *s)
-{
-        return s && *s ? s : NULL;
-}
-
-static int set_string(char **s, const char *value)
-{
-        char *copy = strdup(value);
-        if (!copy)
-                return -ENOMEM;
-        free(*s);
-        *s = copy;
-        return 0;
-}
-
-/* Job properties: one reader per D-Bus type, one table entry per property. */
-
-static int read_string(sd_bus_message *m, void *field)
-{
-        const char *value;
-        int r;
-
-        r = sd_bus_message_read_basic(m, 's', &value);
-        if (r < 0)
-                return r;
-        return set_string(field, value);
-}
-
-static int read_u64(sd_bus_message *m, void *field)
-{
-        return sd_bus_message_read_basic(m, 't', field);
-}
-
-static int read_double(sd_bus_message *m, void *field)
-{
-        return sd_bus_message_read_basic(m, 'd', field);
-}
-
-static int read_bool(sd_bus_message *m, void *field)
-{
-        int value, r;
-
-        r = sd_bus_message_read_basic(m, 'b', &value);
-        if (r < 0)
-                return r;
-        *(bool *)field = value;
-        return 0;
-}
-
-static int read_filesystems(sd_bus_message *m, void *field)
-{
-        struct filesystem_list *list = field, received;
-        int r;
-
-        r = bus_read_filesystems(m, &received);
-        if (r < 0)
-                return r;
-        filesystem_list_done(list);
-        *list = received;
-        return 0;
-}
-
-/* Seconds with a fixed three decimals, so JSON shows 41.235 rather than 41.234999999999999. */
-static struct json_object *json_seconds(uint64_t usec)
-{
-        char text[32];
-
-        snprintf(text, sizeof(text), "%.3f", (double)usec / 1e6);
-        return json_object_new_double_s((double)usec / 1e6, text);
-}
-
-static int read_phase_seconds(sd_bus_message *m, void *field)
-{
-        _cleanup_(json_object_putp) struct json_object *phases = json_object_new_object();
-        struct json_object **ret = field;
-        /* The element type: the array signature without its 'a'. */
-        const char *element = QTRIM_PHASE_TIME_ELEMENT;
-        const char *phase;
-        uint64_t usec;
-        int r;
-
-        if (!phases)
-                return -ENOMEM;
-
-        r = sd_bus_message_enter_container(m, 'a', element);
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_read(m, element, &phase, &usec)) > 0)
-                json_object_object_add(phases, phase, json_seconds(usec));
-        if (r < 0)
-                return r;
-        r = sd_bus_message_exit_container(m);
-        if (r < 0)
-                return r;
-
-        json_object_put(*ret);
-        *ret = TAKE_PTR(phases);
-        return 0;
-}
-
-struct job_property {
-        const char *name;
-        const char *signature;
-        int (*read)(sd_bus_message *m, void *field);
-        size_t offset;
-};
-
-#define JOB_FIELD(name) offsetof(struct job_properties, name)
-
-static const struct job_property job_property_table[] = {
-    {"Phase", "s", read_string, JOB_FIELD(phase)},
-    {"Progress", "d", read_double, JOB_FIELD(progress)},
-    {"Format", "s", read_string, JOB_FIELD(format)},
-    {"VirtualSize", "t", read_u64, JOB_FIELD(virtual_size)},
-    {"BytesBefore", "t", read_u64, JOB_FIELD(bytes_before)},
-    {"BytesAfter", "t", read_u64, JOB_FIELD(bytes_after)},
-    {"BytesTrimmed", "t", read_u64, JOB_FIELD(bytes_trimmed)},
-    {"Converted", "b", read_bool, JOB_FIELD(converted)},
-    {"Message", "s", read_string, JOB_FIELD(message)},
-    {"Filesystems", QTRIM_FS_ARRAY_SIGNATURE, read_filesystems, JOB_FIELD(filesystems)},
-    {"PhaseTimes", QTRIM_PHASE_TIME_SIGNATURE, read_phase_seconds, JOB_FIELD(phase_seconds)},
-    {"Error", "s", read_string, JOB_FIELD(error)},
-    {"ErrorMessage", "s", read_string, JOB_FIELD(error_message)},
-};
-
-static int read_job_property(sd_bus_message *m, const char *key, void *userdata)
-{
-        struct job_properties *props = userdata;
-        int r;
-
-        for (size_t i = 0; i < ELEMENTSOF(job_property_table); i++) {
-                const struct job_property *p = &job_property_table[i];
-
-                if (strcmp(p->name, key) != 0)
-                        continue;
-
-                r = sd_bus_message_enter_container(m, 'v', p->signature);
-                if (r < 0)
-                        return r;
-                r = p->read(m, (char *)props + p->offset);
-                if (r < 0)
-                        return r;
-                return sd_bus_message_exit_container(m);
-        }
-
-        /* Properties qtrimctl does not show, or that a newer qtrimd added. */
-        return sd_bus_message_skip(m, "v");
-}
-
-static void job_properties_done(struct job_properties *props)
-{
-        free(props->phase);
-        free(props->format);
-        free(props->message);
-        filesystem_list_done(&props->filesystems);
-        json_object_put(props->phase_seconds);
-        free(props->error);
-        free(props->error_message);
-}
-
 static void job_done(struct job *job)
 {
+        free(job->name);
         free(job->image);
         free(job->path);
         job_properties_done(&job->props);
         free(job->shown_phase);
+        free(job->sampled_phase);
         sd_bus_slot_unref(job->get_all_call);
         sd_bus_slot_unref(job->cancel_call);
 }
@@ -282,10 +125,12 @@ static void shrink_run_done(struct shrink_run *run)
         for (size_t i = 0; i < run->n_jobs; i++)
                 job_done(&run->jobs[i]);
         free(run->jobs);
+        free(run->drawn_widths);
 
         sd_bus_slot_unref(run->properties_changed_match);
         sd_bus_slot_unref(run->job_removed_match);
         sd_bus_slot_unref(run->name_owner_changed_match);
+        sd_event_source_disable_unref(run->tick);
         if (run->event) {
                 /* The connection outlives this run: leave it as it was given to us. */
                 sd_bus_set_exit_on_disconnect(run->bus, false);
@@ -306,13 +151,13 @@ static struct job *find_pending_job(struct shrink_run *run, const char *path)
         return NULL;
 }
 
-/* Progress: bars redrawn in place on a terminal, a line per phase change otherwise. */
+/* Progress: a line per running job redrawn in place on a terminal, a line per phase change
+ * otherwise. A line never reaches the last column: one that did would wrap, or leave the cursor
+ * waiting to wrap, and the next redraw would move up too few lines. */
 
-#define BAR_WIDTH 20
-/* What a bar line holds besides the image name: "  [", the bar, "]  ", "100%", "  ", and the
- * longest phase name, "discover". */
-#define BAR_LINE_OVERHEAD (3 + BAR_WIDTH + 3 + 4 + 2 + 8)
-#define NAME_WIDTH_MIN    12
+#define BAR_WIDTH_MAX  20
+#define BAR_WIDTH_MIN  10
+#define NAME_WIDTH_MIN 12
 
 static size_t terminal_columns(void)
 {
@@ -323,50 +168,158 @@ static size_t terminal_columns(void)
         return ws.ws_col;
 }
 
-/* A line that is wider than the terminal wraps and breaks the cursor arithmetic, so long names
- * lose their beginning: the file name at the end is what tells images apart. */
-static size_t name_column_width(const struct shrink_run *run)
+/* How many bytes of s fit in max_columns display columns; *ret_columns: how many they take. A
+ * byte that is not a character in the locale counts as one column, as terminals show one. */
+static size_t fit_columns(const char *s, size_t max_columns, size_t *ret_columns)
 {
-        size_t longest = 0;
+        mbstate_t state = {};
+        size_t at = 0, used = 0, len = strlen(s);
 
-        for (size_t i = 0; i < run->n_jobs; i++)
-                if (run->jobs[i].result == JOB_PENDING)
-                        longest = MAX(longest, strlen(run->jobs[i].name));
+        while (at < len) {
+                wchar_t wc;
+                size_t n = mbrtowc(&wc, s + at, len - at, &state);
+                int width = 1;
 
-        size_t columns = terminal_columns();
-        size_t room = columns > BAR_LINE_OVERHEAD + NAME_WIDTH_MIN ? columns - BAR_LINE_OVERHEAD - 1
-                                                                   : NAME_WIDTH_MIN;
-        return MIN(longest, room);
+                if (n == (size_t)-1 || n == (size_t)-2) {
+                        n = 1;
+                        memset(&state, 0, sizeof(state));
+                } else if (n == 0) {
+                        break;
+                } else {
+                        width = MAX(wcwidth(wc), 0);
+                }
+                if (used + (size_t)width > max_columns)
+                        break;
+                used += (size_t)width;
+                at += n;
+        }
+        if (ret_columns)
+                *ret_columns = used;
+        return at;
 }
 
+static size_t text_columns(const char *s)
+{
+        size_t columns;
+
+        fit_columns(s, SIZE_MAX, &columns);
+        return columns;
+}
+
+/* The name padded or cut to width columns: a cut name keeps its end, which tells images apart. */
 static void write_name_column(FILE *f, const char *name, size_t width)
 {
-        size_t len = strlen(name);
+        size_t columns = text_columns(name);
 
-        if (len <= width)
-                fprintf(f, "%-*s", (int)width, name);
-        else
-                fprintf(f, "...%s", name + len - (width - 3));
+        if (columns <= width) {
+                fprintf(f, "%s%*s", name, (int)(width - columns), "");
+                return;
+        }
+        size_t ellipsis = text_columns(glyphs.ellipsis);
+        size_t keep = width > ellipsis ? width - ellipsis : 0;
+        /* Skip the characters that leave more than keep columns. */
+        size_t skip = fit_columns(name, columns - keep, &columns);
+        size_t kept_columns = text_columns(name + skip);
+        fprintf(f, "%s%s%*s", glyphs.ellipsis, name + skip,
+                (int)(kept_columns < keep ? keep - kept_columns : 0), "");
 }
 
-static void write_bar_line(FILE *f, const struct job *job, size_t name_width)
+/* "43%  trim  1.2 GiB/4.0 GiB  120.0 MiB/s  ETA 32 s": what a line says besides the name and the
+ * bar. The rate is the phase's average since qtrimctl first saw the job in it. */
+static void format_job_status(const struct job *job, char *buf, size_t size)
 {
-        double fraction = isnan(job->props.progress) ? 0 : job->props.progress;
-        fraction = MAX(0.0, MIN(fraction, 1.0));
-        unsigned filled = (unsigned)(fraction * BAR_WIDTH);
+        const struct job_properties *p = &job->props;
+        double fraction = isnan(p->progress) ? 0 : MAX(0.0, MIN(p->progress, 1.0));
+        uint64_t done, total;
+        int n = snprintf(buf, size, "%3u%%  %s", (unsigned)(fraction * 100), p->phase ?: "");
 
-        write_name_column(f, job->name, name_width);
-        fputs("  [", f);
-        for (unsigned i = 0; i < BAR_WIDTH; i++)
-                fputc(i < filled ? '#' : '.', f);
-        fprintf(f, "]  %3u%%  %s\n", (unsigned)(fraction * 100), job->props.phase ?: "");
+        if (n < 0 || (size_t)n >= size || !job_phase_bytes(p, &done, &total))
+                return;
+        char done_text[FORMAT_BYTES_MAX], total_text[FORMAT_BYTES_MAX];
+        n += snprintf(buf + n, size - (size_t)n, "  %s/%s", format_bytes(done_text, done),
+                      format_bytes(total_text, total));
+
+        uint64_t elapsed = now_usec() - job->sampled_usec;
+        if (!job->sampled_phase || elapsed < 1000000 || done <= job->sampled_bytes ||
+            (size_t)n >= size)
+                return;
+        double rate = (double)(done - job->sampled_bytes) / ((double)elapsed / 1e6);
+        char rate_text[FORMAT_BYTES_MAX], eta_text[FORMAT_DURATION_MAX];
+        n += snprintf(buf + n, size - (size_t)n, "  %s/s", format_bytes(rate_text, (uint64_t)rate));
+        if ((size_t)n < size && total > done)
+                snprintf(
+                    buf + n, size - (size_t)n, "  ETA %s",
+                    format_duration(eta_text, (uint64_t)((double)(total - done) / rate * 1e6)));
 }
 
-static void write_bars_erase(FILE *f, unsigned lines)
+/* Remembers where a job's phase began, as qtrimctl saw it, for the rate. */
+static void sample_phase(struct job *job)
 {
-        /* Cursor up to the first bar, then clear to the end of the screen. */
-        if (lines > 0)
-                fprintf(f, "\033[%uA\033[J", lines);
+        uint64_t done, total;
+
+        if (!job->props.phase ||
+            (job->sampled_phase && strcmp(job->sampled_phase, job->props.phase) == 0))
+                return;
+        if (set_string(&job->sampled_phase, job->props.phase) < 0)
+                return;
+        job->sampled_bytes = job_phase_bytes(&job->props, &done, &total) ? done : 0;
+        job->sampled_usec = now_usec();
+}
+
+static void write_bar(FILE *f, double progress, size_t width)
+{
+        double fraction = isnan(progress) ? 0 : MAX(0.0, MIN(progress, 1.0));
+        size_t filled = (size_t)(fraction * (double)width);
+
+        fputc('[', f);
+        for (size_t i = 0; i < width; i++)
+                fputs(i < filled ? glyphs.bar_full : glyphs.bar_empty, f);
+        fputs("]  ", f);
+}
+
+/* Writes one job's line, cut to max_columns, and returns the columns it took. */
+static size_t write_job_line(FILE *f, const struct job *job, size_t name_width, size_t bar_width,
+                             size_t max_columns)
+{
+        _cleanup_free_ char *line = NULL;
+        size_t line_size = 0;
+        char status[160];
+        FILE *m = open_memstream(&line, &line_size);
+        if (!m)
+                return 0;
+
+        format_job_status(job, status, sizeof(status));
+        write_name_column(m, job->name, name_width);
+        fputs("  ", m);
+        if (bar_width > 0)
+                write_bar(m, job->props.progress, bar_width);
+        fputs(status, m);
+        if (fclose(m) != 0)
+                return 0;
+
+        size_t columns;
+        size_t bytes = fit_columns(line, max_columns, &columns);
+        fwrite(line, 1, bytes, f);
+        fputs("\033[K\n", f);
+        return columns;
+}
+
+/* Moves the cursor back to where the first progress line began and clears from there. The \r
+ * first: the terminal may have echoed "^C" after the last line. Lines drawn for a wider terminal
+ * take more rows once it shrank, as terminals re-wrap them. */
+static void write_erase(FILE *f, struct shrink_run *run)
+{
+        size_t rows = 0;
+
+        for (size_t i = 0; i < run->n_drawn; i++)
+                rows += run->drawn_widths[i] == 0
+                            ? 1
+                            : (run->drawn_widths[i] + run->columns - 1) / run->columns;
+        fputc('\r', f);
+        if (rows > 0)
+                fprintf(f, "\033[%zuA", rows);
+        fputs("\033[J", f);
+        run->n_drawn = 0;
 }
 
 /* Builds the whole frame in memory so the terminal gets it in one write and does not flicker. */
@@ -378,32 +331,57 @@ static void progress_redraw(struct shrink_run *run)
         if (!f)
                 return; /* a missed frame is no reason to stop */
 
-        write_bars_erase(f, run->progress_lines);
-        run->progress_lines = 0;
+        write_erase(f, run);
 
-        size_t name_width = name_column_width(run);
+        /* The same layout for every line: names padded to the longest, then the bar, which
+         * shrinks or goes before the names are cut; what still does not fit is cut at the
+         * end. */
+        size_t longest_name = 0, longest_status = 0, max_columns = run->columns - 1;
+        for (size_t i = 0; i < run->n_jobs; i++) {
+                const struct job *job = &run->jobs[i];
+                char status[160];
+
+                if (job->result != JOB_PENDING)
+                        continue;
+                format_job_status(job, status, sizeof(status));
+                longest_name = MAX(longest_name, text_columns(job->name));
+                longest_status = MAX(longest_status, text_columns(status));
+        }
+        size_t name_width = longest_name, bar_width = BAR_WIDTH_MAX;
+        size_t rest = 2 + longest_status; /* "  " after the name */
+        while (bar_width > BAR_WIDTH_MIN && name_width + rest + bar_width + 4 > max_columns)
+                bar_width--;
+        if (name_width + rest + bar_width + 4 > max_columns)
+                bar_width = 0;
+        if (bar_width == 0 && name_width + rest > max_columns)
+                name_width = MAX(MIN(longest_name, (size_t)NAME_WIDTH_MIN),
+                                 max_columns > rest ? max_columns - rest : 0);
+
         for (size_t i = 0; i < run->n_jobs; i++) {
                 const struct job *job = &run->jobs[i];
 
-                if (job->result == JOB_PENDING) {
-                        write_bar_line(f, job, name_width);
-                        run->progress_lines++;
-                }
+                if (job->result == JOB_PENDING)
+                        run->drawn_widths[run->n_drawn++] =
+                            write_job_line(f, job, name_width, bar_width, max_columns);
         }
 
         if (fflush(f) == 0)
                 (void)write_all(STDERR_FILENO, frame, frame_size);
 }
 
-/* Called before anything else is written to stderr or stdout while bars may be shown. */
+/* Called before anything else is written to stderr or stdout while progress lines may be
+ * shown. */
 static void progress_clear(struct shrink_run *run)
 {
-        write_bars_erase(stderr, run->progress_lines);
-        run->progress_lines = 0;
+        if (!run->tty)
+                return;
+        write_erase(stderr, run);
+        fflush(stderr);
 }
 
 static void progress_show(struct shrink_run *run, struct job *job)
 {
+        sample_phase(job);
         if (run->tty) {
                 progress_redraw(run);
                 return;
@@ -419,6 +397,146 @@ static void progress_show(struct shrink_run *run, struct job *job)
                 fprintf(stderr, "%s: %s\n", job->name, phase);
 }
 
+static int on_tick(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        struct shrink_run *run = userdata;
+
+        progress_redraw(run);
+        (void)sd_event_source_set_time_relative(s, 1000000);
+        return sd_event_source_set_enabled(s, SD_EVENT_ON);
+}
+
+static int on_window_change(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+        struct shrink_run *run = userdata;
+
+        run->columns = terminal_columns();
+        progress_redraw(run);
+        return 0;
+}
+
+/* Reporting: each job as soon as it ends. */
+
+/* One line per volume: what was done with it, or why not. A volume without a filesystem (a
+ * gap, free extents) is named with where it lies. */
+static void print_volume(const struct filesystem *fs)
+{
+        char bytes[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX], offset[FORMAT_BYTES_MAX];
+
+        printf("  %s", fs->name);
+        if (*fs->fstype)
+                printf(" (%s)", fs->fstype);
+        else
+                printf(" (%s at %s)", format_bytes(size, fs->size),
+                       format_bytes(offset, fs->offset));
+        if (strcmp(fs->state, "trimmed") == 0 || strcmp(fs->state, "discarded") == 0)
+                printf(": %s %s", format_bytes(bytes, fs->trimmed), fs->state);
+        else
+                printf(": %s", fs->state);
+        if (*fs->message)
+                printf(strcmp(fs->state, "discarded") == 0 ? ", %s" : ": %s", fs->message);
+        printf("\n");
+}
+
+/* "in 41 s", and ", after 3 s queued" when it waited more than a second: the time the job
+ * worked, from qtrimd's StartedAt and FinishedAt (the wall time here from an older qtrimd). */
+static void print_job_time(const struct job *job)
+{
+        const struct job_properties *p = &job->props;
+        char took[FORMAT_DURATION_MAX], queued[FORMAT_DURATION_MAX];
+
+        if (p->started_at == 0 || p->finished_at < p->started_at) {
+                printf(" in %s", format_duration(took, job->ended_usec - job->started_usec));
+                return;
+        }
+        printf(" in %s", format_duration(took, p->finished_at - p->started_at));
+        if (p->queued_at > 0 && p->started_at > p->queued_at + 1000000)
+                printf(", after %s queued", format_duration(queued, p->started_at - p->queued_at));
+}
+
+static void print_done_job(const struct job *job)
+{
+        const struct job_properties *p = &job->props;
+        char before[FORMAT_BYTES_MAX], after[FORMAT_BYTES_MAX], amount[FORMAT_BYTES_MAX];
+        int64_t reclaimed = job_bytes_reclaimed(p);
+        const char *message = empty_to_null(p->message);
+
+        if (p->nothing_to_trim) {
+                printf("%s: nothing to trim%s%s\n", job->name, message ? ": " : "", message ?: "");
+                return;
+        }
+
+        printf("%s: %s %s %s allocated", job->name, format_bytes(before, p->bytes_before),
+               glyphs.arrow, format_bytes(after, p->bytes_after));
+        if (reclaimed > 0)
+                printf(" (%s reclaimed)", format_bytes(amount, (uint64_t)reclaimed));
+        else if (reclaimed < 0)
+                printf(" (grew by %s%s%s)", format_bytes(amount, (uint64_t)-reclaimed),
+                       message ? ": " : "", message ?: "");
+        else
+                printf(" (nothing reclaimed)");
+        print_job_time(job);
+        printf("\n");
+
+        for (size_t i = 0; i < p->filesystems.n; i++)
+                print_volume(&p->filesystems.items[i]);
+
+        if (message && reclaimed >= 0)
+                printf("  note: %s\n", message);
+}
+
+/* What a canceled job left: qtrimd's ImageState. */
+static const char *canceled_image_state(const char *image_state)
+{
+        if (!image_state)
+                return NULL;
+        if (strcmp(image_state, "untouched") == 0)
+                return "the image is as it was";
+        if (strcmp(image_state, "trimmed") == 0)
+                return "trimmed in place, not converted";
+        if (strcmp(image_state, "compacted") == 0)
+                return "already replaced by its compact copy";
+        return image_state;
+}
+
+/* Failures go to stderr whatever the output format; --json replaces the summary on stdout. */
+static void report_job(const struct job *job, bool json)
+{
+        const struct job_properties *p = &job->props;
+
+        switch (job->result) {
+        case JOB_DONE:
+                if (!json)
+                        print_done_job(job);
+                break;
+        case JOB_FAILED: {
+                const sd_bus_error error = SD_BUS_ERROR_MAKE_CONST(
+                    empty_to_null(p->error) ?: qt_error_dbus_name(QT_ERR_FAILED),
+                    empty_to_null(p->error_message) ?: "no reason given");
+                print_bus_error(&error, -EIO, "%s: failed", job->name);
+                break;
+        }
+        case JOB_CANCELED: {
+                const char *state = canceled_image_state(empty_to_null(p->image_state));
+                fprintf(stderr, "qtrimctl: %s: canceled%s%s\n", job->name, state ? "; " : "",
+                        state ?: "");
+                break;
+        }
+        case JOB_GONE:
+                fprintf(stderr,
+                        "qtrimctl: %s: no such job (it has ended, or never existed); see "
+                        "qtrimctl list\n",
+                        job->name);
+                break;
+        case JOB_REFUSED: /* said when Shrink returned */
+        case JOB_SKIPPED:
+        case JOB_UNSUBMITTED: /* none left once the jobs have been waited for */
+        case JOB_PENDING:
+                break;
+        }
+        fflush(stdout);
+}
+
 /* Job lifecycle. */
 
 static void job_end(struct shrink_run *run, struct job *job, enum job_result result)
@@ -426,7 +544,10 @@ static void job_end(struct shrink_run *run, struct job *job, enum job_result res
         job->result = result;
         job->ended_usec = now_usec();
         run->n_pending--;
-        if (run->tty)
+        progress_clear(run);
+        report_job(job, run->json);
+        job->reported = true;
+        if (run->tty && run->n_pending > 0)
                 progress_redraw(run);
 }
 
@@ -489,13 +610,16 @@ static int on_get_all_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
         const sd_bus_error *error = sd_bus_message_get_error(reply);
         int r;
 
-        /* A job that is already gone has told us everything through the queued signals. */
+        /* A job that is already gone has told us everything through the queued signals; one
+         * still pending here never existed for us (wait named an ended job). */
         if (error) {
                 if (!bus_error_is_job_gone(error)) {
                         progress_clear(job->run);
                         print_bus_error(error, sd_bus_message_get_errno(reply),
-                                        "qtrimctl: failed to get the properties of %s, ignoring",
-                                        job->path);
+                                        "failed to get the properties of %s, ignoring", job->path);
+                } else if (job->result == JOB_PENDING) {
+                        job_end(job->run, job, JOB_GONE);
+                        exit_when_all_ended(job->run);
                 }
                 return 0;
         }
@@ -506,6 +630,9 @@ static int on_get_all_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 log_errno(r, "failed to read the properties of %s, ignoring", job->path);
                 return 0;
         }
+        /* wait: the job is named by its image from now on. */
+        if (job->run->adopted && job->props.image)
+                (void)set_string(&job->name, job->props.image);
 
         progress_show(job->run, job);
         return 0;
@@ -563,8 +690,8 @@ static int on_cancel_reply(sd_bus_message *reply, void *userdata, sd_bus_error *
         /* A job that ended meanwhile needs no cancelling; its JobRemoved is on the way. */
         if (error && !bus_error_is_job_gone(error)) {
                 progress_clear(job->run);
-                print_bus_error(error, sd_bus_message_get_errno(reply),
-                                "qtrimctl: failed to cancel %s", job->name);
+                print_bus_error(error, sd_bus_message_get_errno(reply), "%s: cannot cancel",
+                                job->name);
         }
         return 0;
 }
@@ -573,6 +700,15 @@ static int on_interrupt(sd_event_source *s, const struct signalfd_siginfo *si, v
 {
         struct shrink_run *run = userdata;
         int r;
+
+        /* wait: the jobs are not ours to cancel. */
+        if (run->adopted) {
+                progress_clear(run);
+                fprintf(stderr, "qtrimctl: stopped waiting; the jobs go on (qtrimctl cancel JOB "
+                                "stops one)\n");
+                fflush(stdout);
+                _exit(130);
+        }
 
         /* A second one: the user will not wait (a qtrimd that does not answer). The jobs were
          * asked to cancel already and go on tearing down without us. */
@@ -617,7 +753,9 @@ static int add_jobs(struct shrink_run *run, char **images, size_t n_images)
                 struct job *job = &run->jobs[i];
 
                 job->run = run;
-                job->name = images[i];
+                job->name = strdup(images[i]);
+                if (!job->name)
+                        return log_errno(-ENOMEM, "failed to allocate the jobs");
                 r = image_path_absolute(images[i], &job->image);
                 if (r < 0)
                         return log_errno(r, "failed to make %s an absolute path", images[i]);
@@ -637,18 +775,31 @@ static int setup_event_loop(struct shrink_run *run)
 
         /* Blocked from here until qtrimctl exits: an interrupt that arrives while the Shrink calls
          * are being made stays pending for the loop (see interrupt_pending()), and one that comes
-         * too late to cancel anything must not kill qtrimctl before it has reported. */
+         * too late to cancel anything must not kill qtrimctl before it has reported. SIGWINCH
+         * is read by the loop too. */
         sigemptyset(&mask);
         for (size_t i = 0; i < ELEMENTSOF(interrupts); i++)
                 sigaddset(&mask, interrupts[i]);
+        sigaddset(&mask, SIGWINCH);
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return log_errno(-errno, "failed to block SIGINT and SIGTERM");
+                return log_errno(-errno, "failed to block SIGINT, SIGTERM and SIGWINCH");
 
         for (size_t i = 0; i < ELEMENTSOF(interrupts); i++) {
                 r = sd_event_add_signal(run->event, NULL, interrupts[i], on_interrupt, run);
                 if (r < 0)
                         return log_errno(r, "failed to watch for SIG%s",
                                          sigabbrev_np(interrupts[i]));
+        }
+
+        if (run->tty) {
+                r = sd_event_add_signal(run->event, NULL, SIGWINCH, on_window_change, run);
+                if (r < 0)
+                        return log_errno(r, "failed to watch for SIGWINCH");
+                /* The rate and the ETA move when the job does not: redraw every second. */
+                r = sd_event_add_time_relative(run->event, &run->tick, CLOCK_MONOTONIC, 1000000, 0,
+                                               on_tick, run);
+                if (r < 0)
+                        return log_errno(r, "failed to add a timer");
         }
 
         r = sd_bus_attach_event(run->bus, run->event, SD_EVENT_PRIORITY_NORMAL);
@@ -694,18 +845,71 @@ static bool refusal_is_skip(const sd_bus_error *error)
             qt_error_dbus_name(QT_ERR_HAS_OVERLAYS), qt_error_dbus_name(QT_ERR_ALREADY_RUNNING));
 }
 
-static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_error *error)
+/* The job qtrimd has for image, from ListJobs, which names images as qtrimd resolved them.
+ * Returns 1 with its id and state, 0 if there is none (the duplicate is a request still being
+ * checked, or the job ended meanwhile), or a negative errno. */
+static int find_job_of_image(sd_bus *bus, const char *image, uint32_t *ret_id, char **ret_state)
 {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_free_ char *resolved = realpath(image, NULL);
+        const char *listed, *state, *path;
+        uint32_t id;
         int r;
 
-        job->result = JOB_REFUSED;
-        if (run->sweep && refusal_is_skip(error)) {
-                job->result = JOB_SKIPPED;
-                printf("%s: skipped: %s\n", job->name, error->message ?: "");
-        } else if (run->sweep) {
-                fprintf(stderr, "%s: failed: %s (%s)\n", job->name, error->message ?: "",
-                        error->name ?: "");
+        r = bus_call_method(bus, NULL, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "ListJobs", NULL,
+                            &reply, NULL);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(reply, 'a', "(usso)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(reply, "(usso)", &id, &listed, &state, &path)) > 0)
+                if (strcmp(listed, image) == 0 || (resolved && strcmp(listed, resolved) == 0)) {
+                        *ret_id = id;
+                        return set_string(ret_state, state) < 0 ? -ENOMEM : 1;
+                }
+        return r;
+}
+
+/* "already has a job": qtrimd says which image, the user wants to know which job. */
+static void print_already_running(struct shrink_run *run, struct job *job,
+                                  const sd_bus_error *error)
+{
+        _cleanup_free_ char *state = NULL;
+        uint32_t id;
+
+        if (find_job_of_image(run->bus, job->image, &id, &state) <= 0) {
+                print_bus_error(error, -EBUSY, "%s", job->name);
+                return;
         }
+        if (run->sweep)
+                printf("%s: skipped: already has job %" PRIu32 " (%s)\n", job->name, id, state);
+        else
+                fprintf(stderr,
+                        "qtrimctl: %s: already has job %" PRIu32 " (%s); follow it with qtrimctl "
+                        "wait %" PRIu32 "\n",
+                        job->name, id, state, id);
+}
+
+/* Records a refusal and says it. Returns 0, or a negative errno when qtrimctl cannot go on:
+ * qtrimd is missing (said once), or out of memory. */
+static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_error *error, int r)
+{
+        if (bus_error_is_daemon_missing(error)) {
+                print_bus_error(error, r, "%s", job->name);
+                return -EHOSTDOWN;
+        }
+
+        job->result = JOB_REFUSED;
+        if (run->sweep && refusal_is_skip(error))
+                job->result = JOB_SKIPPED;
+        if (sd_bus_error_has_name(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING)))
+                print_already_running(run, job, error);
+        else if (job->result == JOB_SKIPPED)
+                printf("%s: skipped: %s\n", job->name, error->message ?: "");
+        else
+                print_bus_error(error, r, run->sweep ? "%s: failed" : "%s", job->name);
+        job->reported = true;
         job->ended_usec = now_usec();
         r = set_string(&job->props.error, error->name ?: "");
         if (r >= 0)
@@ -722,15 +926,15 @@ static int submit_job(struct shrink_run *run, struct job *job)
         int r;
 
         job->started_usec = now_usec();
-        /* A sweep says what a refusal means itself (job_refused). */
-        r = bus_call_method(run->bus, run->sweep ? NULL : job->name, QTRIM_MANAGER_PATH,
-                            QTRIM_MANAGER_IFACE, "Shrink", &error, &reply, "sa{sv}", job->image,
+        /* job_refused() says what a refusal means. */
+        r = bus_call_method(run->bus, NULL, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Shrink",
+                            &error, &reply, "sa{sv}", job->image,
                             /* the format option last, and only when declared */
                             run->format ? 4 : 3, QTRIM_OPT_CONVERT, "b", run->convert,
                             QTRIM_OPT_IF_CHANGED, "b", run->sweep, QTRIM_OPT_TRIM_GAPS, "b",
                             !run->keep_gaps, QTRIM_OPT_FORMAT, "s", run->format);
         if (r < 0)
-                return job_refused(run, job, &error);
+                return job_refused(run, job, &error, r);
 
         r = sd_bus_message_read(reply, "o", &path);
         if (r < 0)
@@ -774,6 +978,8 @@ static int submit_and_watch_jobs(struct shrink_run *run)
                 /* After Ctrl-C, queue nothing more; the loop then cancels what was queued. */
                 if (interrupt_pending()) {
                         job->result = JOB_CANCELED;
+                        if (set_string(&job->props.image_state, "untouched") < 0)
+                                return log_errno(-ENOMEM, "failed to record %s", job->name);
                         continue;
                 }
 
@@ -809,75 +1015,6 @@ static int wait_for_jobs(struct shrink_run *run)
         return 0;
 }
 
-/* Reporting. */
-
-/* One line per volume: what was done with it, or why not. A volume without a filesystem (a
- * gap, free extents) is named with where it lies. */
-static void print_volume(const struct filesystem *fs)
-{
-        char bytes[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX], offset[FORMAT_BYTES_MAX];
-
-        printf("  %s", fs->name);
-        if (*fs->fstype)
-                printf(" (%s)", fs->fstype);
-        else
-                printf(" (%s at %s)", format_bytes(size, fs->size),
-                       format_bytes(offset, fs->offset));
-        if (strcmp(fs->state, "trimmed") == 0 || strcmp(fs->state, "discarded") == 0)
-                printf(": %s %s", format_bytes(bytes, fs->trimmed), fs->state);
-        else
-                printf(": %s", fs->state);
-        if (*fs->message)
-                printf(strcmp(fs->state, "discarded") == 0 ? ", %s" : ": %s", fs->message);
-        printf("\n");
-}
-
-static void print_done_job(const struct job *job)
-{
-        const struct job_properties *p = &job->props;
-        char before[FORMAT_BYTES_MAX], after[FORMAT_BYTES_MAX], reclaimed[FORMAT_BYTES_MAX];
-        char duration[FORMAT_DURATION_MAX];
-
-        printf("%s: %s → %s allocated", job->name, format_bytes(before, p->bytes_before),
-               format_bytes(after, p->bytes_after));
-        if (p->bytes_after < p->bytes_before)
-                printf(" (%s reclaimed)",
-                       format_bytes(reclaimed, p->bytes_before - p->bytes_after));
-        else
-                printf(" (nothing reclaimed)");
-        printf(" in %s\n", format_duration(duration, job->ended_usec - job->started_usec));
-
-        for (size_t i = 0; i < p->filesystems.n; i++)
-                print_volume(&p->filesystems.items[i]);
-
-        if (empty_to_null(p->message))
-                printf("  note: %s\n", p->message);
-}
-
-/* Failures go to stderr whatever the output format; --json replaces the summary on stdout. */
-static void report_job(const struct job *job, bool json)
-{
-        switch (job->result) {
-        case JOB_DONE:
-                if (!json)
-                        print_done_job(job);
-                break;
-        case JOB_FAILED:
-                fprintf(stderr, "%s: failed: %s (%s)\n", job->name, job->props.error_message ?: "",
-                        job->props.error ?: "");
-                break;
-        case JOB_CANCELED:
-                fprintf(stderr, "%s: canceled\n", job->name);
-                break;
-        case JOB_REFUSED: /* said when Shrink returned */
-        case JOB_SKIPPED:
-                break;
-        case JOB_UNSUBMITTED: /* none left once the jobs have been waited for */
-        case JOB_PENDING:
-                break;
-        }
-}
-
 static struct json_object *job_to_json(const struct job *job)
 {
         const struct job_properties *p = &job->props;
@@ -885,7 +1022,7 @@ static struct json_object *job_to_json(const struct job *job)
         bool had_job = job->path != NULL;
         struct json_object *o = json_object_new_object();
 
-        json_object_object_add(o, "image", json_object_new_string(job->image));
+        json_object_object_add(o, "image", json_string_or_null(job->image ?: job->props.image));
         json_object_object_add(o, "result", json_object_new_string(job_result_names[job->result]));
         json_object_object_add(o, "error", json_string_or_null(empty_to_null(p->error)));
         json_object_object_add(o, "error_message",
@@ -919,23 +1056,34 @@ static void print_json(const struct shrink_run *run)
         json_print(array);
 }
 
+/* Failed (or refused, or gone) beats canceled, which beats done. */
 static int exit_status(const struct shrink_run *run)
 {
+        int status = EXIT_SUCCESS;
+
         for (size_t i = 0; i < run->n_jobs; i++)
-                if (run->jobs[i].result != JOB_DONE && run->jobs[i].result != JOB_SKIPPED)
+                switch (run->jobs[i].result) {
+                case JOB_DONE:
+                case JOB_SKIPPED:
+                        break;
+                case JOB_CANCELED:
+                        status = EXIT_CANCELED;
+                        break;
+                default:
                         return EXIT_FAILURE;
-        return EXIT_SUCCESS;
+                }
+        return status;
 }
 
 static void add_totals(const struct shrink_run *run, struct shrink_totals *t)
 {
         for (size_t i = 0; i < run->n_jobs; i++) {
                 const struct job *job = &run->jobs[i];
-                const struct job_properties *p = &job->props;
-                if (job->result == JOB_DONE) {
+                if (job->result == JOB_DONE && job->props.nothing_to_trim) {
+                        t->skipped++;
+                } else if (job->result == JOB_DONE) {
                         t->shrunk++;
-                        if (p->bytes_after < p->bytes_before)
-                                t->reclaimed += p->bytes_before - p->bytes_after;
+                        t->reclaimed += job_bytes_reclaimed(&job->props);
                 } else if (job->result == JOB_SKIPPED) {
                         t->skipped++;
                 } else if (job->result == JOB_CANCELED) {
@@ -943,6 +1091,8 @@ static void add_totals(const struct shrink_run *run, struct shrink_totals *t)
                 } else {
                         t->failed++;
                 }
+                if (t->json)
+                        json_object_array_add(t->json, job_to_json(job));
         }
 }
 
@@ -965,6 +1115,49 @@ static int submit_jobs_and_print_paths(struct shrink_run *run)
         return status;
 }
 
+static int follow_jobs(struct shrink_run *run)
+{
+        int r;
+
+        run->columns = terminal_columns();
+        run->drawn_widths = calloc(run->n_jobs, sizeof(*run->drawn_widths));
+        if (!run->drawn_widths)
+                return log_errno(-ENOMEM, "failed to allocate the progress lines");
+
+        r = setup_event_loop(run);
+        if (r < 0)
+                return r;
+        r = add_matches(run);
+        if (r < 0)
+                return r;
+        if (run->adopted) {
+                for (size_t i = 0; i < run->n_jobs; i++) {
+                        run->jobs[i].result = JOB_PENDING;
+                        run->n_pending++;
+                        r = fetch_job_properties(run, &run->jobs[i]);
+                        if (r < 0)
+                                return r;
+                }
+        } else {
+                r = submit_and_watch_jobs(run);
+                if (r < 0)
+                        return r;
+        }
+        r = wait_for_jobs(run);
+        if (r < 0)
+                return r;
+
+        /* What ended without a JobRemoved: images never submitted after an interrupt. */
+        for (size_t i = 0; i < run->n_jobs; i++)
+                if (!run->jobs[i].reported)
+                        report_job(&run->jobs[i], run->json);
+        if (run->totals)
+                add_totals(run, run->totals);
+        else if (run->json)
+                print_json(run);
+        return exit_status(run);
+}
+
 int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shrink_options *opts)
 {
         _cleanup_(shrink_run_done) struct shrink_run run = {
@@ -973,6 +1166,8 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
             .format = opts->format,
             .keep_gaps = opts->keep_gaps,
             .sweep = opts->sweep,
+            .json = opts->json,
+            .totals = opts->totals,
             .tty = isatty(STDERR_FILENO),
         };
         int r;
@@ -983,26 +1178,31 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
 
         if (!opts->block)
                 return submit_jobs_and_print_paths(&run);
+        return follow_jobs(&run);
+}
 
-        r = setup_event_loop(&run);
-        if (r < 0)
-                return r;
-        r = add_matches(&run);
-        if (r < 0)
-                return r;
-        r = submit_and_watch_jobs(&run);
-        if (r < 0)
-                return r;
-        r = wait_for_jobs(&run);
-        if (r < 0)
-                return r;
+int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json)
+{
+        _cleanup_(shrink_run_done) struct shrink_run run = {
+            .bus = bus,
+            .json = json,
+            .adopted = true,
+            .tty = isatty(STDERR_FILENO),
+        };
 
-        for (size_t i = 0; i < run.n_jobs; i++)
-                report_job(&run.jobs[i], opts->json);
-        if (opts->json)
-                print_json(&run);
-        if (opts->totals)
-                add_totals(&run, opts->totals);
+        run.jobs = calloc(n_paths, sizeof(*run.jobs));
+        if (!run.jobs)
+                return log_errno(-ENOMEM, "failed to allocate the jobs");
+        run.n_jobs = n_paths;
+        for (size_t i = 0; i < n_paths; i++) {
+                struct job *job = &run.jobs[i];
+                const char *id = strrchr(paths[i], '/') + 1;
 
-        return exit_status(&run);
+                job->run = &run;
+                job->started_usec = now_usec();
+                /* Named by its image once GetAll has said which. */
+                if (asprintf(&job->name, "job %s", id) < 0 || !(job->path = strdup(paths[i])))
+                        return log_errno(-ENOMEM, "failed to allocate the jobs");
+        }
+        return follow_jobs(&run);
 }

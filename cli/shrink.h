@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,7 +14,8 @@
 /* What a sweep adds up over its batches of images. */
 struct shrink_totals {
         unsigned shrunk, skipped, failed, canceled;
-        uint64_t reclaimed; /* host bytes, over the images that were shrunk */
+        int64_t reclaimed;        /* host bytes, over the images that were shrunk */
+        struct json_object *json; /* --json: an array each image's object is added to */
 };
 
 struct shrink_options {
@@ -30,9 +32,14 @@ struct shrink_options {
 };
 
 /* Returns EXIT_SUCCESS if every image was shrunk (or, in a sweep, skipped), EXIT_FAILURE if any
- * was refused, failed or was canceled, or a negative errno (already reported) if qtrimctl itself
- * could not go on. */
+ * was refused or failed, EXIT_CANCELED if none of those but some were canceled, or a negative
+ * errno (already reported) if qtrimctl itself could not go on. */
 int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shrink_options *opts);
+
+/* qtrimctl wait: follows jobs that exist already (object paths) to their end and reports them
+ * as shrink does, with the same exit statuses; a job that does not exist is a failure. An
+ * interrupt stops the waiting and leaves the jobs alone. */
+int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json);
 
 /* qtrimctl shrink --all: every image in qtrimd's ImageDirectories whose name matches its
  * SweepPatterns, one line each and a summary. EXIT_FAILURE if any failed. */

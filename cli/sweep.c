@@ -75,17 +75,21 @@ static void strv_free(char **v)
 
 /* Regular files matching a pattern, directly in dir; not hidden ones (qtrim's own temporary
  * copies are ".NAME.qtrim-XXXXXX"). A directory that cannot be read is a failure. */
-static int collect(const char *dir, char **patterns, struct image_list *images)
+static int collect(const char *dir, char **patterns, bool json, struct image_list *images)
 {
         DIR *d = opendir(dir);
         if (!d && errno == ENOENT) {
                 /* The default, /var/lib/libvirt/images, on a host without libvirt. */
-                printf("%s: does not exist, skipped\n", dir);
+                if (!json)
+                        printf("%s: does not exist, skipped\n", dir);
                 return 0;
         }
         if (!d) {
                 int r = -errno;
-                fprintf(stderr, "%s: cannot read the directory: %s\n", dir, strerror(errno));
+                fprintf(stderr,
+                        "qtrimctl: %s: cannot read the directory: %s; check ImageDirectories= in "
+                        "qtrimd.conf\n",
+                        dir, strerror(errno));
                 return r;
         }
         struct dirent *de;
@@ -119,7 +123,7 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         if (r >= 0)
                 r = get_strv_property(bus, "SweepPatterns", &patterns);
         for (char **d = dirs; r >= 0 && *d; d++) {
-                r = collect(*d, patterns, &images);
+                r = collect(*d, patterns, opts->json, &images);
                 if (r == -ENOMEM)
                         break;
                 if (r < 0) {
@@ -134,6 +138,10 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         struct shrink_options batch = *opts;
         batch.sweep = true;
         batch.totals = &totals;
+        if (opts->json && !(totals.json = json_object_new_array())) {
+                r = log_errno(-ENOMEM, "failed to sweep");
+                goto out;
+        }
         /* Ctrl-C (or systemctl stop) cancels the batch under way and ends the sweep. */
         for (size_t i = 0; i < images.n && totals.canceled == 0; i += SWEEP_BATCH) {
                 size_t n = images.n - i < SWEEP_BATCH ? images.n - i : SWEEP_BATCH;
@@ -142,14 +150,37 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
                         goto out;
         }
 
-        char reclaimed[FORMAT_BYTES_MAX], took[FORMAT_DURATION_MAX];
-        printf("sweep: %zu image(s): %u shrunk, %u skipped, %u failed; %s reclaimed in %s%s%s\n",
-               images.n, totals.shrunk, totals.skipped, totals.failed,
-               format_bytes(reclaimed, totals.reclaimed),
-               format_duration(took, now_usec() - started), totals.canceled ? "; canceled" : "",
-               unreadable ? "; some image directories could not be read" : "");
-        r = totals.failed || totals.canceled || unreadable ? EXIT_FAILURE : EXIT_SUCCESS;
+        uint64_t took_usec = now_usec() - started;
+        if (opts->json) {
+                struct json_object *o = json_object_new_object();
+                json_object_object_add(o, "images", json_object_get(totals.json));
+                json_object_object_add(o, "shrunk", json_object_new_int64(totals.shrunk));
+                json_object_object_add(o, "skipped", json_object_new_int64(totals.skipped));
+                json_object_object_add(o, "failed", json_object_new_int64(totals.failed));
+                json_object_object_add(o, "canceled", json_object_new_int64(totals.canceled));
+                json_object_object_add(o, "bytes_reclaimed",
+                                       json_object_new_int64(totals.reclaimed));
+                json_object_object_add(o, "seconds", json_seconds(took_usec));
+                json_object_object_add(o, "unreadable_directories",
+                                       json_object_new_int64(unreadable));
+                json_print(o);
+                json_object_put(o);
+        } else {
+                char amount[FORMAT_BYTES_MAX], took[FORMAT_DURATION_MAX];
+                bool grew = totals.reclaimed < 0;
+                uint64_t amount_bytes = (uint64_t)(grew ? -totals.reclaimed : totals.reclaimed);
+                printf("sweep: %zu image(s): %u shrunk, %u skipped, %u failed; %s%s%s in %s%s%s\n",
+                       images.n, totals.shrunk, totals.skipped, totals.failed,
+                       grew ? "grew by " : "", format_bytes(amount, amount_bytes),
+                       grew ? "" : " reclaimed", format_duration(took, took_usec),
+                       totals.canceled ? "; canceled" : "",
+                       unreadable ? "; some image directories could not be read" : "");
+        }
+        r = totals.failed || unreadable ? EXIT_FAILURE
+            : totals.canceled           ? EXIT_CANCELED
+                                        : EXIT_SUCCESS;
 out:
+        json_object_put(totals.json);
         image_list_done(&images);
         strv_free(dirs);
         strv_free(patterns);

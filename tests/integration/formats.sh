@@ -95,14 +95,14 @@ make_whole_qcow2 "$sweep_dir/real.img"
 qt_expect_files
 before_real=$(allocated_bytes "$sweep_dir/real.img")
 rc=0
-qt_qtrimctl shrink --all >"$QT_WORK/sweep.out" 2>&1 || rc=$?
+qt_qtrimctl shrink --all --verbose >"$QT_WORK/sweep.out" 2>&1 || rc=$?
 sed 's/^/    | /' "$QT_WORK/sweep.out"
 expect "sweep exit status" "$rc" 1
-grep -qE "^$sweep_dir/hostile.raw: failed: its first bytes are a qcow2 header but its name says raw.*\($mismatch\)" "$QT_WORK/sweep.out" ||
+grep -qE "^qtrimctl: $sweep_dir/hostile.raw: failed: its first bytes are a qcow2 header but its name says raw.*\($mismatch\)" "$QT_WORK/sweep.out" ||
         failures+=("the sweep did not refuse hostile.raw with FormatMismatch")
-grep -qE "^$sweep_dir/nested.qcow2: failed: configured as raw, but its first bytes are a qcow2 header; refusing \($mismatch\)" "$QT_WORK/sweep.out" ||
+grep -qE "^qtrimctl: $sweep_dir/nested.qcow2: failed: configured as raw, but its first bytes are a qcow2 header; refusing \($mismatch\)" "$QT_WORK/sweep.out" ||
         failures+=("the sweep did not refuse nested.qcow2 (configured raw) with FormatMismatch")
-grep -qE "^$sweep_dir/real.img: .* → .* allocated" "$QT_WORK/sweep.out" ||
+grep -qE "^$sweep_dir/real.img: .* (→|->) .* allocated" "$QT_WORK/sweep.out" ||
         failures+=("the sweep did not shrink real.img (qcow2, configured by Formats=*.img:qcow2)")
 grep -qE '^sweep: 3 image\(s\): 1 shrunk, 0 skipped, 2 failed' "$QT_WORK/sweep.out" ||
         failures+=("the sweep's summary is not 1 shrunk, 2 failed")

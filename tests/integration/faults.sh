@@ -11,9 +11,11 @@
 #  - the image made immutable with its filesystems mounted: the job fails, nothing replaced;
 #  - mode and owner changed by an administrator before the replace: the new file has them (the
 #    replace copies the original's attributes as they are at that moment, not as inspected);
-#  - the path swapped for another image at attach, in the trim, and before the replace, and for
-#    a link to /etc/shadow (a raw image, which qemu-nbd would open as raw); deleted in the trim:
-#    the job fails, the file put in its place is byte for byte as it was;
+#  - the path swapped for another image between Shrink() and the worker's inspection, at
+#    attach, in the trim, and before the replace, and for a link to /etc/shadow (a raw image,
+#    which qemu-nbd would open as raw); deleted in the trim: the job fails, the file put in its
+#    place is byte for byte as it was (the worker reaches the file it inspected by its open file,
+#    and refuses at inspection a file qtrimd did not resolve);
 #  - no loop device to be had: qtrimd runs with /dev/loop-control hidden (a /dev/null bind in its
 #    own mount namespace); each filesystem fails saying so, the image is intact. Exhausting the real ones cannot be done safely on a shared machine:
 #    /dev/loop-control makes a new device on every request (up to the minor number limit), and
@@ -199,6 +201,7 @@ swap() {
         qt_ok "failed; the image swapped in untouched, the original whole"
         done_with "$img"
 }
+swap "path swapped before the worker's inspection" inspect
 swap "path swapped before the attach" attach
 swap "path swapped in the trim" trim-mounted
 swap "path swapped before the replace" replace

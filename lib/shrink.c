@@ -55,7 +55,7 @@ static void say_nothing_to_trim(struct shrink *s)
  * the whole disk with no filesystem on it. */
 static bool found_nothing(const struct qt_report *r)
 {
-        return !r->partition_table[0] &&
+        return strcmp(r->partition_table, "none") == 0 &&
                (r->n_fs == 0 || (r->n_fs == 1 && !r->fs[0].fstype[0]));
 }
 
@@ -367,7 +367,8 @@ static int discover(struct shrink *s)
                                 e.message);
                         alloc.unknown = true;
                 }
-                describe_volumes(s, fs, n, &alloc);
+                /* Before describe_volumes: each record's message still says only what
+                 * discovery found, which decides the method. */
                 if (s->req->estimate && !alloc.unknown)
                         for (size_t i = 0; i < n; i++) {
                                 char why[QT_FS_MESSAGE_MAX];
@@ -377,6 +378,7 @@ static int discover(struct shrink *s)
                                 else
                                         estimate_unmounted(s, &fs[i], m, &alloc);
                         }
+                describe_volumes(s, fs, n, &alloc);
                 qt_allocation_done(&alloc);
         }
         qt_emit_str(s->rep, "partition-table", pttype);

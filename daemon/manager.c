@@ -37,7 +37,7 @@ struct request {
         bool if_changed;
         bool estimate; /* Inspect: with the estimate of what a shrink would give back */
         struct job_options options;
-        sd_bus_slot *authorization; /* polkit's answer, while it is awaited */
+        sd_bus_slot *pending; /* the bus call awaited: the caller's uid, then polkit's answer */
         struct worker *worker;
         struct qt_report report;
 };
@@ -70,7 +70,7 @@ static void request_free(struct request *q)
                         m->n_requests--;
                         break;
                 }
-        sd_bus_slot_unref(q->authorization);
+        sd_bus_slot_unref(q->pending);
         worker_free(q->worker);
         sd_bus_message_unref(q->call);
         free(q->image);
@@ -96,8 +96,7 @@ static int append_estimate(sd_bus_message *reply, const struct qt_report *rep)
                 r = sd_bus_message_open_container(reply, 'a', QTRIM_ESTIMATE_SIGNATURE);
         for (size_t i = 0; r >= 0 && i < rep->n_fs; i++)
                 r = sd_bus_message_append(reply, QTRIM_ESTIMATE_SIGNATURE, rep->fs[i].name,
-                                          rep->fs[i].used, rep->fs[i].free,
-                                          rep->fs[i].reclaimable);
+                                          rep->fs[i].used, rep->fs[i].free, rep->fs[i].reclaimable);
         for (int depth = 0; r >= 0 && depth < 3; depth++)
                 r = sd_bus_message_close_container(reply);
         return r;
@@ -112,12 +111,12 @@ static int reply_inspect(sd_bus_message *call, const struct qt_report *rep)
         if (r >= 0)
                 r = sd_bus_message_append(
                     reply, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}", "Format", "s",
-                    rep->format, "FormatSource", "s",
-                    rep->format_source, "VirtualSize", "t", rep->virtual_size, "AllocatedBytes",
-                    "t", rep->bytes_before, "ApparentSize", "t", rep->apparent_before,
-                    "ClusterSize", "t", rep->cluster_size, "BackingFile", "s", rep->backing_file,
-                    "BackingFormat", "s", rep->backing_format, "Snapshots", "u", rep->snapshots,
-                    "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s", rep->partition_table);
+                    rep->format, "FormatSource", "s", rep->format_source, "VirtualSize", "t",
+                    rep->virtual_size, "AllocatedBytes", "t", rep->bytes_before, "ApparentSize",
+                    "t", rep->apparent_before, "ClusterSize", "t", rep->cluster_size, "BackingFile",
+                    "s", rep->backing_file, "BackingFormat", "s", rep->backing_format, "Snapshots",
+                    "u", rep->snapshots, "Bitmaps", "u", rep->bitmaps, "PartitionTable", "s",
+                    rep->partition_table);
         if (r >= 0 && rep->estimated)
                 r = append_estimate(reply, rep);
         if (r >= 0)
@@ -255,14 +254,44 @@ static void request_continue(struct request *q)
 static void on_authorized(bool allowed, const char *why, void *userdata)
 {
         struct request *q = userdata;
-        q->authorization = sd_bus_slot_unref(q->authorization);
+        q->pending = sd_bus_slot_unref(q->pending);
         if (!allowed)
                 return request_fail(q, SD_BUS_ERROR_ACCESS_DENIED, why);
         request_continue(q);
 }
 
+/* The caller's uid is known: images outside the image directories are root's, then polkit. */
+static int on_sender_uid(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error)
+{
+        struct request *q = userdata;
+        struct manager *m = q->manager;
+        q->pending = sd_bus_slot_unref(q->pending);
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+        uint32_t uid;
+        if (e || sd_bus_message_read(reply, "u", &uid) < 0) {
+                request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
+                             "cannot tell who is calling (the caller left the bus?)");
+                return 0;
+        }
+        q->uid = uid;
+        if (q->uid != 0 && !in_image_directories(m, q->image)) {
+                request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
+                             "only root may name images outside the image directories "
+                             "(ImageDirectories= in qtrimd.conf)");
+                return 0;
+        }
+        int r = authorize(q->call, q->uid, QTRIM_ACTION_SHRINK, q->image, on_authorized, q,
+                          &q->pending);
+        if (r < 0)
+                request_fail(q, qt_error_dbus_name(QT_ERR_FAILED), "cannot ask polkit");
+        else if (r > 0)
+                request_continue(q);
+        return 0;
+}
+
 /* Shrink and Inspect: who asks, for what, then (once authorized) the image itself. The reply
- * comes when the worker is done, or sooner with an error. */
+ * comes when the worker is done, or sooner with an error. Nothing here waits on the bus: the
+ * caller's uid is asked of the bus driver, like polkit's answer, without blocking the loop. */
 static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
                          const char *image, const struct shrink_options *o, sd_bus_error *error)
 {
@@ -271,14 +300,6 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
                 return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                          "too many requests in progress (%u); try again later",
                                          MAX_REQUESTS);
-        uid_t uid;
-        int r = bus_sender_uid(call, &uid);
-        if (r < 0)
-                return r;
-        if (uid != 0 && !in_image_directories(m, image))
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                         "only root may name images outside the image "
-                                         "directories (ImageDirectories= in qtrimd.conf)");
         struct request *q = calloc(1, sizeof(*q));
         if (!q || !(q->image = strdup(image))) {
                 free(q);
@@ -287,7 +308,6 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         q->manager = m;
         q->call = sd_bus_message_ref(call);
         q->kind = kind;
-        q->uid = uid;
         q->options.convert = o->convert;
         q->options.keep_gaps = !o->trim_gaps;
         q->if_changed = o->if_changed;
@@ -299,14 +319,15 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         m->n_requests++;
         manager_update_idle(m);
 
-        r = authorize(call, uid, QTRIM_ACTION_SHRINK, image, on_authorized, q, &q->authorization);
+        int r = sd_bus_call_method_async(sd_bus_message_get_bus(call), &q->pending,
+                                         "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                         "org.freedesktop.DBus", "GetConnectionUnixUser",
+                                         on_sender_uid, q, "s", sd_bus_message_get_sender(call));
         if (r < 0) {
                 request_free(q);
                 return r;
         }
-        if (r > 0)
-                request_continue(q);
-        return 1; /* the reply comes later, or came already */
+        return 1; /* the reply comes later */
 }
 
 /* Reads the a{sv} of options: only known keys that the method takes (allowed), each once and

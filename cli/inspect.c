@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "dbus-api.h"
+#include "shrink.h"
 #include "util.h"
 
 /* The basic types a value of Inspect's "info" may have; others are left out of the output. */
@@ -43,6 +44,40 @@ static struct json_object *basic_value_to_json(char type, const union basic_valu
         }
 }
 
+/* The estimate's records (QTRIM_ESTIMATE_SIGNATURE) as a JSON array. */
+static int read_estimate(sd_bus_message *m, struct json_object **ret)
+{
+        _cleanup_(json_object_putp) struct json_object *volumes = json_object_new_array();
+        const char *name;
+        uint64_t used, free, reclaimable;
+        int r;
+
+        if (!volumes)
+                return -ENOMEM;
+        r = sd_bus_message_enter_container(m, 'v', QTRIM_ESTIMATE_ARRAY_SIGNATURE);
+        if (r >= 0)
+                r = sd_bus_message_enter_container(m, 'a', QTRIM_ESTIMATE_SIGNATURE);
+        while (r >= 0 && (r = sd_bus_message_read(m, QTRIM_ESTIMATE_SIGNATURE, &name, &used, &free,
+                                                  &reclaimable)) > 0) {
+                struct json_object *v = json_object_new_object();
+                if (!v)
+                        return -ENOMEM;
+                json_object_object_add(v, "name", json_object_new_string(name));
+                json_object_object_add(v, "used_bytes", json_object_new_uint64(used));
+                json_object_object_add(v, "free_bytes", json_object_new_uint64(free));
+                json_object_object_add(v, "reclaimable_bytes", json_object_new_uint64(reclaimable));
+                json_object_array_add(volumes, v);
+        }
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r >= 0)
+                r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(volumes);
+        return 0;
+}
+
 /* Keeps every key of "info", including keys a newer qtrimd adds, for --json. */
 static int read_info_value(sd_bus_message *m, const char *key, void *userdata)
 {
@@ -55,6 +90,14 @@ static int read_info_value(sd_bus_message *m, const char *key, void *userdata)
         r = sd_bus_message_peek_type(m, &type, &contents);
         if (r < 0)
                 return r;
+        if (strcmp(key, QTRIM_INFO_ESTIMATE) == 0 &&
+            strcmp(contents, QTRIM_ESTIMATE_ARRAY_SIGNATURE) == 0) {
+                struct json_object *volumes = NULL;
+                r = read_estimate(m, &volumes);
+                if (r >= 0)
+                        json_object_object_add(info, key, volumes);
+                return r;
+        }
         if (strlen(contents) != 1 || !strchr("biuxtdsog", contents[0]))
                 return sd_bus_message_skip(m, "v");
 
@@ -94,6 +137,40 @@ static bool json_value_is_unset(struct json_object *value)
         return json_object_get_uint64(value) == 0;
 }
 
+/* The estimate of volume name from Inspect's info, NULL if there is none. */
+static struct json_object *volume_estimate(struct json_object *info, const char *name)
+{
+        struct json_object *volumes, *v, *n;
+        if (!json_object_object_get_ex(info, QTRIM_INFO_ESTIMATE, &volumes))
+                return NULL;
+        for (size_t i = 0; i < json_object_array_length(volumes); i++) {
+                v = json_object_array_get_idx(volumes, i);
+                if (json_object_object_get_ex(v, "name", &n) &&
+                    strcmp(json_object_get_string(n), name) == 0)
+                        return v;
+        }
+        return NULL;
+}
+
+static uint64_t json_u64(struct json_object *o, const char *key)
+{
+        struct json_object *v;
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
+}
+
+/* "≈ N reclaimable of A allocated (would be ≈ B)": what the estimate says of the image. */
+static void format_estimate(struct json_object *info, char *buf, size_t size)
+{
+        uint64_t allocated = json_u64(info, "AllocatedBytes");
+        uint64_t reclaimable = json_u64(info, QTRIM_INFO_RECLAIMABLE);
+        char n[FORMAT_BYTES_MAX], a[FORMAT_BYTES_MAX], b[FORMAT_BYTES_MAX];
+        /* The image's own metadata is in the allocation, not in the estimate: never below 0. */
+        uint64_t after = allocated > reclaimable ? allocated - reclaimable : 0;
+        snprintf(buf, size, "%s %s reclaimable of %s allocated (would be %s %s)", glyphs.approx,
+                 format_bytes(n, reclaimable), format_bytes(a, allocated), glyphs.approx,
+                 format_bytes(b, after));
+}
+
 static void print_image_info(struct json_object *info)
 {
         for (size_t i = 0; i < ELEMENTSOF(info_lines); i++) {
@@ -109,10 +186,37 @@ static void print_image_info(struct json_object *info)
                        line->bytes ? format_bytes(bytes, json_object_get_uint64(value))
                                    : json_object_get_string(value));
         }
+        if (json_object_object_get_ex(info, QTRIM_INFO_RECLAIMABLE, NULL)) {
+                char estimate[256];
+                format_estimate(info, estimate, sizeof(estimate));
+                printf("%-17s%s\n", "A shrink:", estimate);
+        }
 }
 
-static void print_filesystem_table(const struct filesystem_list *filesystems)
+/* USED, FREE and RECLAIMABLE of a volume: "-" where the estimate has nothing (a volume left
+ * alone, or one that could not be read). */
+static void format_volume_estimate(struct json_object *info, const char *name,
+                                   char used[FORMAT_BYTES_MAX], char free[FORMAT_BYTES_MAX],
+                                   char reclaimable[FORMAT_BYTES_MAX + 8])
 {
+        struct json_object *v = volume_estimate(info, name);
+        uint64_t u = json_u64(v, "used_bytes"), f = json_u64(v, "free_bytes");
+        char r[FORMAT_BYTES_MAX];
+        snprintf(used, FORMAT_BYTES_MAX, "-");
+        snprintf(free, FORMAT_BYTES_MAX, "-");
+        snprintf(reclaimable, FORMAT_BYTES_MAX + 8, "-");
+        if (!v || (u == 0 && f == 0))
+                return;
+        format_bytes(used, u);
+        format_bytes(free, f);
+        snprintf(reclaimable, FORMAT_BYTES_MAX + 8, "%s %s", glyphs.approx,
+                 format_bytes(r, json_u64(v, "reclaimable_bytes")));
+}
+
+static void print_filesystem_table(struct json_object *info,
+                                   const struct filesystem_list *filesystems)
+{
+        bool estimated = json_object_object_get_ex(info, QTRIM_INFO_ESTIMATE, NULL);
         int name_width = (int)strlen("NAME"), fstype_width = (int)strlen("FSTYPE");
 
         printf("\n");
@@ -126,15 +230,27 @@ static void print_filesystem_table(const struct filesystem_list *filesystems)
                 fstype_width = MAX(fstype_width, (int)strlen(filesystems->items[i].fstype));
         }
 
-        printf("%-*s  %-*s  %10s  %10s  %s\n", name_width, "NAME", fstype_width, "FSTYPE", "OFFSET",
-               "SIZE", "A SHRINK WOULD");
+        printf("%-*s  %-*s  %10s  %10s", name_width, "NAME", fstype_width, "FSTYPE", "OFFSET",
+               "SIZE");
+        if (estimated)
+                printf("  %10s  %10s  %11s", "USED", "FREE", "RECLAIMABLE");
+        printf("  %s\n", "A SHRINK WOULD");
         for (size_t i = 0; i < filesystems->n; i++) {
                 const struct filesystem *fs = &filesystems->items[i];
                 char offset[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX];
 
-                printf("%-*s  %-*s  %10s  %10s  %s\n", name_width, fs->name, fstype_width,
+                printf("%-*s  %-*s  %10s  %10s", name_width, fs->name, fstype_width,
                        *fs->fstype ? fs->fstype : "-", format_bytes(offset, fs->offset),
-                       format_bytes(size, fs->size), fs->message);
+                       format_bytes(size, fs->size));
+                if (estimated) {
+                        char used[FORMAT_BYTES_MAX], free[FORMAT_BYTES_MAX],
+                            reclaimable[FORMAT_BYTES_MAX + 8];
+                        format_volume_estimate(info, fs->name, used, free, reclaimable);
+                        /* printf pads bytes, not columns: "≈" is one column of three bytes. */
+                        int pad = glyphs.utf8 ? 11 + (int)strlen(glyphs.approx) - 1 : 11;
+                        printf("  %10s  %10s  %*s", used, free, pad, reclaimable);
+                }
+                printf("  %s\n", fs->message);
         }
 }
 
@@ -147,37 +263,103 @@ static void print_inspect_json(struct json_object *info, const struct filesystem
         json_print(o);
 }
 
-int inspect_image(sd_bus *bus, const char *argument, const char *format, bool json)
+/* Asks qtrimd to inspect the image named by argument, with the estimate; fills info (every key
+ * of the answer's "info") and filesystems. Returns 0, or a negative errno (reported). */
+static int call_inspect(sd_bus *bus, const char *argument, const char *format, bool keep_gaps,
+                        struct json_object *info, struct filesystem_list *filesystems)
 {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_(json_object_putp) struct json_object *info = json_object_new_object();
-        _cleanup_(filesystem_list_done) struct filesystem_list filesystems = {};
         _cleanup_free_ char *image = NULL;
         int r;
 
-        if (!info)
-                return log_errno(-ENOMEM, "failed to inspect %s", argument);
-
         r = image_path_absolute(argument, &image);
         if (r < 0)
-                return log_errno(r, "failed to make %s an absolute path", argument);
+                return log_errno(r, "%s: cannot make it an absolute path", argument);
 
+        /* The format last: it is sent only when declared. */
         r = bus_call_method(bus, argument, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Inspect", NULL,
-                            &reply, "sa{sv}", image, format ? 1 : 0, QTRIM_OPT_FORMAT, "s", format);
+                            &reply, "sa{sv}", image, format ? 3 : 2, QTRIM_OPT_ESTIMATE, "b", 1,
+                            QTRIM_OPT_TRIM_GAPS, "b", !keep_gaps, QTRIM_OPT_FORMAT, "s", format);
         if (r < 0)
                 return r;
-
         r = bus_read_dict(reply, read_info_value, info);
         if (r >= 0)
-                r = bus_read_filesystems(reply, &filesystems);
+                r = bus_read_filesystems(reply, filesystems);
         if (r < 0)
-                return log_errno(r, "failed to read the reply to Inspect");
+                return log_errno(r, "%s: cannot read the reply to Inspect", argument);
+        return 0;
+}
+
+int inspect_image(sd_bus *bus, const char *argument, const char *format, bool json)
+{
+        _cleanup_(json_object_putp) struct json_object *info = json_object_new_object();
+        _cleanup_(filesystem_list_done) struct filesystem_list filesystems = {};
+        int r;
+
+        if (!info)
+                return log_errno(-ENOMEM, "%s", argument);
+        r = call_inspect(bus, argument, format, false, info, &filesystems);
+        if (r < 0)
+                return r;
 
         if (json)
                 print_inspect_json(info, &filesystems);
         else {
                 print_image_info(info);
-                print_filesystem_table(&filesystems);
+                print_filesystem_table(info, &filesystems);
         }
         return EXIT_SUCCESS;
+}
+
+/* One image's estimate for --json: what the dry run of a shrink says. */
+static struct json_object *estimate_to_json(const char *argument, struct json_object *info)
+{
+        struct json_object *o = json_object_new_object(), *volumes;
+        uint64_t allocated = json_u64(info, "AllocatedBytes");
+        uint64_t reclaimable = json_u64(info, QTRIM_INFO_RECLAIMABLE);
+        if (!o)
+                return NULL;
+        json_object_object_add(o, "image", json_object_new_string(argument));
+        json_object_object_add(o, "allocated_bytes", json_object_new_uint64(allocated));
+        json_object_object_add(o, "reclaimable_bytes", json_object_new_uint64(reclaimable));
+        json_object_object_add(
+            o, "would_be_bytes",
+            json_object_new_uint64(allocated > reclaimable ? allocated - reclaimable : 0));
+        if (json_object_object_get_ex(info, QTRIM_INFO_ESTIMATE, &volumes))
+                json_object_object_add(o, "volumes", json_object_get(volumes));
+        return o;
+}
+
+int estimate_images(sd_bus *bus, char **images, size_t n_images, const struct shrink_options *opts)
+{
+        _cleanup_(json_object_putp) struct json_object *results = json_object_new_array();
+        bool failed = false;
+
+        if (!results)
+                return log_errno(-ENOMEM, "cannot estimate");
+        for (size_t i = 0; i < n_images; i++) {
+                _cleanup_(json_object_putp) struct json_object *info = json_object_new_object();
+                _cleanup_(filesystem_list_done) struct filesystem_list filesystems = {};
+                if (!info)
+                        return log_errno(-ENOMEM, "%s", images[i]);
+                int r =
+                    call_inspect(bus, images[i], opts->format, opts->keep_gaps, info, &filesystems);
+                if (r < 0) {
+                        /* Not worth asking about the others. */
+                        if (r == -ENOMEM)
+                                return r;
+                        failed = true;
+                        continue;
+                }
+                if (opts->json) {
+                        json_object_array_add(results, estimate_to_json(images[i], info));
+                        continue;
+                }
+                char estimate[256];
+                format_estimate(info, estimate, sizeof(estimate));
+                printf("%s: %s\n", images[i], estimate);
+        }
+        if (opts->json)
+                json_print(results);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

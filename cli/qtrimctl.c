@@ -661,8 +661,8 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
         size_t n_args = verb ? (size_t)(argc - optind - 1) : 0;
         char **args = argv + optind + 1;
 
-        /* "help", "help COMMAND", "COMMAND --help". */
-        if (verb && !verb->run) {
+        /* "help", "help COMMAND", "COMMAND --help" (and "help --help", help's own). */
+        if (verb && !verb->run && !help) {
                 const struct verb *about = NULL;
                 if (n_args > 1) {
                         fprintf(stderr, "qtrimctl: help takes [COMMAND]; see qtrimctl --help\n");

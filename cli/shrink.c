@@ -1033,6 +1033,13 @@ static struct json_object *job_to_json(const struct job *job)
                                had_job ? json_object_new_uint64(p->bytes_after) : NULL);
         json_object_object_add(o, "bytes_trimmed",
                                had_job ? json_object_new_uint64(p->bytes_trimmed) : NULL);
+        /* The one definition of reclaimed (negative: the image grew), as in the summary. */
+        json_object_object_add(o, "bytes_reclaimed",
+                               had_job ? json_object_new_int64(job_bytes_reclaimed(p)) : NULL);
+        json_object_object_add(o, "image_state",
+                               json_string_or_null(empty_to_null(p->image_state)));
+        json_object_object_add(o, "nothing_to_trim",
+                               had_job ? json_object_new_boolean(p->nothing_to_trim) : NULL);
         json_object_object_add(o, "virtual_size",
                                had_job ? json_object_new_uint64(p->virtual_size) : NULL);
         json_object_object_add(o, "format", json_string_or_null(p->format));
@@ -1040,6 +1047,13 @@ static struct json_object *job_to_json(const struct job *job)
                                had_job ? json_object_new_boolean(p->converted) : NULL);
         json_object_object_add(o, "message", json_string_or_null(p->message));
         json_object_object_add(o, "seconds", json_seconds(job->ended_usec - job->started_usec));
+        bool timed = p->started_at > 0 && p->finished_at >= p->started_at;
+        json_object_object_add(o, "work_seconds",
+                               timed ? json_seconds(p->finished_at - p->started_at) : NULL);
+        json_object_object_add(o, "queued_seconds",
+                               timed && p->queued_at > 0 && p->started_at >= p->queued_at
+                                   ? json_seconds(p->started_at - p->queued_at)
+                                   : NULL);
         json_object_object_add(o, "phases",
                                p->phase_seconds ? json_object_get(p->phase_seconds)
                                                 : json_object_new_object());

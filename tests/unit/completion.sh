@@ -74,22 +74,23 @@ else
     failed=1
 fi
 
-check 'commands' 'qtrimctl ' "shrink${nl}inspect${nl}list${nl}cancel"
+check 'commands' 'qtrimctl ' "shrink${nl}inspect${nl}list${nl}status${nl}wait${nl}cancel${nl}help"
 check 'command prefix' 'qtrimctl sh' 'shrink'
-check 'options before a command' 'qtrimctl -' "--help${nl}--version"
+check 'options before a command' 'qtrimctl -' "--help${nl}--version${nl}--verbose"
 check 'command after an option' 'qtrimctl --json l' 'list'
 check 'unknown command' 'qtrimctl frob ' ''
 
+v="--help${nl}--verbose"
 check 'shrink options' 'qtrimctl shrink -' \
-    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
+    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
 check 'shrink --json excludes --no-block' 'qtrimctl shrink --json --' \
-    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--json"
+    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--json"
 check 'shrink --no-block excludes --json' 'qtrimctl shrink --no-block --' \
-    "--help${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block"
+    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block"
 check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
-    "--help${nl}--no-convert${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
+    "$v${nl}--no-convert${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
 check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
-check 'shrink --all options' 'qtrimctl shrink --all --' "--help${nl}--no-convert"
+check 'shrink --all options' 'qtrimctl shrink --all --' "$v${nl}--no-convert${nl}--json"
 check 'shrink images and directories' 'qtrimctl shrink ' \
     "a.qcow2${nl}b.img${nl}c.raw${nl}with space.qcow2${nl}g[1].raw${nl}sub${nl}dir.img"
 check 'shrink image prefix' 'qtrimctl shrink a' 'a.qcow2'
@@ -98,7 +99,7 @@ check 'shrink in a directory' 'qtrimctl shrink sub/' 'sub/x.qcow2'
 check 'shrink an absolute path' "qtrimctl shrink $tmp/images/sub/" "$tmp/images/sub/x.qcow2"
 check 'options before shrink' 'qtrimctl --no-convert shrink c' 'c.raw'
 
-check 'inspect options' 'qtrimctl inspect -' "--help${nl}--json${nl}--format"
+check 'inspect options' 'qtrimctl inspect -' "$v${nl}--json${nl}--format"
 check 'inspect image' 'qtrimctl inspect --json b' 'b.img'
 check 'inspect takes one image' 'qtrimctl inspect a.qcow2 ' ''
 check 'format values' 'qtrimctl shrink --format ' "raw${nl}qcow2"
@@ -107,17 +108,22 @@ check 'format value after =' 'qtrimctl shrink --format = r' 'raw'
 check 'image after --format VALUE' 'qtrimctl shrink --format raw c' 'c.raw'
 check 'image after --format=VALUE' 'qtrimctl inspect --format = qcow2 b' 'b.img'
 
-check 'list options' 'qtrimctl list -' "--help${nl}--json"
+check 'list options' 'qtrimctl list -' "$v${nl}--json"
 check 'list takes no arguments' 'qtrimctl list ' ''
+check 'status and wait options' 'qtrimctl wait -' "$v${nl}--json"
+check 'help: a command' 'qtrimctl help s' "shrink${nl}status"
+check 'help takes one command' 'qtrimctl help list ' ''
 
-check 'cancel options' 'qtrimctl cancel -' '--help'
-STUB_LIST="ID  STATE    PROGRESS  IMAGE
- 3  running       40%  /var/lib/libvirt/images/a.qcow2
-12  queued         0%  /var/lib/libvirt/images/b.img
+check 'cancel options' 'qtrimctl cancel -' "$v"
+STUB_LIST="ID  STATE    PHASE  PROGRESS  ELAPSED  IMAGE
+ 3  running  trim        40%  8.2 s    /var/lib/libvirt/images/a.qcow2
+12  queued   -            0%  1.0 s    /var/lib/libvirt/images/b.img
 "
 check 'cancel job ids' 'qtrimctl cancel ' "3${nl}12"
 check 'cancel job id prefix' 'qtrimctl cancel 1' '12'
 check 'cancel more job ids' 'qtrimctl cancel 3 ' "3${nl}12"
+check 'wait job ids' 'qtrimctl wait 3 ' "3${nl}12"
+check 'status takes one job' 'qtrimctl status 3 ' 
 STUB_LIST='No jobs.
 '
 check 'cancel with no jobs' 'qtrimctl cancel ' ''

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The kill matrix: a job's worker killed with SIGKILL at every pause point (the start of each
 # phase, filesystems mounted, the copy being written, the copy complete before the rename), then
-# the worker and the FUSE server each killed at moments spread over a whole shrink;
+# the worker and the FUSE server each killed at moments spread over a whole shrink, qtrimd alone
+# and together with its worker at moments spread likewise;
 # qtrimd itself killed with SIGKILL at every pause point, then started again; both killed at
 # once with the copy on disk, which only the restarted qtrimd can delete; a loop device held by a
 # host process during a cancel; the bus killed under a job. Each time
@@ -110,6 +111,7 @@ restart_daemon_pausing_at trim-mounted
 start_paused_job trim-mounted
 loop=$(losetup -n -O NAME -j /run/qtrim/mnt/fuse/disk | head -n 1)
 [[ -n $loop ]] || qt_fail "no loop device over the job's FUSE disk"
+# shellcheck disable=SC2217 # the open stdin holds the loop device: that is the point
 sleep 120 <"$loop" &
 holder=$!
 qt_defer qt_kill_wait "$holder" 5
@@ -195,6 +197,52 @@ for victim in worker server; do
         summary=
         for r in "${!outcomes[@]}"; do summary+="${summary:+, }$r ${outcomes[$r]}"; done
         qt_ok "$spread kills of the $victim: $summary; every image intact, nothing left; the slowest job ended ${slowest}s after its kill"
+        unset outcomes
+done
+
+# qtrimd killed at moments spread over a shrink, alone and together with its worker: the
+# worker and its FUSE server follow it by their parent-death chain within 10 s, and qtrimd,
+# started again, reports the job from its records as interrupted (or the job had ended: its
+# JobRemoved came before the kill). QT_CRASH_DAEMON_SPREAD kills per victim (CI 5).
+daemon_spread=${QT_CRASH_DAEMON_SPREAD:-5}
+for victim in qtrimd both; do
+        qt_step "SIGKILL $victim at $daemon_spread moments spread over a shrink (both: qtrimd and the worker at once)"
+        declare -A outcomes=()
+        slowest=0
+        for ((k = 1; k <= daemon_spread; k++)); do
+                # A name of its own: job ids start again with each qtrimd.
+                img=$QT_IMAGES/crash-$victim-$k.qcow2
+                qt_clone_image "$master" "$img"
+                qt_expect_files
+                at=$(qt_spread_moment "$k" "$daemon_spread" "$duration")
+                t0=$(qt_now)
+                job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
+                pid=$(victim_pid worker)
+                qt_sleep_until "$t0" "$at"
+                killed_at=$(qt_now)
+                [[ $victim == both && -n $pid ]] && kill -KILL "$pid" 2>/dev/null
+                qt_daemon_kill9
+                if [[ -n $pid ]]; then
+                        qt_wait_pid_gone "$pid" 10 || qt_fail "the worker ($pid) outlived qtrimd's death by 10 s"
+                        ended=$(qt_since "$killed_at")
+                        awk -v a="$ended" -v b="$slowest" 'BEGIN { exit !(a > b) }' && slowest=$ended
+                fi
+                : >"$QT_DAEMON_LOG"
+                if result=$(qt_job_removed_result "$job" 1 "$img"); then
+                        result="$result (ended before the kill)"
+                        qt_daemon_start >/dev/null
+                else
+                        qt_daemon_start >/dev/null
+                        grep -q "$img: failed: interrupted when an earlier qtrimd stopped unexpectedly" "$QT_DAEMON_LOG" ||
+                                qt_fail "kill $k at ${at}s: the restarted qtrimd did not report the interrupted job on $img"
+                        result=interrupted
+                fi
+                outcomes[$result]=$((${outcomes[$result]:-0} + 1))
+                check_image
+        done
+        summary=
+        for r in "${!outcomes[@]}"; do summary+="${summary:+, }$r ${outcomes[$r]}"; done
+        qt_ok "$daemon_spread kills of $victim: $summary; every image intact, nothing left; the slowest worker was gone ${slowest}s after the kill"
         unset outcomes
 done
 

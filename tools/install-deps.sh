@@ -30,6 +30,9 @@ packages=(
   build-essential debhelper lintian
   # tests of the terminal output (a real terminal of a given width) and of the metrics file
   tmux python3-prometheus-client
+  # libvirt support (daemon/ domain verbs: optional at build time) and its tests: a real
+  # libvirtd run in the foreground, with virtlogd, domains under TCG
+  libvirt-dev libxml2-dev libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 )
 
 missing=()

@@ -462,7 +462,12 @@ static void print_done_job(const struct job *job)
         const char *message = empty_to_null(p->message);
 
         if (p->nothing_to_trim) {
-                printf("%s: nothing to trim%s%s\n", job->name, message ? ": " : "", message ?: "");
+                /* qtrimd's Message says it already, with why. */
+                if (message && strncmp(message, "nothing to trim", 15) == 0)
+                        printf("%s: %s\n", job->name, message);
+                else
+                        printf("%s: nothing to trim%s%s\n", job->name, message ? ": " : "",
+                               message ?: "");
                 return;
         }
 

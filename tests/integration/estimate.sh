@@ -44,7 +44,7 @@ estimate_then_shrink() {
         estimate=$(jq '.info.ReclaimableBytes' "$QT_WORK/out")
         jq -r '.info.Estimate[] | "    | \(.name) used \(.used_bytes) free \(.free_bytes) reclaimable \(.reclaimable_bytes)"' "$QT_WORK/out"
         # The dry run of a shrink says the same, and changes nothing either.
-        if qt_qtrimctl shrink --help 2>&1 | grep -q -- --dry-run; then
+        if [[ $(qt_qtrimctl shrink --help 2>&1) == *--dry-run* ]]; then
                 untouched_by "$img" shrink --dry-run --json "$img"
                 dry=$(jq '.[0].reclaimable_bytes' "$QT_WORK/out")
                 [[ $dry == "$estimate" ]] || failures+=("$name: shrink --dry-run says $dry, inspect $estimate")

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "dbus-api.h"
+#include "error.h"
 #include "shrink.h"
 #include "util.h"
 
@@ -158,6 +159,12 @@ static uint64_t json_u64(struct json_object *o, const char *key)
         return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
 }
 
+static const char *json_string(struct json_object *o, const char *key)
+{
+        struct json_object *v;
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
 /* "≈ N reclaimable of A allocated (would be ≈ B)": what the estimate says of the image. */
 static void format_estimate(struct json_object *info, char *buf, size_t size)
 {
@@ -264,11 +271,14 @@ static void print_inspect_json(struct json_object *info, const struct filesystem
 }
 
 /* Asks qtrimd to inspect the image named by argument, with the estimate; fills info (every key
- * of the answer's "info") and filesystems. Returns 0, or a negative errno (reported). */
-static int call_inspect(sd_bus *bus, const char *argument, const char *format, bool keep_gaps,
+ * of the answer's "info") and filesystems. opts: the shrink's format, keep_gaps and sweep (an
+ * image unchanged since its last shrink is refused, as the sweep would skip it). Returns 0, 1 if
+ * a sweep would skip the image (why in info's "Skipped"), or a negative errno (reported). */
+static int call_inspect(sd_bus *bus, const char *argument, const struct shrink_options *opts,
                         struct json_object *info, struct filesystem_list *filesystems)
 {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_free_ char *image = NULL;
         int r;
 
@@ -277,11 +287,19 @@ static int call_inspect(sd_bus *bus, const char *argument, const char *format, b
                 return log_errno(r, "%s: cannot make it an absolute path", argument);
 
         /* The format last: it is sent only when declared. */
-        r = bus_call_method(bus, argument, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Inspect", NULL,
-                            &reply, "sa{sv}", image, format ? 3 : 2, QTRIM_OPT_ESTIMATE, "b", 1,
-                            QTRIM_OPT_TRIM_GAPS, "b", !keep_gaps, QTRIM_OPT_FORMAT, "s", format);
-        if (r < 0)
+        r = bus_call_method(bus, NULL, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "Inspect", &error,
+                            &reply, "sa{sv}", image, opts->format ? 4 : 3, QTRIM_OPT_ESTIMATE, "b",
+                            1, QTRIM_OPT_TRIM_GAPS, "b", !opts->keep_gaps, QTRIM_OPT_IF_CHANGED,
+                            "b", opts->sweep, QTRIM_OPT_FORMAT, "s", opts->format);
+        if (r < 0 && sd_bus_error_has_name(&error, qt_error_dbus_name(QT_ERR_UNCHANGED))) {
+                json_object_object_add(info, "Skipped",
+                                       json_object_new_string(error.message ?: "unchanged"));
+                return 1;
+        }
+        if (r < 0) {
+                print_bus_error(&error, r, "%s", argument);
                 return r;
+        }
         r = bus_read_dict(reply, read_info_value, info);
         if (r >= 0)
                 r = bus_read_filesystems(reply, filesystems);
@@ -298,7 +316,8 @@ int inspect_image(sd_bus *bus, const char *argument, const char *format, bool js
 
         if (!info)
                 return log_errno(-ENOMEM, "%s", argument);
-        r = call_inspect(bus, argument, format, false, info, &filesystems);
+        r = call_inspect(bus, argument, &(struct shrink_options){.format = format}, info,
+                         &filesystems);
         if (r < 0)
                 return r;
 
@@ -342,8 +361,19 @@ int estimate_images(sd_bus *bus, char **images, size_t n_images, const struct sh
                 _cleanup_(filesystem_list_done) struct filesystem_list filesystems = {};
                 if (!info)
                         return log_errno(-ENOMEM, "%s", images[i]);
-                int r =
-                    call_inspect(bus, images[i], opts->format, opts->keep_gaps, info, &filesystems);
+                int r = call_inspect(bus, images[i], opts, info, &filesystems);
+                const char *skipped = r > 0 ? json_string(info, "Skipped") : NULL;
+                if (skipped && opts->json) {
+                        struct json_object *o = json_object_new_object();
+                        json_object_object_add(o, "image", json_object_new_string(images[i]));
+                        json_object_object_add(o, "skipped", json_object_new_string(skipped));
+                        json_object_array_add(results, o);
+                        continue;
+                }
+                if (skipped) {
+                        printf("%s: skipped: %s\n", images[i], skipped);
+                        continue;
+                }
                 if (r < 0) {
                         /* Not worth asking about the others. */
                         if (r == -ENOMEM)

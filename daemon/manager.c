@@ -427,7 +427,9 @@ static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *err
         int r = sd_bus_message_read(msg, "s", &image);
         if (r < 0)
                 return r;
-        r = read_options(msg, OPTION_FORMAT | OPTION_TRIM_GAPS | OPTION_ESTIMATE, &o, error);
+        /* if-changed: a sweep's dry run leaves out what the sweep would. */
+        r = read_options(
+            msg, OPTION_FORMAT | OPTION_TRIM_GAPS | OPTION_IF_CHANGED | OPTION_ESTIMATE, &o, error);
         if (r < 0)
                 return r;
         /* The estimate counts the gaps as the shrink would: TrimGaps=no wins here too. */

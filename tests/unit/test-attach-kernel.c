@@ -30,6 +30,7 @@
 #include "check-main.h"
 #include "discover.h"
 #include "fixtures.h"
+#include "image.h"
 #include "nbd-kernel.h"
 #include "trim.h"
 #include "util.h"
@@ -129,11 +130,15 @@ struct attached {
 static void attach_kernel(struct attached *at, const char *name, const char *format, bool read_only,
                           unsigned other_servers)
 {
-        char image[PATH_MAX];
+        char image[PATH_MAX], qemu_name[QT_QEMU_NAME_MAX];
         struct qt_error e = {};
         fx_enter_private_namespace(at->ns);
+        /* Named to qemu-nbd as the worker names it: by the open file, no lock for a read. */
+        _cleanup_(qt_image_file_close) struct qt_image_file f;
+        ck_assert_msg(qt_image_open(fx_path(image, name), NULL, &f, &e) == 0, "%s", e.message);
+        ck_assert_int_eq(qt_image_qemu_name(&f, NULL, read_only, qemu_name), 0);
         struct qt_attach_request req = {
-            .image = fx_path(image, name),
+            .image = qemu_name,
             .format = format,
             .read_only = read_only,
             .backend = QT_ATTACH_KERNEL,

@@ -48,6 +48,12 @@ else
                 tar --null -T - -cf -) | tar -xf - -C "$out/src"
 fi
 
+# One version: the package's is the project's (a native package).
+deb_version=$(dpkg-parsechangelog -l "$out/src/debian/changelog" -S Version)
+meson_version=$(sed -nE "s/^ *version *: *'([^']+)'.*/\1/p" "$out/src/meson.build" | head -n 1)
+[[ $deb_version == "$meson_version" ]] ||
+        fail "debian/changelog says $deb_version, meson.build $meson_version"
+
 t0=$(date +%s.%N)
 if ! (cd -- "$out/src" && dpkg-buildpackage -us -uc -b) >"$out/build.log" 2>&1; then
         tail -n 40 -- "$out/build.log" >&2

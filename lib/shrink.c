@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 #include "shrink.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,13 +36,44 @@ struct shrink {
         struct qt_image_file file;
         char qemu_name[QT_QEMU_NAME_MAX]; /* how qemu tools open it, its backing file explicit */
         struct qt_attachment *attachment;
-        int image_lock_fd;  /* qemu's lock held against writers from attach to replace */
-        char tmp[PATH_MAX]; /* the compact copy while it exists */
-        size_t trim_index;  /* which filesystem the trim is on, for progress */
-        struct held *held;  /* trim: what the image holds of the volumes it discards */
+        int image_lock_fd;         /* qemu's lock held against writers from attach to replace */
+        char tmp[PATH_MAX];        /* the compact copy while it exists */
+        size_t trim_index;         /* which filesystem the trim is on, for progress */
+        struct held *held;         /* trim: what the image holds of the volumes it discards */
+        uint64_t l2_tables_before; /* qcow2: as inspected, to explain a growth */
 };
 
 typedef int (*phase_fn)(struct shrink *s);
+
+/* qcow2: how many L2 tables the file holds (its L1 table's entries in use); 0 for another
+ * format or when it cannot tell. qemu gives every region of the disk a discard touches an L2
+ * table (a cluster; it maps cluster_size / 8 clusters: 512 MiB of disk with 64 KiB clusters),
+ * also where the image holds nothing: a trim in place grows a compact image by those. */
+static uint64_t qcow2_l2_tables(int fd)
+{
+        uint8_t h[48];
+        if (fd < 0 || pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+            memcmp(h, "QFI\xfb", 4) != 0)
+                return 0;
+        uint32_t l1_size;
+        uint64_t l1_offset, entries[512], n = 0;
+        memcpy(&l1_size, h + 36, sizeof(l1_size));
+        memcpy(&l1_offset, h + 40, sizeof(l1_offset));
+        l1_size = be32toh(l1_size);
+        l1_offset = be64toh(l1_offset);
+        if (l1_size > (32u << 20) / 8) /* qemu's own limit */
+                return 0;
+        for (uint32_t i = 0; i < l1_size;) {
+                size_t want = l1_size - i < ELEMENTSOF(entries) ? l1_size - i : ELEMENTSOF(entries);
+                if (pread(fd, entries, want * 8, (off_t)(l1_offset + (uint64_t)i * 8)) !=
+                    (ssize_t)(want * 8))
+                        return 0;
+                for (size_t k = 0; k < want; k++)
+                        n += (be64toh(entries[k]) & UINT64_C(0x00fffffffffffe00)) != 0;
+                i += (uint32_t)want;
+        }
+        return n;
+}
 
 /* A blank disk, or one with neither a partition table nor a filesystem: done, nothing written
  * (no trim, no copy), which a sweep over a pool with an unused disk in it must not call a
@@ -130,6 +163,7 @@ static int inspect(struct shrink *s)
         qt_emit_str(rep, "backing-format", s->info.backing_format);
         qt_emit_u64(rep, "snapshots", s->info.snapshots);
         qt_emit_u64(rep, "bitmaps", s->info.bitmaps);
+        s->l2_tables_before = qcow2_l2_tables(s->file.fd);
         if (s->info.blank)
                 say_nothing_to_trim(s);
         return 0;
@@ -797,7 +831,9 @@ static void on_convert_progress(double fraction, void *userdata)
 
 /* The copy is worth keeping if it allocates fewer bytes, or as many (give or take metadata) in
  * a shorter file: a trimmed qcow2 is full of holes, which not every tool that copies images
- * keeps, and its clusters are scattered. */
+ * keeps, and its clusters are scattered. It is weighed against the trimmed image, not the one
+ * before the trim: that one is gone, the trimmed one is the other choice left. Whether the
+ * result is smaller than before is for the report to say (explain_growth), not for this. */
 static bool copy_is_smaller(const struct stat *copy, const struct stat *trimmed)
 {
         uint64_t c = qt_file_allocated(copy), t = qt_file_allocated(trimmed);
@@ -844,6 +880,14 @@ static int convert(struct shrink *s)
                          format_bytes(saved, c < t ? t - c : 0));
                 qt_emit_str(s->rep, "message", msg);
                 drop_temp(s);
+        } else if (qt_file_allocated(&copy) > qt_file_allocated(&trimmed)) {
+                char more[FORMAT_BYTES_MAX], msg[160];
+                snprintf(
+                    msg, sizeof(msg),
+                    "replaced by its compact copy, a shorter file without holes, though it "
+                    "allocates %s more than the trimmed image",
+                    format_bytes(more, qt_file_allocated(&copy) - qt_file_allocated(&trimmed)));
+                qt_emit_str(s->rep, "message", msg);
         }
         return 0;
 }
@@ -861,6 +905,42 @@ static int replace(struct shrink *s)
         return 0;
 }
 
+/* Why the image holds more than before, appended to the job's message: what qtrim caused
+ * (qcow2 tables for discards, what mounting writes) said as such, never left unexplained. */
+static void explain_growth(struct shrink *s, uint64_t after, uint64_t l2_tables_after)
+{
+        const struct qt_report *rep = &s->rep->report;
+        uint64_t grown = after - qt_file_allocated(&s->file.st);
+        uint64_t added =
+            l2_tables_after > s->l2_tables_before ? l2_tables_after - s->l2_tables_before : 0;
+        uint64_t in_tables = added * s->info.cluster_size;
+        uint64_t rest = grown > in_tables ? grown - in_tables : 0;
+        char grew[FORMAT_BYTES_MAX], tables[FORMAT_BYTES_MAX], written[FORMAT_BYTES_MAX];
+        char why[512] = "";
+        int n = 0;
+        if (strcmp(rep->image_state, QT_IMAGE_UNTOUCHED) == 0)
+                n = snprintf(why, sizeof(why), "written by something else: qtrim wrote nothing");
+        if (!n && added)
+                n = snprintf(why, sizeof(why),
+                             "%" PRIu64 " qcow2 L2 table(s) (%s) that qemu adds for discards over "
+                             "regions the image held nothing of%s",
+                             added, format_bytes(tables, in_tables),
+                             s->req->convert ? ""
+                                             : " (the convert --no-convert skipped drops them)");
+        if (rest && strcmp(rep->image_state, QT_IMAGE_UNTOUCHED) != 0)
+                snprintf(why + n, sizeof(why) - (size_t)n, "%s%s %s", n ? "; " : "",
+                         format_bytes(written, rest),
+                         s->info.backing_file[0]
+                             ? "of clusters that mounting the guest's filesystems wrote to "
+                               "(journal, superblock), copied up from the backing file"
+                             : "that mounting the guest's filesystems wrote (journal, superblock, "
+                               "log) where the image held nothing");
+        char message[QT_REPORT_STRING_MAX];
+        snprintf(message, sizeof(message), "%.2048s%sgrew by %s: %s", rep->message,
+                 rep->message[0] ? "; " : "", format_bytes(grew, grown), why);
+        qt_emit_str(s->rep, "message", message);
+}
+
 /* 8. Report: what the host holds now. */
 static void report_result(struct shrink *s)
 {
@@ -869,6 +949,11 @@ static void report_result(struct shrink *s)
                 return;
         qt_emit_u64(s->rep, "apparent-after", (uint64_t)st.st_size);
         qt_emit_u64(s->rep, "bytes-after", qt_file_allocated(&st));
+        /* (format: the inspection got as far as the numbers before) */
+        if (s->rep->report.format[0] && qt_file_allocated(&st) > qt_file_allocated(&s->file.st)) {
+                _cleanup_close_ int fd = open(s->req->image, O_RDONLY | O_CLOEXEC);
+                explain_growth(s, qt_file_allocated(&st), qcow2_l2_tables(fd));
+        }
 }
 
 int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *rep)

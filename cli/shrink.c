@@ -884,16 +884,18 @@ static void print_already_running(struct shrink_run *run, struct job *job,
         uint32_t id;
 
         if (find_job_of_image(run->bus, job->image, &id, &state) <= 0) {
-                print_bus_error(error, -EBUSY, "%s", job->name);
-                return;
-        }
-        if (run->sweep)
+                if (run->sweep)
+                        printf("%s: skipped: %s\n", job->name, error->message ?: "");
+                else
+                        print_bus_error(error, -EBUSY, "%s", job->name);
+        } else if (run->sweep) {
                 printf("%s: skipped: already has job %" PRIu32 " (%s)\n", job->name, id, state);
-        else
+        } else {
                 fprintf(stderr,
                         "qtrimctl: %s: already has job %" PRIu32 " (%s); follow it with qtrimctl "
                         "wait %" PRIu32 "\n",
                         job->name, id, state, id);
+        }
 }
 
 /* Records a refusal and says it. Returns 0, or a negative errno when qtrimctl cannot go on:
@@ -905,15 +907,16 @@ static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_err
                 return -EHOSTDOWN;
         }
 
-        job->result = JOB_REFUSED;
-        if (run->sweep && refusal_is_skip(error))
-                job->result = JOB_SKIPPED;
-        if (sd_bus_error_has_name(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING)))
-                print_already_running(run, job, error);
-        else if (job->result == JOB_SKIPPED)
-                printf("%s: skipped: %s\n", job->name, error->message ?: "");
-        else
-                print_bus_error(error, r, run->sweep ? "%s: failed" : "%s", job->name);
+        job->result = run->sweep && refusal_is_skip(error) ? JOB_SKIPPED : JOB_REFUSED;
+        /* Under --json a skip is said by its result. */
+        if (job->result != JOB_SKIPPED || !run->json) {
+                if (sd_bus_error_has_name(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING)))
+                        print_already_running(run, job, error);
+                else if (job->result == JOB_SKIPPED)
+                        printf("%s: skipped: %s\n", job->name, error->message ?: "");
+                else
+                        print_bus_error(error, r, run->sweep ? "%s: failed" : "%s", job->name);
+        }
         job->reported = true;
         job->ended_usec = now_usec();
         r = set_string(&job->props.error, error->name ?: "");

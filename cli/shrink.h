@@ -24,6 +24,7 @@ struct shrink_options {
         bool json;          /* report as a JSON array on stdout */
         const char *format; /* declared for every image ("raw", "qcow2"), NULL: not declared */
         bool keep_gaps;     /* leave the space outside the partitions alone */
+        bool dry_run;       /* only print the estimate of what a shrink would give back */
         /* The images come from a sweep: each is shrunk only if written to since qtrim last
          * shrank it, and a refusal that means "not now" (in use, unchanged, a backing file,
          * already queued) is a skip, not a failure. Results are added to *totals. */

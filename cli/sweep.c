@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "dbus-api.h"
+#include "inspect.h"
 #include "shrink.h"
 #include "util.h"
 
@@ -134,6 +135,13 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         if (r < 0)
                 goto out;
         qsort(images.paths, images.n, sizeof(*images.paths), compare_paths);
+
+        /* What the sweep would give back: every image it would look at, whether written to
+         * since its last shrink or not. */
+        if (opts->dry_run) {
+                r = estimate_images(bus, images.paths, images.n, opts);
+                goto out;
+        }
 
         struct shrink_options batch = *opts;
         batch.sweep = true;

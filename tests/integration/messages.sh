@@ -10,7 +10,8 @@
 # - a refusal names its D-Bus error only with --verbose;
 # - wait on a --no-block job prints the summary shrink prints; a blank raw disk has "nothing to
 #   trim"; a fresh overlay's summary says the same reclaimed (or "grew by") as its --json;
-# - shrink --all --json: one object, the blank disk counted as skipped.
+# - shrink --all --dry-run: an estimate per image, nothing changed; shrink --all --json: one
+#   object, the blank disk counted as skipped.
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
@@ -145,6 +146,10 @@ qt_clone_image "$master" "$sweep_dir/vm.qcow2"
 qt_daemon_stop
 printf '[Daemon]\nIdleExitSec=0\nImageDirectories=%s\n' "$sweep_dir" >"$QT_DAEMON_CONFIG"
 qt_daemon_start
+fingerprint=$(qt_file_fingerprint "$sweep_dir/vm.qcow2")
+run sweepdry shrink --all --dry-run
+expect sweepdry 0 out "^$sweep_dir/vm.qcow2: (≈|~) [0-9.]+ [KMG]?i?B reclaimable of [0-9.]+ [KMG]?i?B allocated"
+[[ $(qt_file_fingerprint "$sweep_dir/vm.qcow2") == "$fingerprint" ]] || failures+=("shrink --all --dry-run changed vm.qcow2")
 run sweep shrink --all --json
 ((rc == 0)) || failures+=("sweep --json: exit status $rc")
 jq -e --arg blank "$sweep_dir/blank.raw" '.shrunk == 1 and .skipped == 1 and .failed == 0 and .bytes_reclaimed > 0

@@ -81,16 +81,19 @@ check 'command after an option' 'qtrimctl --json l' 'list'
 check 'unknown command' 'qtrimctl frob ' ''
 
 v="--help${nl}--verbose"
+d="--json${nl}--dry-run"
 check 'shrink options' 'qtrimctl shrink -' \
-    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
+    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block${nl}$d"
 check 'shrink --json excludes --no-block' 'qtrimctl shrink --json --' \
-    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--json"
-check 'shrink --no-block excludes --json' 'qtrimctl shrink --no-block --' \
+    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}$d"
+check 'shrink --dry-run excludes --no-block' 'qtrimctl shrink --dry-run --' \
+    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}$d"
+check 'shrink --no-block excludes --json and --dry-run' 'qtrimctl shrink --no-block --' \
     "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block"
 check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
-    "$v${nl}--no-convert${nl}--format${nl}--keep-gaps${nl}--no-block${nl}--json"
+    "$v${nl}--no-convert${nl}--format${nl}--keep-gaps${nl}--no-block${nl}$d"
 check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
-check 'shrink --all options' 'qtrimctl shrink --all --' "$v${nl}--no-convert${nl}--json"
+check 'shrink --all options' 'qtrimctl shrink --all --' "$v${nl}--no-convert${nl}$d"
 check 'shrink images and directories' 'qtrimctl shrink ' \
     "a.qcow2${nl}b.img${nl}c.raw${nl}with space.qcow2${nl}g[1].raw${nl}sub${nl}dir.img"
 check 'shrink image prefix' 'qtrimctl shrink a' 'a.qcow2'

@@ -47,6 +47,8 @@ void qt_config_free(struct qt_config *c)
         free_list(c->image_dirs, &c->n_image_dirs);
         free_list(c->sweep_patterns, &c->n_sweep_patterns);
         free_list(c->formats.rules, &c->formats.n);
+        free(c->metrics_file);
+        c->metrics_file = NULL;
 }
 
 /* A number with an optional binary suffix: 512, 64K, 100M, 2G, 1T (also "MiB"-style). */
@@ -226,6 +228,19 @@ int qt_config_set(struct qt_config *c, const char *key, const char *value, const
                         return 0;
                 }
                 return -EINVAL;
+        }
+        if (strcmp(key, "MetricsFile") == 0) {
+                *why = "takes an absolute file path, or nothing for no metrics";
+                size_t len = strlen(value);
+                if (len > 0 &&
+                    (!is_plain_absolute(value) || value[len - 1] == '/' || len >= PATH_MAX))
+                        return -EINVAL;
+                char *copy = len > 0 ? strdup(value) : NULL;
+                if (len > 0 && !copy)
+                        return -ENOMEM;
+                free(c->metrics_file);
+                c->metrics_file = copy;
+                return 0;
         }
         if (strcmp(key, "IdleExitSec") == 0) {
                 *why = "takes a number of seconds (0: never exit when idle)";

@@ -30,6 +30,7 @@ struct qt_config {
         enum qt_attach_backend attach;
         uint64_t idle_exit_usec; /* 0: never */
         bool trim_gaps;          /* TrimGaps=: discard the space outside the partitions */
+        char *metrics_file;      /* MetricsFile=: node_exporter's textfile format, NULL: off */
 };
 
 /* Called for each line that is ignored but worth telling the administrator about. */

@@ -13,6 +13,7 @@
 #include "convert.h"
 #include "dbus-api.h"
 #include "journal.h"
+#include "metrics.h"
 #include "state-dir.h"
 #include "util.h"
 
@@ -178,6 +179,14 @@ static void job_finish(struct job *j, enum job_state state)
                 j->report.progress = 1.0;
         }
         log_result(j);
+        metrics_job_ended(m->metrics, &(struct metrics_job){
+                                          .image = j->image,
+                                          .result = job_state_name(state),
+                                          .bytes_before = j->report.bytes_before,
+                                          .bytes_after = j->report.bytes_after,
+                                          .finished_at = j->finished_at,
+                                          .sweep = j->options.sweep,
+                                      });
         int r = state == JOB_DONE ? state_shrunk_set(m->state_dir, j->image) : 0;
         if (r < 0)
                 fprintf(stderr, "%s: cannot record the shrink in %s: %s\n", j->image, m->state_dir,
@@ -467,7 +476,8 @@ const sd_bus_vtable job_vtable[] = {
     SD_BUS_PROPERTY("NbdDevice", "s", get_chars, REPORT(nbd_device), CHANGE),
     SD_BUS_PROPERTY("Error", "s", get_error_name, 0, CHANGE),
     SD_BUS_PROPERTY("ErrorMessage", "s", get_chars, REPORT(error.message), CHANGE),
-    SD_BUS_PROPERTY("QueuedAt", "t", NULL, offsetof(struct job, queued_at), CONST),
+    /* Never changes, but rides along with the final PropertiesChanged all the same. */
+    SD_BUS_PROPERTY("QueuedAt", "t", NULL, offsetof(struct job, queued_at), CHANGE),
     SD_BUS_PROPERTY("StartedAt", "t", NULL, offsetof(struct job, started_at), CHANGE),
     SD_BUS_PROPERTY("FinishedAt", "t", NULL, offsetof(struct job, finished_at), CHANGE),
     SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),

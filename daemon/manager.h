@@ -29,6 +29,7 @@ struct manager {
         unsigned n_requests;
         bool exiting;
         sd_event_source *idle_timer; /* armed while there is no job and no request */
+        struct metrics *metrics;     /* MetricsFile=, NULL when off */
 };
 
 int manager_add_bus_objects(struct manager *m);

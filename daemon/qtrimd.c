@@ -18,6 +18,7 @@
 #include "dbus-api.h"
 #include "job.h"
 #include "manager.h"
+#include "metrics.h"
 #include "state-dir.h"
 #include "util.h"
 
@@ -145,6 +146,7 @@ static void manager_done(struct manager *m)
                 job_free(j);
         }
         sd_event_source_unref(m->idle_timer);
+        metrics_free(m->metrics);
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
         qt_config_free(&m->config);
@@ -223,6 +225,13 @@ static int run(int argc, char **argv)
                 fprintf(stderr, "qtrimd: cannot set up the event loop: %s\n", strerror(-r));
                 goto out;
         }
+        r = metrics_new(m.event, m.config.metrics_file, &m.metrics);
+        if (r < 0) {
+                fprintf(stderr, "qtrimd: cannot keep metrics for %s: %s\n", m.config.metrics_file,
+                        strerror(-r));
+                goto out;
+        }
+        metrics_jobs_interrupted(m.metrics, interrupted);
 
         r = sd_bus_open_system(&m.bus);
         if (r < 0) {

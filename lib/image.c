@@ -502,9 +502,15 @@ static int check_writable(const struct qt_image_file *f, struct qt_error *e)
 }
 
 /* Whether every byte of the file reads as zero: holes are skipped (SEEK_DATA), data is read up
- * to its first byte that is not. 1: all zeroes, 0: not, negative errno. */
+ * to its first byte that is not. An empty file is no disk at all. 1: all zeroes, 0: not,
+ * negative errno. */
 static int file_is_all_zeroes(int fd)
 {
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (st.st_size == 0)
+                return 0;
         (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
         _cleanup_free_ uint8_t *buf = malloc(1u << 20);
         if (!buf)

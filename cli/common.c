@@ -537,6 +537,15 @@ uint64_t job_elapsed_usec(const struct job_properties *p)
         return since > 0 && now > since ? now - since : 0;
 }
 
+uint64_t job_queued_usec(const struct job_properties *p)
+{
+        if (p->queued_at == 0)
+                return 0;
+        if (p->started_at == 0)
+                return job_elapsed_usec(p);
+        return p->started_at > p->queued_at ? p->started_at - p->queued_at : 0;
+}
+
 int64_t job_bytes_reclaimed(const struct job_properties *p)
 {
         if (p->has_bytes_reclaimed)

@@ -118,6 +118,10 @@ int job_get_properties(sd_bus *bus, const char *path, struct job_properties *ret
  * known. */
 uint64_t job_elapsed_usec(const struct job_properties *p);
 
+/* The time the job waited in qtrimd's queue: until StartedAt, or until now while queued; 0 if
+ * not known. */
+uint64_t job_queued_usec(const struct job_properties *p);
+
 /* For bus_read_dict(): reads one Job property into a struct job_properties. */
 int read_job_property(sd_bus_message *m, const char *key, void *userdata);
 void job_properties_done(struct job_properties *props);

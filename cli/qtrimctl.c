@@ -89,8 +89,11 @@ static int read_job_rows(sd_bus *bus, sd_bus_message *reply, struct job_row **re
                 r = job_get_properties(bus, path, &rows[n_rows - 1].props);
                 if (r < 0)
                         break;
-                if (r == 0) /* ended meanwhile */
-                        job_properties_done(&rows[--n_rows].props), free(rows[n_rows].path);
+                if (r == 0) { /* ended meanwhile */
+                        n_rows--;
+                        job_properties_done(&rows[n_rows].props);
+                        free(rows[n_rows].path);
+                }
         }
         if (r < 0) {
                 job_rows_free(rows, n_rows);
@@ -146,10 +149,6 @@ static struct json_object *job_status_to_json(const struct job_row *row)
         struct json_object *o = json_object_new_object();
         uint64_t done, total;
         bool has_bytes = job_phase_bytes(p, &done, &total);
-        uint64_t queued = p->queued_at == 0              ? 0
-                          : p->started_at > p->queued_at ? p->started_at - p->queued_at
-                          : p->started_at == 0           ? job_elapsed_usec(p)
-                                                         : 0;
 
         json_object_object_add(o, "id", json_object_new_int64(row->id));
         json_object_object_add(o, "job", json_object_new_string(row->path));
@@ -163,7 +162,8 @@ static struct json_object *job_status_to_json(const struct job_row *row)
                                has_bytes ? json_object_new_uint64(total) : NULL);
         json_object_object_add(o, "seconds",
                                p->started_at ? json_seconds(job_elapsed_usec(p)) : NULL);
-        json_object_object_add(o, "queued_seconds", p->queued_at ? json_seconds(queued) : NULL);
+        json_object_object_add(o, "queued_seconds",
+                               p->queued_at ? json_seconds(job_queued_usec(p)) : NULL);
         json_object_object_add(o, "virtual_size", json_object_new_uint64(p->virtual_size));
         json_object_object_add(o, "bytes_before", json_object_new_uint64(p->bytes_before));
         json_object_object_add(o, "bytes_trimmed", json_object_new_uint64(p->bytes_trimmed));
@@ -315,9 +315,8 @@ static void print_job_status(const struct job_row *row)
         printf("\n");
         if (p->started_at > 0) {
                 printf("  elapsed:   %s", format_duration(t, job_elapsed_usec(p)));
-                if (p->queued_at > 0 && p->started_at > p->queued_at + 1000000)
-                        printf(", after %s queued",
-                               format_duration(t, p->started_at - p->queued_at));
+                if (job_queued_usec(p) > 1000000)
+                        printf(", after %s queued", format_duration(t, job_queued_usec(p)));
                 printf("\n");
         } else if (p->queued_at > 0) {
                 printf("  queued:    %s\n", format_duration(t, job_elapsed_usec(p)));

@@ -450,8 +450,8 @@ static void print_job_time(const struct job *job)
                 return;
         }
         printf(" in %s", format_duration(took, p->finished_at - p->started_at));
-        if (p->queued_at > 0 && p->started_at > p->queued_at + 1000000)
-                printf(", after %s queued", format_duration(queued, p->started_at - p->queued_at));
+        if (job_queued_usec(p) > 1000000)
+                printf(", after %s queued", format_duration(queued, job_queued_usec(p)));
 }
 
 static void print_done_job(const struct job *job)
@@ -1059,9 +1059,7 @@ static struct json_object *job_to_json(const struct job *job)
         json_object_object_add(o, "work_seconds",
                                timed ? json_seconds(p->finished_at - p->started_at) : NULL);
         json_object_object_add(o, "queued_seconds",
-                               timed && p->queued_at > 0 && p->started_at >= p->queued_at
-                                   ? json_seconds(p->started_at - p->queued_at)
-                                   : NULL);
+                               timed && p->queued_at > 0 ? json_seconds(job_queued_usec(p)) : NULL);
         json_object_object_add(o, "phases",
                                p->phase_seconds ? json_object_get(p->phase_seconds)
                                                 : json_object_new_object());

@@ -126,6 +126,8 @@ static void log_result(const struct job *j)
                          format_bytes(trimmed, r->bytes_trimmed),
                          format_duration(took, now_usec() - j->started_usec), queued,
                          r->message[0] ? "; " : "", r->message);
+        else if (j->state == JOB_CANCELED) /* "canceled; the image is ..." */
+                snprintf(message, sizeof(message), "%s", r->error.message);
         else
                 snprintf(message, sizeof(message), "%s: %s", job_state_name(j->state),
                          r->error.message);

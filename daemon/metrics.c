@@ -105,17 +105,20 @@ static void put_header(FILE *f, const char *name, const char *type, const char *
         fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void put_per_image(FILE *f, const struct metrics *m, const char *name, int which)
+enum image_value { IMAGE_BEFORE, IMAGE_AFTER, IMAGE_AT };
+
+static void put_per_image(FILE *f, const struct metrics *m, const char *name,
+                          enum image_value which)
 {
         for (size_t i = 0; i < m->n_images; i++) {
                 const struct image_numbers *n = &m->images[i];
                 fprintf(f, "%s{image=\"", name);
                 put_label_value(f, n->image);
                 fputs("\"} ", f);
-                if (which == 2)
+                if (which == IMAGE_AT)
                         put_seconds(f, n->at_usec);
                 else
-                        fprintf(f, "%" PRIu64 "\n", which == 0 ? n->before : n->after);
+                        fprintf(f, "%" PRIu64 "\n", which == IMAGE_BEFORE ? n->before : n->after);
         }
 }
 
@@ -142,13 +145,13 @@ static void put_metrics(FILE *f, const struct metrics *m)
         }
         put_header(f, "qtrim_image_allocated_before_bytes", "gauge",
                    "Host bytes allocated to the image file when its last job began.");
-        put_per_image(f, m, "qtrim_image_allocated_before_bytes", 0);
+        put_per_image(f, m, "qtrim_image_allocated_before_bytes", IMAGE_BEFORE);
         put_header(f, "qtrim_image_allocated_after_bytes", "gauge",
                    "Host bytes allocated to the image file when its last job ended.");
-        put_per_image(f, m, "qtrim_image_allocated_after_bytes", 1);
+        put_per_image(f, m, "qtrim_image_allocated_after_bytes", IMAGE_AFTER);
         put_header(f, "qtrim_image_last_job_timestamp_seconds", "gauge",
                    "When the image's last job ended, Unix time.");
-        put_per_image(f, m, "qtrim_image_last_job_timestamp_seconds", 2);
+        put_per_image(f, m, "qtrim_image_last_job_timestamp_seconds", IMAGE_AT);
 }
 
 /* The new file beside the old one, then one rename: a reader sees the old file or the new. */
@@ -173,9 +176,10 @@ static int write_file(const struct metrics *m)
                 return r;
         }
         put_metrics(f, m);
-        int r = fchmod(fd, 0644) < 0 || fflush(f) != 0 || ferror(f) ? -errno : 0;
+        /* mkostemp made it 0600; the collector may run as another user. */
+        int r = fchmod(fd, 0644) < 0 || fflush(f) != 0 || ferror(f) ? (errno ? -errno : -EIO) : 0;
         if (fclose(f) != 0 && r == 0)
-                r = -errno;
+                r = errno ? -errno : -EIO;
         if (r == 0 && rename(tmp, m->path) < 0)
                 r = -errno;
         if (r < 0)

@@ -136,15 +136,14 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
                 goto out;
         qsort(images.paths, images.n, sizeof(*images.paths), compare_paths);
 
-        /* What the sweep would give back: every image it would look at, whether written to
-         * since its last shrink or not. */
-        if (opts->dry_run) {
-                r = estimate_images(bus, images.paths, images.n, opts);
-                goto out;
-        }
-
         struct shrink_options batch = *opts;
         batch.sweep = true;
+        /* What the sweep would give back: the images it would shrink estimated, the others
+         * skipped as the sweep would skip them. */
+        if (opts->dry_run) {
+                r = estimate_images(bus, images.paths, images.n, &batch);
+                goto out;
+        }
         batch.totals = &totals;
         if (opts->json && !(totals.json = json_object_new_array())) {
                 r = log_errno(-ENOMEM, "failed to sweep");

@@ -51,7 +51,9 @@ final() { # JOB PROPERTY
 }
 # The job path of IMAGE's last job, from the JobRemoved log.
 job_of() { # IMAGE
-        awk -v img="$1" '
+        # (the image by the environment: awk -v would read its backslashes as escapes)
+        IMG=$1 awk '
+                BEGIN { img = ENVIRON["IMG"] }
                 /member=JobRemoved/ { n = 0; inside = 1; next }
                 inside && /^ +(uint32|object path|string) / {
                         v = $0; sub(/^ +(uint32|object path|string) /, "", v); gsub(/^"|"$/, "", v)
@@ -90,6 +92,8 @@ summary() { # JOB
 base=$QT_SCRATCH/base.qcow2
 ovl=$QT_IMAGES/fresh-overlay.qcow2
 blank_raw=$QT_IMAGES/blank.raw
+# A name the metrics file must escape (a label value's quote and backslash).
+odd=$QT_IMAGES/'blank "odd" \ name.raw'
 blank_qcow2=$QT_IMAGES/blank.qcow2
 garbage=$QT_SCRATCH/garbage.raw
 qt_step "a fresh overlay on an ext4 base, a blank raw (holes and written zeroes), a blank qcow2"
@@ -98,9 +102,10 @@ qemu-img create -q -f qcow2 -b "$base" -F qcow2 -- "$ovl"
 truncate -s 256M -- "$blank_raw"
 dd if=/dev/zero of="$blank_raw" bs=1M count=4 seek=100 conv=notrunc status=none
 qemu-img create -q -f qcow2 -- "$blank_qcow2" 256M
+cp -- "$blank_raw" "$odd"
 head -c 1M /dev/urandom >"$garbage"
 sums=$QT_WORK/sums
-sha256sum -- "$blank_raw" "$blank_qcow2" "$garbage" >"$sums"
+sha256sum -- "$blank_raw" "$blank_qcow2" "$odd" "$garbage" >"$sums"
 
 qt_step "a raw file of random bytes is still refused, and not written"
 got=$(qt_shrink_error_name "$garbage")
@@ -114,7 +119,7 @@ sed 's/^/    | /' "$QT_WORK/sweep.out"
 ((rc == 0)) || qt_fail "the sweep exited $rc: a blank disk must not fail it"
 sha256sum --quiet -c "$sums" || qt_fail "a blank image or the random file changed"
 qt_ok "the blank images and the random file are byte-identical"
-for img in "$blank_raw" "$blank_qcow2"; do
+for img in "$blank_raw" "$blank_qcow2" "$odd"; do
         job=$(job_of "$img")
         [[ -n $job ]] || qt_fail "no JobRemoved for $img"
         summary "$job"
@@ -144,7 +149,7 @@ jq -s -e '[.[] | select(.payload.data[1].FinishedAt) | .payload.data[1] | map_va
         qt_fail "QueuedAt <= StartedAt < FinishedAt does not hold, or no job was seen waiting queued"
 qt_ok "QueuedAt <= StartedAt < FinishedAt for every job; the last one waited queued"
 
-record_jobs true "$blank_raw" "$blank_qcow2" "$ovl"
+record_jobs true "$blank_raw" "$blank_qcow2" "$odd" "$ovl"
 
 qt_step "cancels: one at the start of its convert, one still queued behind it"
 : >"$props"

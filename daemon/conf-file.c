@@ -22,6 +22,7 @@ int qt_config_init(struct qt_config *c)
             .attach = QT_ATTACH_AUTO,
             .idle_exit_usec = 60 * 1000000ULL,
             .trim_gaps = true,
+            .libvirt_uri = "qemu:///system",
         };
         static const char *const patterns[] = {"*.qcow2", "*.img", "*.raw"};
         c->image_dirs[c->n_image_dirs++] = strdup("/var/lib/libvirt/images");
@@ -240,6 +241,13 @@ int qt_config_set(struct qt_config *c, const char *key, const char *value, const
                         return -ENOMEM;
                 free(c->metrics_file);
                 c->metrics_file = copy;
+                return 0;
+        }
+        if (strcmp(key, "LibvirtURI") == 0) {
+                *why = "takes a libvirt connection URI (qemu:///system)";
+                if (!value[0] || strlen(value) >= sizeof(c->libvirt_uri) || strchr(value, ' '))
+                        return -EINVAL;
+                snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", value);
                 return 0;
         }
         if (strcmp(key, "IdleExitSec") == 0) {

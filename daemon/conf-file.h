@@ -31,6 +31,7 @@ struct qt_config {
         uint64_t idle_exit_usec; /* 0: never */
         bool trim_gaps;          /* TrimGaps=: discard the space outside the partitions */
         char *metrics_file;      /* MetricsFile=: node_exporter's textfile format, NULL: off */
+        char libvirt_uri[512];   /* LibvirtURI=: where the domain verbs ask libvirt */
 };
 
 /* Called for each line that is ignored but worth telling the administrator about. */

@@ -7,6 +7,7 @@
 #include "manager.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "bus-util.h"
 #include "config.h"
 #include "dbus-api.h"
+#include "domain.h"
 #include "error.h"
 #include "image.h"
 #include "job.h"
@@ -40,6 +42,9 @@ struct request {
         sd_bus_slot *pending; /* the bus call awaited: the caller's uid, then polkit's answer */
         struct worker *worker;
         struct qt_report report;
+        struct domain_call *domain;  /* InspectDomain, ShrinkDomain: image is the domain's name */
+        struct domain_call *disk_of; /* a disk ShrinkDomain queues: its outcome goes there */
+        unsigned disk_index;
 };
 
 /* The options of Shrink and Inspect. */
@@ -56,9 +61,23 @@ enum {
         OPTION_ESTIMATE = 1 << 4,
 };
 
-static int reply_qt_error(sd_bus_message *call, const struct qt_error *e)
+/* Answers a request with an error: its caller, or for a disk of ShrinkDomain, the domain call. */
+static int request_reply_errorf(struct request *q, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int request_reply_errorf(struct request *q, const char *name, const char *fmt, ...)
 {
-        return sd_bus_reply_method_errorf(call, qt_error_dbus_name(e->code), "%s", e->message);
+        va_list ap;
+        va_start(ap, fmt);
+        int r = 0;
+        if (q->disk_of) {
+                char message[QT_ERROR_MESSAGE_MAX];
+                vsnprintf(message, sizeof(message), fmt, ap);
+                domain_call_disk_done(q->disk_of, q->disk_index, NULL, name, message);
+        } else
+                r = sd_bus_reply_method_errorfv(q->call, name, fmt, ap);
+        va_end(ap);
+        return r;
 }
 
 static void request_free(struct request *q)
@@ -72,6 +91,8 @@ static void request_free(struct request *q)
                 }
         sd_bus_slot_unref(q->pending);
         worker_free(q->worker);
+        domain_call_unref(q->domain);
+        domain_call_unref(q->disk_of);
         sd_bus_message_unref(q->call);
         free(q->image);
         free(q);
@@ -134,16 +155,19 @@ static int reply_shrink(struct request *q, const struct qt_report *rep)
         struct manager *m = q->manager;
         struct job *j;
         if (job_find_by_file(m, q->dev, q->ino))
-                return sd_bus_reply_method_errorf(q->call,
-                                                  qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
-                                                  "%s already has a job", q->image);
+                return request_reply_errorf(q, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
+                                            "%s already has a job", q->image);
         if (m->n_jobs >= MAX_JOBS)
-                return sd_bus_reply_method_errorf(q->call, qt_error_dbus_name(QT_ERR_TOO_MANY),
-                                                  "too many jobs (%u); try again later", MAX_JOBS);
+                return request_reply_errorf(q, qt_error_dbus_name(QT_ERR_TOO_MANY),
+                                            "too many jobs (%u); try again later", MAX_JOBS);
         int r = job_new(m, q->image, q->dev, q->ino, q->uid, &q->options, rep, &j);
         if (r < 0)
-                return sd_bus_reply_method_errno(q->call, r, NULL);
-        r = sd_bus_reply_method_return(q->call, "o", j->path);
+                return request_reply_errorf(q, qt_error_dbus_name(QT_ERR_FAILED),
+                                            "cannot create the job: %s", strerror(-r));
+        if (q->disk_of)
+                domain_call_disk_done(q->disk_of, q->disk_index, j->path, NULL, NULL);
+        else
+                r = sd_bus_reply_method_return(q->call, "o", j->path);
         manager_dispatch_queue(m);
         return r;
 }
@@ -156,15 +180,16 @@ static void on_request_exit(struct worker *w, void *userdata)
 
         int r;
         if (qt_error_is_set(&rep->error))
-                r = reply_qt_error(q->call, &rep->error);
+                r = request_reply_errorf(q, qt_error_dbus_name(rep->error.code), "%s",
+                                         rep->error.message);
         else if (q->kind == QT_JOB_INSPECT)
                 r = reply_inspect(q->call, rep);
         else
                 r = reply_shrink(q, rep);
         /* The caller must never wait for its timeout: say something. */
         if (r < 0)
-                sd_bus_reply_method_errorf(q->call, qt_error_dbus_name(QT_ERR_FAILED),
-                                           "cannot send the reply: %s", strerror(-r));
+                request_reply_errorf(q, qt_error_dbus_name(QT_ERR_FAILED),
+                                     "cannot send the reply: %s", strerror(-r));
         request_free(q);
         manager_check_exit(m);
 }
@@ -197,18 +222,28 @@ static bool in_image_directories(const struct manager *m, const char *path)
 /* Replies with the error and ends the request: for steps that run after the method returned. */
 static void request_fail(struct request *q, const char *name, const char *message)
 {
-        sd_bus_reply_method_errorf(q->call, name, "%s", message);
+        request_reply_errorf(q, name, "%s", message);
         struct manager *m = q->manager;
         request_free(q);
         manager_check_exit(m);
 }
 
 /* The caller may act: check the file, resolve it, and start the worker that answers the call. */
+static void on_domain_read(void *userdata)
+{
+        struct request *q = userdata;
+        struct manager *m = q->manager;
+        request_free(q);
+        manager_check_exit(m);
+}
+
 static void request_continue(struct request *q)
 {
         struct manager *m = q->manager;
         struct qt_error e = {};
         struct stat st;
+        if (q->domain)
+                return domain_call_start(q->domain, m, q->call, q->uid, on_domain_read, q);
         if (qt_image_check_path(q->image, true, &st, &e) < 0)
                 return request_fail(q, qt_error_dbus_name(e.code), e.message);
         if (q->kind == QT_JOB_PROBE && (job_find_by_file(m, st.st_dev, st.st_ino) ||
@@ -274,14 +309,15 @@ static int on_sender_uid(sd_bus_message *reply, void *userdata, sd_bus_error *re
                 return 0;
         }
         q->uid = uid;
-        if (q->uid != 0 && !in_image_directories(m, q->image)) {
+        /* A domain's disks are checked one by one once they are known. */
+        if (q->uid != 0 && !q->domain && !in_image_directories(m, q->image)) {
                 request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
                              "only root may name images outside the image directories "
                              "(ImageDirectories= in qtrimd.conf)");
                 return 0;
         }
-        int r = authorize(q->call, q->uid, QTRIM_ACTION_SHRINK, q->image, on_authorized, q,
-                          &q->pending);
+        int r = authorize(q->call, q->uid, QTRIM_ACTION_SHRINK, q->domain ? NULL : q->image,
+                          on_authorized, q, &q->pending);
         if (r < 0)
                 request_fail(q, qt_error_dbus_name(QT_ERR_FAILED), "cannot ask polkit");
         else if (r > 0)
@@ -293,18 +329,23 @@ static int on_sender_uid(sd_bus_message *reply, void *userdata, sd_bus_error *re
  * comes when the worker is done, or sooner with an error. Nothing here waits on the bus: the
  * caller's uid is asked of the bus driver, like polkit's answer, without blocking the loop. */
 static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
-                         const char *image, const struct shrink_options *o, sd_bus_error *error)
+                         const char *image, const struct shrink_options *o,
+                         struct domain_call *domain, sd_bus_error *error)
 {
         /* The limit first: under a flood, refusing must cost no round trip to the bus. */
-        if (m->n_requests >= MAX_REQUESTS)
+        if (m->n_requests >= MAX_REQUESTS) {
+                domain_call_unref(domain);
                 return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                          "too many requests in progress (%u); try again later",
                                          MAX_REQUESTS);
+        }
         struct request *q = calloc(1, sizeof(*q));
         if (!q || !(q->image = strdup(image))) {
                 free(q);
+                domain_call_unref(domain);
                 return -ENOMEM;
         }
+        q->domain = domain;
         q->manager = m;
         q->call = sd_bus_message_ref(call);
         q->kind = kind;
@@ -416,7 +457,7 @@ static int method_shrink(sd_bus_message *msg, void *userdata, sd_bus_error *erro
          * TrimGaps=no a caller's wish for the gaps. */
         o.convert = o.convert && !m->config.convert.never;
         o.trim_gaps = o.trim_gaps && m->config.trim_gaps;
-        return start_request(m, msg, QT_JOB_PROBE, image, &o, error);
+        return start_request(m, msg, QT_JOB_PROBE, image, &o, NULL, error);
 }
 
 static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *error)
@@ -434,7 +475,75 @@ static int method_inspect(sd_bus_message *msg, void *userdata, sd_bus_error *err
                 return r;
         /* The estimate counts the gaps as the shrink would: TrimGaps=no wins here too. */
         o.trim_gaps = o.trim_gaps && m->config.trim_gaps;
-        return start_request(m, msg, QT_JOB_INSPECT, image, &o, error);
+        return start_request(m, msg, QT_JOB_INSPECT, image, &o, NULL, error);
+}
+
+/* InspectDomain and ShrinkDomain (domain.h): authorized as Inspect and Shrink are, then the
+ * domain is read in a child of qtrimd. */
+static int method_domain(sd_bus_message *msg, struct manager *m, enum domain_verb verb,
+                         sd_bus_error *error)
+{
+        const char *name;
+        struct shrink_options o = {.convert = true, .trim_gaps = true, .format = ""};
+        int r = sd_bus_message_read(msg, "s", &name);
+        if (r < 0)
+                return r;
+        r = read_options(
+            msg, verb == DOMAIN_SHRINK ? OPTION_CONVERT | OPTION_IF_CHANGED | OPTION_TRIM_GAPS : 0,
+            &o, error);
+        if (r < 0)
+                return r;
+        if (!name[0] || strlen(name) > 255)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "name a domain (up to 255 bytes)");
+        const struct job_options options = {
+            .convert = o.convert && !m->config.convert.never,
+            .keep_gaps = !(o.trim_gaps && m->config.trim_gaps),
+            .sweep = o.if_changed,
+        };
+        struct domain_call *c;
+        r = domain_call_new(verb, name, &options, o.if_changed, &c);
+        if (r == -EOPNOTSUPP)
+                return sd_bus_error_set(error, qt_error_dbus_name(QT_ERR_UNSUPPORTED),
+                                        "libvirt support is not built in");
+        if (r < 0)
+                return r;
+        return start_request(m, msg, QT_JOB_PROBE, name, &o, c, error);
+}
+
+static int method_inspect_domain(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        return method_domain(msg, userdata, DOMAIN_INSPECT, error);
+}
+
+static int method_shrink_domain(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        return method_domain(msg, userdata, DOMAIN_SHRINK, error);
+}
+
+void manager_shrink_disk(struct manager *m, sd_bus_message *call, uid_t uid, const char *image,
+                         const struct job_options *options, bool if_changed, struct domain_call *c,
+                         unsigned index)
+{
+        struct request *q = m->n_requests < MAX_REQUESTS ? calloc(1, sizeof(*q)) : NULL;
+        if (!q || !(q->image = strdup(image))) {
+                free(q);
+                return domain_call_disk_done(c, index, NULL, qt_error_dbus_name(QT_ERR_TOO_MANY),
+                                             "too many requests in progress; try again later");
+        }
+        q->manager = m;
+        q->call = sd_bus_message_ref(call);
+        q->kind = QT_JOB_PROBE;
+        q->uid = uid;
+        q->options = *options;
+        q->if_changed = if_changed;
+        q->disk_of = domain_call_ref(c);
+        q->disk_index = index;
+        q->next = m->requests;
+        m->requests = q;
+        m->n_requests++;
+        manager_update_idle(m);
+        request_continue(q);
 }
 
 static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error)
@@ -507,6 +616,12 @@ static const sd_bus_vtable manager_vtable[] = {
     SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("s", image, "a{sv}", options),
                             SD_BUS_RESULT("a{sv}", info, QTRIM_FS_ARRAY_SIGNATURE, volumes),
                             method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("InspectDomain", SD_BUS_ARGS("s", name, "a{sv}", options),
+                            SD_BUS_RESULT("a{sv}", info, QTRIM_DOMAIN_DISK_ARRAY_SIGNATURE, disks),
+                            method_inspect_domain, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("ShrinkDomain", SD_BUS_ARGS("s", name, "a{sv}", options),
+                            SD_BUS_RESULT(QTRIM_DOMAIN_SHRUNK_ARRAY_SIGNATURE, disks),
+                            method_shrink_domain, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(usso)", jobs),
                             method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_SIGNAL_WITH_ARGS("JobNew", SD_BUS_ARGS("u", id, "o", job, "s", image), 0),

@@ -46,24 +46,24 @@
 /* InspectDomain(s name, a{sv} options) -> (a{sv} info, a(ssssssssss) disks) and
  * ShrinkDomain(s name, a{sv} options) -> a(ssoss) disks, for libvirt domains. InspectDomain's
  * info: Name s, UUID s, State s (libvirt's words: "running", "paused", "shut off", ...),
- * HypervisorVersion s ("7.2.0", "" if unknown). A disk: target ("vda"), device ("disk",
- * "cdrom", "floppy", "lun"), bus ("virtio", "scsi", "sata", ...), type ("file", "block",
- * "network", "volume", ...), source (the file; a volume's path), format (the driver type),
- * discard and detect_zeroes ("" when unset), skip (why a shrink leaves it alone, "" when it does
- * not) and verdict (whether the guest's discards reach the image, and if not what to change).
- * ShrinkDomain takes "convert", "if-changed" and "trim-gaps" as Shrink does (the format is the
- * domain XML's) and answers per disk: target, source, job ("/" when none), error (the D-Bus
+ * Active b (a QEMU process exists), HypervisorVersion s ("7.2.0", "" if unknown). A disk: target
+ * ("vda"), device ("disk", "cdrom", "floppy", "lun"), bus ("virtio", "scsi", "sata", ...), type
+ * ("file", "block", "network", "volume", ...), source (the file; a volume's path), format (the
+ * driver type), discard and detect_zeroes ("" when unset), skip (why a shrink leaves it alone, ""
+ * when it does not) and verdict (whether the guest's discards reach the image, and if not what to
+ * change). ShrinkDomain takes "convert", "if-changed" and "trim-gaps" as Shrink does (the format is
+ * the domain XML's) and answers per disk: target, source, job ("/" when none), error (the D-Bus
  * error name of a refused disk, "" otherwise) and message (the skip reason or the refusal). */
-#define QTRIM_DOMAIN_DISK_SIGNATURE        "(ssssssssss)"
-#define QTRIM_DOMAIN_DISK_ARRAY_SIGNATURE  "a" QTRIM_DOMAIN_DISK_SIGNATURE
+#define QTRIM_DOMAIN_DISK_SIGNATURE         "(ssssssssss)"
+#define QTRIM_DOMAIN_DISK_ARRAY_SIGNATURE   "a" QTRIM_DOMAIN_DISK_SIGNATURE
 #define QTRIM_DOMAIN_SHRUNK_SIGNATURE       "(ssoss)"
 #define QTRIM_DOMAIN_SHRUNK_ARRAY_SIGNATURE "a" QTRIM_DOMAIN_SHRUNK_SIGNATURE
 /* The errors of the domain methods besides qtrim's own (error.h): no such domain, the domain is
  * running or paused (ShrinkDomain), libvirt cannot be reached or answered with an error. A build
  * without libvirt answers org.qtrim1.Error.Unsupported. */
-#define QTRIM_ERROR_NO_SUCH_DOMAIN  "org.qtrim1.Error.NoSuchDomain"
-#define QTRIM_ERROR_DOMAIN_RUNNING  "org.qtrim1.Error.DomainRunning"
-#define QTRIM_ERROR_LIBVIRT         "org.qtrim1.Error.Libvirt"
+#define QTRIM_ERROR_NO_SUCH_DOMAIN "org.qtrim1.Error.NoSuchDomain"
+#define QTRIM_ERROR_DOMAIN_RUNNING "org.qtrim1.Error.DomainRunning"
+#define QTRIM_ERROR_LIBVIRT        "org.qtrim1.Error.Libvirt"
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#include "domain.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "dbus-api.h"
+#include "error.h"
+#include "manager.h"
+#include "util.h"
+
+#define SNAPSHOT_FD 3
+
+/* What ShrinkDomain says of one disk. */
+struct disk_outcome {
+        char job[64]; /* the job's object path, "/" when none */
+        char error[128];
+        char message[QT_ERROR_MESSAGE_MAX];
+};
+
+struct domain_call {
+        unsigned n_ref;
+        enum domain_verb verb;
+        char *name;
+        struct job_options options;
+        bool if_changed;
+
+        struct manager *manager;
+        sd_bus_message *call;
+        uid_t uid;
+        void (*done)(void *userdata); /* the reading is over */
+        void *done_userdata;
+
+        /* The child reading the domain (its own process group). */
+        pid_t pid;
+        int memfd;
+        sd_event_source *child, *timer;
+        bool timed_out;
+
+        struct domain_snapshot *snapshot;
+        struct disk_outcome *outcomes; /* ShrinkDomain: one per disk of the snapshot */
+        unsigned n_pending;            /* disks whose probe has not answered yet */
+        bool queuing;                  /* still starting the probes: do not answer yet */
+        bool answered;
+};
+
+int domain_call_new(enum domain_verb verb, const char *name, const struct job_options *options,
+                    bool if_changed, struct domain_call **ret)
+{
+        if (!QTRIM_LIBVIRT)
+                return -EOPNOTSUPP;
+        struct domain_call *c = calloc(1, sizeof(*c));
+        if (!c || !(c->name = strdup(name))) {
+                free(c);
+                return -ENOMEM;
+        }
+        c->n_ref = 1;
+        c->verb = verb;
+        c->options = *options;
+        c->if_changed = if_changed;
+        c->memfd = -1;
+        *ret = c;
+        return 0;
+}
+
+struct domain_call *domain_call_ref(struct domain_call *c)
+{
+        if (c)
+                c->n_ref++;
+        return c;
+}
+
+/* Kills and reaps what is left of the reading child (at qtrimd's exit, or after a timeout). */
+static void stop_reader(struct domain_call *c)
+{
+        c->child = sd_event_source_disable_unref(c->child);
+        c->timer = sd_event_source_disable_unref(c->timer);
+        if (c->pid > 0) {
+                kill(-c->pid, SIGKILL);
+                /* The child itself: it was killed, and its exit is not watched any more. */
+                waitpid(c->pid, NULL, 0);
+                c->pid = 0;
+        }
+}
+
+struct domain_call *domain_call_unref(struct domain_call *c)
+{
+        if (!c || --c->n_ref > 0)
+                return NULL;
+        stop_reader(c);
+        closep(&c->memfd);
+        sd_bus_message_unref(c->call);
+        free(c->snapshot);
+        free(c->outcomes);
+        free(c->name);
+        free(c);
+        return NULL;
+}
+
+static void answer_error(struct domain_call *c, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void answer_error(struct domain_call *c, const char *name, const char *fmt, ...)
+{
+        char message[QT_ERROR_MESSAGE_MAX];
+        va_list ap;
+        if (c->answered)
+                return;
+        c->answered = true;
+        va_start(ap, fmt);
+        vsnprintf(message, sizeof(message), fmt, ap);
+        va_end(ap);
+        sd_bus_reply_method_errorf(c->call, name, "%s", utf8_sanitize(message));
+}
+
+/* Sends reply, or says why it could not be made: the caller must never wait for its timeout. */
+static void answer(struct domain_call *c, sd_bus_message *reply, int r)
+{
+        if (r >= 0)
+                r = sd_bus_send(NULL, reply, NULL);
+        if (r < 0)
+                answer_error(c, qt_error_dbus_name(QT_ERR_FAILED), "cannot send the reply: %s",
+                             strerror(-r));
+        c->answered = true;
+}
+
+static void finish_reading(struct domain_call *c)
+{
+        void (*done)(void *) = c->done;
+        c->done = NULL;
+        if (done)
+                done(c->done_userdata);
+}
+
+/* The child: connect, read, write the snapshot, exit. Never returns. */
+_Noreturn static void run_reader(const char *uri, const char *name, int memfd, pid_t parent)
+{
+        setpgid(0, 0);
+        /* A reader qtrimd no longer waits for is of no use. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+                _exit(1);
+        struct sigaction sa = {.sa_handler = SIG_DFL};
+        for (int sig = 1; sig < _NSIG; sig++)
+                sigaction(sig, &sa, NULL); /* fails harmlessly for SIGKILL, SIGSTOP, RT gaps */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* Only the memfd and the standard streams: not the bus connection. */
+        if (dup2(memfd, SNAPSHOT_FD) < 0)
+                _exit(1);
+        close_range(SNAPSHOT_FD + 1, ~0U, 0);
+
+        struct domain_snapshot *s = calloc(1, sizeof(*s));
+        if (!s)
+                _exit(1);
+#if QTRIM_LIBVIRT
+        domain_snapshot_read(uri, name, s);
+#endif
+        const char *p = (const char *)s;
+        for (size_t left = sizeof(*s); left > 0;) {
+                ssize_t n = write(SNAPSHOT_FD, p, left);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        _exit(1);
+                p += n;
+                left -= (size_t)n;
+        }
+        _exit(0);
+}
+
+/* The snapshot comes from our own fork, but is read as bytes from a file: every string ends. */
+static void terminate_strings(struct domain_snapshot *s)
+{
+#define TERMINATE(buf) ((buf)[sizeof(buf) - 1] = '\0')
+        TERMINATE(s->error);
+        TERMINATE(s->name);
+        TERMINATE(s->uuid);
+        TERMINATE(s->state);
+        for (unsigned i = 0; i < s->n_disks; i++) {
+                struct domain_disk *d = &s->disks[i];
+                TERMINATE(d->target);
+                TERMINATE(d->device);
+                TERMINATE(d->bus);
+                TERMINATE(d->type);
+                TERMINATE(d->source);
+                TERMINATE(d->pool);
+                TERMINATE(d->volume);
+                TERMINATE(d->format);
+                TERMINATE(d->discard);
+                TERMINATE(d->detect_zeroes);
+                TERMINATE(d->defined_discard);
+                TERMINATE(d->skip);
+                TERMINATE(d->verdict);
+        }
+#undef TERMINATE
+}
+
+static int read_snapshot(struct domain_call *c)
+{
+        struct domain_snapshot *s = malloc(sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        ssize_t n = pread(c->memfd, s, sizeof(*s), 0);
+        if (n != (ssize_t)sizeof(*s) || s->n_disks > DOMAIN_MAX_DISKS) {
+                free(s);
+                return -EIO;
+        }
+        terminate_strings(s);
+        c->snapshot = s;
+        return 0;
+}
+
+static void answer_inspect(struct domain_call *c)
+{
+        const struct domain_snapshot *s = c->snapshot;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        char version[32] = "";
+        if (s->hypervisor_version)
+                snprintf(version, sizeof(version), "%llu.%llu.%llu",
+                         s->hypervisor_version / 1000000, s->hypervisor_version / 1000 % 1000,
+                         s->hypervisor_version % 1000);
+        int r = sd_bus_message_new_method_return(c->call, &reply);
+        if (r >= 0)
+                r = sd_bus_message_append(reply, "a{sv}", 5, "Name", "s", s->name, "UUID", "s",
+                                          s->uuid, "State", "s", s->state, "Active", "b", s->active,
+                                          "HypervisorVersion", "s", version);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', QTRIM_DOMAIN_DISK_SIGNATURE);
+        for (unsigned i = 0; r >= 0 && i < s->n_disks; i++) {
+                const struct domain_disk *d = &s->disks[i];
+                r = sd_bus_message_append(reply, QTRIM_DOMAIN_DISK_SIGNATURE, d->target, d->device,
+                                          d->bus, d->type, d->source, d->format, d->discard,
+                                          d->detect_zeroes, d->skip, d->verdict);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        answer(c, reply, r);
+}
+
+static void answer_shrink(struct domain_call *c)
+{
+        const struct domain_snapshot *s = c->snapshot;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int r = sd_bus_message_new_method_return(c->call, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', QTRIM_DOMAIN_SHRUNK_SIGNATURE);
+        for (unsigned i = 0; r >= 0 && i < s->n_disks; i++) {
+                const struct disk_outcome *o = &c->outcomes[i];
+                r = sd_bus_message_append(reply, QTRIM_DOMAIN_SHRUNK_SIGNATURE, s->disks[i].target,
+                                          s->disks[i].source, o->job, o->error, o->message);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        answer(c, reply, r);
+}
+
+void domain_call_disk_done(struct domain_call *c, unsigned index, const char *job_path,
+                           const char *error_name, const char *message)
+{
+        struct disk_outcome *o = &c->outcomes[index];
+        snprintf(o->job, sizeof(o->job), "%s", job_path ?: "/");
+        snprintf(o->error, sizeof(o->error), "%s", error_name ?: "");
+        snprintf(o->message, sizeof(o->message), "%s", message ?: "");
+        c->n_pending--;
+        if (c->n_pending == 0 && !c->queuing)
+                answer_shrink(c);
+}
+
+/* A shut-off domain: every disk a shrink takes goes through the probe as Shrink's image would. */
+static void queue_disks(struct domain_call *c)
+{
+        const struct domain_snapshot *s = c->snapshot;
+        if (s->active)
+                return answer_error(c, QTRIM_ERROR_DOMAIN_RUNNING,
+                                    "the domain is %s; shut it down first", s->state);
+        c->outcomes = calloc(s->n_disks ?: 1, sizeof(*c->outcomes));
+        if (!c->outcomes)
+                return answer_error(c, qt_error_dbus_name(QT_ERR_FAILED), "out of memory");
+
+        c->queuing = true;
+        for (unsigned i = 0; i < s->n_disks; i++) {
+                const struct domain_disk *d = &s->disks[i];
+                struct disk_outcome *o = &c->outcomes[i];
+                if (d->skip[0]) {
+                        snprintf(o->job, sizeof(o->job), "/");
+                        snprintf(o->message, sizeof(o->message), "%s", d->skip);
+                        continue;
+                }
+                struct job_options options = c->options;
+                /* The format QEMU uses for the disk: declared, never guessed. */
+                snprintf(options.format.declared, sizeof(options.format.declared), "%s", d->format);
+                c->n_pending++;
+                manager_shrink_disk(c->manager, c->call, c->uid, d->source, &options, c->if_changed,
+                                    c, i);
+        }
+        c->queuing = false;
+        if (c->n_pending == 0)
+                answer_shrink(c);
+}
+
+static void on_snapshot(struct domain_call *c)
+{
+        const struct domain_snapshot *s = c->snapshot;
+        const char *uri = c->manager->config.libvirt_uri;
+        switch (s->status) {
+        case DOMAIN_OK:
+                break;
+        case DOMAIN_NO_LIBVIRT:
+                return answer_error(c, QTRIM_ERROR_LIBVIRT,
+                                    "cannot connect to libvirt at %s: %s; is libvirtd running? "
+                                    "(LibvirtURI= in qtrimd.conf)",
+                                    uri, s->error);
+        case DOMAIN_NOT_FOUND:
+                return answer_error(c, QTRIM_ERROR_NO_SUCH_DOMAIN, "no such domain at %s", uri);
+        default:
+                return answer_error(c, QTRIM_ERROR_LIBVIRT, "%s", s->error);
+        }
+        if (c->verb == DOMAIN_INSPECT)
+                answer_inspect(c);
+        else
+                queue_disks(c);
+}
+
+static int on_reader_exit(sd_event_source *source, const siginfo_t *si, void *userdata)
+{
+        struct domain_call *c = domain_call_ref(userdata);
+        bool exited_ok = si->si_code == CLD_EXITED && si->si_status == 0;
+        int status = si->si_code == CLD_EXITED ? si->si_status : 128 + si->si_status;
+        /* Whatever it started (a remote URI's ssh) goes with it. */
+        c->pid = 0;
+        kill(-si->si_pid, SIGKILL);
+        while (waitpid(-si->si_pid, NULL, WNOHANG) > 0)
+                ;
+        stop_reader(c);
+
+        if (c->timed_out)
+                answer_error(c, QTRIM_ERROR_LIBVIRT, "libvirt at %s did not answer within %llu s",
+                             c->manager->config.libvirt_uri,
+                             (unsigned long long)(DOMAIN_READ_TIMEOUT_USEC / 1000000));
+        else if (!exited_ok || read_snapshot(c) < 0)
+                answer_error(c, qt_error_dbus_name(QT_ERR_FAILED),
+                             "reading the domain failed (status %d)", status);
+        else
+                on_snapshot(c);
+        finish_reading(c);
+        domain_call_unref(c);
+        return 0;
+}
+
+static int on_reader_timeout(sd_event_source *source, uint64_t usec, void *userdata)
+{
+        struct domain_call *c = userdata;
+        c->timed_out = true;
+        /* Its exit, seen by on_reader_exit, answers the call. */
+        if (c->pid > 0)
+                kill(-c->pid, SIGKILL);
+        return 0;
+}
+
+void domain_call_start(struct domain_call *c, struct manager *m, sd_bus_message *call, uid_t uid,
+                       void (*done)(void *userdata), void *userdata)
+{
+        c->manager = m;
+        c->call = sd_bus_message_ref(call);
+        c->uid = uid;
+        c->done = done;
+        c->done_userdata = userdata;
+
+        domain_call_ref(c);
+        c->memfd = memfd_create("qtrim-domain", MFD_CLOEXEC);
+        pid_t parent = getpid();
+        pid_t pid = c->memfd < 0 ? -1 : fork();
+        if (pid == 0)
+                run_reader(m->config.libvirt_uri, c->name, c->memfd, parent);
+        int r = pid < 0 ? -errno : 0;
+        if (pid > 0) {
+                c->pid = pid;
+                /* Also here, so the timeout's kill reaches the group whichever runs first. */
+                setpgid(pid, pid);
+                r = sd_event_add_child(m->event, &c->child, pid, WEXITED, on_reader_exit, c);
+                if (r >= 0)
+                        r = sd_event_add_time_relative(m->event, &c->timer, CLOCK_MONOTONIC,
+                                                       DOMAIN_READ_TIMEOUT_USEC, 0,
+                                                       on_reader_timeout, c);
+        }
+        if (r < 0) {
+                stop_reader(c);
+                answer_error(c, qt_error_dbus_name(QT_ERR_FAILED),
+                             "cannot start the reader of the domain: %s", strerror(-r));
+                finish_reading(c);
+        }
+        domain_call_unref(c);
+}

@@ -13,6 +13,7 @@
 #include "common.h"
 #include "config.h"
 #include "dbus-api.h"
+#include "domain.h"
 #include "inspect.h"
 #include "shrink.h"
 #include "util.h"
@@ -23,6 +24,7 @@ static bool arg_json = false;
 static bool arg_all = false;
 static const char *arg_format = NULL;
 static bool arg_keep_gaps = false;
+static const char *arg_domain = NULL;
 static bool arg_dry_run = false;
 
 static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
@@ -38,6 +40,8 @@ static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
 
         if (arg_all)
                 return sweep_image_directories(bus, &opts);
+        if (arg_domain)
+                return shrink_domain(bus, arg_domain, &opts);
         if (arg_dry_run)
                 return estimate_images(bus, args, n_args, &opts);
         return shrink_images(bus, args, n_args, &opts);
@@ -367,6 +371,8 @@ static int verb_wait(sd_bus *bus, char **args, size_t n_args)
 
 static int verb_inspect(sd_bus *bus, char **args, size_t n_args)
 {
+        if (arg_domain)
+                return inspect_domain(bus, arg_domain, arg_json);
         return inspect_image(bus, args[0], arg_format, arg_json);
 }
 
@@ -380,6 +386,7 @@ enum {
         OPTION_FORMAT = 1 << 4,
         OPTION_KEEP_GAPS = 1 << 5,
         OPTION_VERBOSE = 1 << 6,
+        OPTION_DOMAIN = 1 << 8,
         OPTION_DRY_RUN = 1 << 7,
 };
 
@@ -399,6 +406,7 @@ static const struct verb_option {
     {OPTION_DRY_RUN, "--dry-run",
      "Only say what a shrink would give back (an estimate); change nothing"},
     {OPTION_VERBOSE, "--verbose", "Name the D-Bus error in error messages"},
+    {OPTION_DOMAIN, "--domain=NAME", "The disks of a libvirt domain, instead of images"},
 };
 
 static const struct verb {
@@ -413,7 +421,7 @@ static const struct verb {
     {"shrink", "IMAGE...|--all", "Trim the guest filesystems of each image and compact it", 1,
      SIZE_MAX,
      OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL | OPTION_FORMAT |
-         OPTION_KEEP_GAPS | OPTION_DRY_RUN,
+         OPTION_KEEP_GAPS | OPTION_DRY_RUN | OPTION_DOMAIN,
      verb_shrink},
     {"list", "", "List the jobs queued or running in qtrimd", 0, 0, OPTION_JSON, verb_list},
     {"status", "JOB", "Show where a job is: state, phase, progress, time, bytes", 1, 1, OPTION_JSON,
@@ -422,7 +430,7 @@ static const struct verb {
      OPTION_JSON, verb_wait},
     {"cancel", "JOB...", "Cancel jobs, named by id or object path", 1, SIZE_MAX, 0, verb_cancel},
     {"inspect", "IMAGE", "Show the format, sizes and filesystems of an image", 1, 1,
-     OPTION_JSON | OPTION_FORMAT, verb_inspect},
+     OPTION_JSON | OPTION_FORMAT | OPTION_DOMAIN, verb_inspect},
     /* Answered while the command line is read: needs no bus. */
     {"help", "[COMMAND]", "Show this help, or a command's", 0, 1, 0, NULL},
 };
@@ -523,6 +531,14 @@ static int check_verb(const struct verb *verb, unsigned options_given, char **ar
                         return -EINVAL;
                 }
 
+        if (arg_domain && (n_args > 0 || arg_all || arg_format || arg_dry_run)) {
+                fprintf(stderr,
+                        "qtrimctl: --domain names the disks: it takes no images, nor "
+                        "--all, --format (the domain says) or --dry-run; see qtrimctl "
+                        "%s --help\n",
+                        verb->name);
+                return -EINVAL;
+        }
         if (arg_all) {
                 if (n_args > 0 || arg_no_block || arg_format || arg_keep_gaps) {
                         fprintf(stderr, "qtrimctl: --all takes no images and goes with "
@@ -534,7 +550,7 @@ static int check_verb(const struct verb *verb, unsigned options_given, char **ar
                 }
                 return 0;
         }
-        if (n_args < verb->min_args || n_args > verb->max_args) {
+        if ((n_args < verb->min_args && !arg_domain) || n_args > verb->max_args) {
                 fprintf(stderr, "qtrimctl: %s takes %s; see qtrimctl %s --help\n", verb->name,
                         *verb->arguments ? verb->arguments : "no arguments", verb->name);
                 return -EINVAL;
@@ -584,6 +600,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 ARG_KEEP_GAPS,
                 ARG_VERBOSE,
                 ARG_DRY_RUN,
+                ARG_DOMAIN,
         };
         static const struct option options[] = {
             {"help", no_argument, NULL, 'h'},
@@ -596,6 +613,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
             {"keep-gaps", no_argument, NULL, ARG_KEEP_GAPS},
             {"verbose", no_argument, NULL, ARG_VERBOSE},
             {"dry-run", no_argument, NULL, ARG_DRY_RUN},
+            {"domain", required_argument, NULL, ARG_DOMAIN},
             {},
         };
         bool help = false;
@@ -635,6 +653,10 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 case ARG_VERBOSE:
                         log_verbose = true;
                         options_given |= OPTION_VERBOSE;
+                        break;
+                case ARG_DOMAIN:
+                        arg_domain = optarg;
+                        options_given |= OPTION_DOMAIN;
                         break;
                 case ARG_DRY_RUN:
                         arg_dry_run = true;

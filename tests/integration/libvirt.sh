@@ -1,0 +1,149 @@
+#!/bin/bash
+# Domains by name, against a real libvirtd (tests/lib/libvirt.sh):
+# - no libvirtd yet: inspect --domain says libvirt cannot be reached;
+# - a shut-off domain with a qcow2 and a raw disk holding deleted data and a CD-ROM: shrink
+#   --domain shrinks both disks (allocation falls, qemu-img check, kept files' checksums), the
+#   CD-ROM file is untouched and the domain's XML is unchanged;
+# - a running domain (TCG, no OS: SeaBIOS holds it, QEMU holds its image's lock): shrink
+#   --domain is refused by name, the image untouched; inspect reads the live XML, and says a
+#   discard='unmap' set in the definition only takes effect at the next start;
+# - inspect --domain's verdicts for virtio-blk, virtio-scsi and SATA disks with and without
+#   discard='unmap'; an unknown domain.
+set -euo pipefail
+# shellcheck source=tests/lib/scenario.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
+# shellcheck source=tests/lib/libvirt.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/libvirt.sh"
+
+QT_T0=$(qt_now)
+QT_SCENARIO=libvirt
+qt_need qemu-img qemu-nbd jq busctl dbus-daemon
+qt_init_workdir libvirt
+qt_step "libvirt: work dir $QT_WORK"
+qt_bus_start
+# The sockets' place is known before libvirtd starts: qtrimd is started once, before it.
+QT_DAEMON_CONFIG=$QT_WORK/qtrimd.conf
+printf '[Daemon]\nIdleExitSec=0\nLibvirtURI=qemu+unix:///system?socket=%s\n' \
+        "$QT_WORK/libvirt/sock/libvirt-sock-ro" >"$QT_DAEMON_CONFIG"
+qt_daemon_start
+
+# Runs qtrimctl expecting exit status WANT; its output is left in $QT_WORK/out and err.
+qtrimctl_status() { # WANT ARGS...
+        local want=$1 rc=0
+        shift
+        qt_info "\$ qtrimctl $*"
+        qt_qtrimctl "$@" >"$QT_WORK/out" 2>"$QT_WORK/err" || rc=$?
+        sed 's/^/    | /' "$QT_WORK/out" "$QT_WORK/err"
+        ((rc == want)) || qt_fail "qtrimctl $* exited with $rc, not $want"
+}
+
+qt_step "no libvirtd: a clear error"
+qtrimctl_status 1 inspect --domain qtrim-test-off
+grep -q 'cannot connect to libvirt at qemu+unix:///system' "$QT_WORK/err" ||
+        qt_fail "no 'cannot connect to libvirt' in: $(cat "$QT_WORK/err")"
+qt_ok "libvirt not running: said so"
+
+qt_step "start libvirtd, build the images"
+qt_libvirt_start
+qcow2=$QT_IMAGES/off-root.qcow2
+raw=$QT_IMAGES/off-data.raw
+iso=$QT_IMAGES/install.iso
+make_whole_qcow2 "$qcow2"
+make_raw_whole "$raw"
+head -c 4M /dev/urandom >"$iso"
+assert_dirty "$qcow2"
+assert_dirty "$raw"
+before_qcow2=$(allocated_bytes "$qcow2")
+before_raw=$(allocated_bytes "$raw")
+iso_print=$(qt_file_fingerprint "$iso")
+
+qt_step "(a) a shut-off domain: two disks shrunk, the CD-ROM left alone, the XML unchanged"
+qt_domain_xml qtrim-test-off \
+        "$(qt_domain_disk vda virtio "$qcow2" qcow2 unmap)" \
+        "$(qt_domain_disk sda sata "$raw" raw)" \
+        "$(qt_domain_disk sdb sata "$iso" raw '' cdrom)" >"$QT_WORK/off.xml"
+qt_domain_define qtrim-test-off "$QT_WORK/off.xml"
+qt_virsh dumpxml --inactive qtrim-test-off >"$QT_WORK/off-before.xml"
+t=$(qt_now)
+qtrimctl_status 0 shrink --domain qtrim-test-off
+qt_info "shrink --domain took $(qt_since "$t") s"
+grep -qF "qtrim-test-off sdb ($iso): skipped: a CD-ROM" "$QT_WORK/out" ||
+        qt_fail "the CD-ROM's skip is not reported"
+qt_check_shrunk "$qcow2" "$before_qcow2" qcow2
+qt_check_shrunk "$raw" "$before_raw" raw
+[[ $(qt_file_fingerprint "$iso") == "$iso_print" ]] || qt_fail "the CD-ROM image changed"
+qt_ok "the CD-ROM image is untouched"
+qt_virsh dumpxml --inactive qtrim-test-off >"$QT_WORK/off-after.xml"
+diff -u "$QT_WORK/off-before.xml" "$QT_WORK/off-after.xml" || qt_fail "the domain's XML changed"
+qt_ok "the domain's XML is unchanged"
+
+qt_step "(b) a running domain: shrink --domain refused by name, the image untouched"
+run_img=$QT_IMAGES/run.qcow2
+qemu-img create -q -f qcow2 "$run_img" 64M
+qt_domain_xml qtrim-test-run "$(qt_domain_disk vda virtio "$run_img" qcow2 ignore)" >"$QT_WORK/run.xml"
+qt_domain_define qtrim-test-run "$QT_WORK/run.xml"
+qt_virsh start qtrim-test-run >/dev/null || qt_fail "virsh start failed: $(tail -n 5 /var/log/libvirt/qemu/qtrim-test-run.log)"
+[[ $(qt_virsh domstate qtrim-test-run) == running ]] || qt_fail "the domain does not run"
+run_print=$(qt_file_fingerprint "$run_img")
+qtrimctl_status 1 shrink --domain qtrim-test-run
+grep -qF "qtrimctl: qtrim-test-run: the domain is running; shut it down first" "$QT_WORK/err" ||
+        qt_fail "the refusal does not name the running domain"
+[[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the running domain's image changed"
+[[ -z $(qt_qtrimctl list --json | jq '.[]') ]] || qt_fail "a job exists after the refusal"
+qt_ok "refused by name, no job, the image untouched"
+# Over D-Bus, the refusal is typed.
+err=$(gdbus call --system --dest org.qtrim1 --object-path /org/qtrim1 \
+        --method org.qtrim1.Manager.ShrinkDomain qtrim-test-run '@a{sv} {}' 2>&1 || true)
+[[ $err == *org.qtrim1.Error.DomainRunning* ]] || qt_fail "ShrinkDomain's error is not DomainRunning: $err"
+qt_ok "ShrinkDomain answers org.qtrim1.Error.DomainRunning"
+
+# The definition gets discard='unmap'; the running QEMU keeps what it started with.
+qt_virsh dumpxml --inactive qtrim-test-run | sed "s/discard='ignore'/discard='unmap'/" >"$QT_WORK/run2.xml"
+qt_virsh define "$QT_WORK/run2.xml" >/dev/null
+qtrimctl_status 0 inspect --domain qtrim-test-run --json
+jq -e '.state == "running" and .active and (.disks[0].discard == "ignore")' "$QT_WORK/out" >/dev/null ||
+        qt_fail "inspect of the running domain does not show its live XML"
+jq -e '.disks[0].verdict | startswith("they do not until qtrim-test-run restarts")' "$QT_WORK/out" >/dev/null ||
+        qt_fail "the verdict does not say the definition's discard waits for a restart"
+qt_ok "live XML read; the definition's discard='unmap' waits for a restart"
+qt_undo qt_domain_undefine qtrim-test-run
+
+qt_step "(c) inspect --domain: verdicts per bus, with and without discard='unmap'"
+d=$QT_IMAGES
+qt_domain_xml qtrim-test-buses \
+        "$(qt_domain_disk vda virtio "$d/a.qcow2" qcow2 unmap)" \
+        "$(qt_domain_disk vdb virtio "$d/b.qcow2" qcow2)" \
+        "$(qt_domain_disk sda scsi "$d/c.raw" raw unmap)" \
+        "$(qt_domain_disk sdb scsi "$d/d.raw" raw ignore)" \
+        "$(qt_domain_disk sdc sata "$d/e.qcow2" qcow2 unmap)" \
+        "$(qt_domain_disk sdd sata "$d/f.qcow2" qcow2)" \
+        "$(qt_domain_disk sde sata "$d/g.iso" raw '' cdrom)" >"$QT_WORK/buses.xml"
+qt_domain_define qtrim-test-buses "$QT_WORK/buses.xml"
+qtrimctl_status 0 inspect --domain qtrim-test-buses --json
+verdict() { jq -r --arg t "$1" '.disks[] | select(.target == $t) | .verdict' "$QT_WORK/out"; }
+expect_verdict() { # TARGET START
+        local v
+        v=$(verdict "$1")
+        [[ $v == "$2"* ]] || qt_fail "$1: verdict '$v', wanted '$2...'"
+        qt_ok "$1: $v"
+}
+unmap_hint="they do not: discard is not 'unmap' (virt-xml qtrim-test-buses --edit target="
+expect_verdict vda "discards reach this image if the guest kernel is >= 5.0"
+expect_verdict vdb "${unmap_hint}vdb --disk discard=unmap, then restart)"
+expect_verdict sda "discards reach this image"
+expect_verdict sdb "${unmap_hint}sdb --disk discard=unmap, then restart)"
+expect_verdict sdc "discards reach this image"
+expect_verdict sdd "${unmap_hint}sdd --disk discard=unmap, then restart)"
+jq -e '.state == "shut off" and (.disks[] | select(.target == "sde") | .skip == "a CD-ROM" and .verdict == null)' \
+        "$QT_WORK/out" >/dev/null || qt_fail "the CD-ROM is not shown as skipped"
+jq -e '[.disks[] | select(.target != "sde") | .skip] | all(. == null)' "$QT_WORK/out" >/dev/null ||
+        qt_fail "a disk a shrink takes has a skip reason"
+qtrimctl_status 0 inspect --domain qtrim-test-buses
+grep -q '^vdb  *virtio  *qcow2  *-  ' "$QT_WORK/out" || qt_fail "the table has no vdb row"
+
+qt_step "an unknown domain"
+qtrimctl_status 1 inspect --domain qtrim-test-none
+grep -qF 'qtrimctl: qtrim-test-none: no such domain at ' "$QT_WORK/err" || qt_fail "an unknown domain is not said so"
+qt_ok "an unknown domain is said so"
+
+qt_scenario_end

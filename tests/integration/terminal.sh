@@ -26,8 +26,8 @@ master=$QT_SCRATCH/master.qcow2
 qt_step "build a dirty qcow2 (ext4 on the whole disk)"
 make_whole_qcow2 "$master"
 
-tmux_server=qtrim-terminal-$$
-tm() { tmux -L "$tmux_server" "$@"; }
+# A tmux server of the test's own, its socket in the work dir (gone with it).
+tm() { tmux -S "$QT_WORK/tmux.sock" "$@"; }
 # The server ends by itself with its last session; this is for a test that fails before.
 tm_stop() { tm kill-server 2>/dev/null || true; }
 qt_defer tm_stop

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * qtrimctl: the command-line client of qtrimd. Parses the command line, connects to the system
- * bus and runs one verb; list and cancel live here, shrink in shrink.c, inspect in inspect.c.
+ * bus and runs one verb; list, status and cancel live here, shrink and wait in shrink.c (the
+ * sweep in sweep.c), inspect and the dry run's estimate in inspect.c.
  */
 #include <errno.h>
 #include <getopt.h>

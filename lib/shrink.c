@@ -920,13 +920,19 @@ static void explain_growth(struct shrink *s, uint64_t after, uint64_t l2_tables_
         int n = 0;
         if (strcmp(rep->image_state, QT_IMAGE_UNTOUCHED) == 0)
                 n = snprintf(why, sizeof(why), "written by something else: qtrim wrote nothing");
-        if (!n && added)
+        if (!n && added) {
+                char region[FORMAT_BYTES_MAX];
                 n = snprintf(why, sizeof(why),
-                             "%" PRIu64 " qcow2 L2 table(s) (%s) that qemu adds for discards over "
-                             "regions the image held nothing of%s",
+                             "%" PRIu64 " new qcow2 L2 table(s) (%s; qemu adds one for each %s "
+                             "of the disk a discard or a write reaches where the image held "
+                             "nothing%s)",
                              added, format_bytes(tables, in_tables),
+                             format_bytes(region, s->info.cluster_size * s->info.cluster_size / 8),
                              s->req->convert ? ""
-                                             : " (the convert --no-convert skipped drops them)");
+                                             : "; the convert --no-convert skipped drops them");
+        }
+        if (n >= (int)sizeof(why))
+                n = (int)sizeof(why) - 1;
         if (rest && strcmp(rep->image_state, QT_IMAGE_UNTOUCHED) != 0)
                 snprintf(why + n, sizeof(why) - (size_t)n, "%s%s %s", n ? "; " : "",
                          format_bytes(written, rest),

@@ -235,6 +235,9 @@ static void on_worker_change(struct worker *w, const char *property, void *userd
         emit_changed(j, property);
         if (property && strcmp(property, "Error") == 0)
                 emit_changed(j, "ErrorMessage");
+        /* A new phase starts the progress where that phase begins: clients must see both. */
+        if (property && strcmp(property, "Phase") == 0)
+                emit_changed(j, "Progress");
 }
 
 static void on_worker_exit(struct worker *w, void *userdata)

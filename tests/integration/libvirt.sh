@@ -8,7 +8,10 @@
 #   --domain is refused by name, the image untouched; inspect reads the live XML, and says a
 #   discard='unmap' set in the definition only takes effect at the next start;
 # - inspect --domain's verdicts for virtio-blk, virtio-scsi and SATA disks with and without
-#   discard='unmap'; an unknown domain.
+#   discard='unmap';
+# - the reasons a shrink skips a disk (read-only, shareable, vmdk, no format, block, network,
+#   floppy), and a disk whose file is missing refused; the raw disk of the first domain is a volume, found through its pool;
+# - a caller who is not root, without polkit; an unknown domain.
 set -euo pipefail
 # shellcheck source=tests/lib/scenario.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/scenario.sh"
@@ -58,9 +61,11 @@ before_raw=$(allocated_bytes "$raw")
 iso_print=$(qt_file_fingerprint "$iso")
 
 qt_step "(a) a shut-off domain: two disks shrunk, the CD-ROM left alone, the XML unchanged"
+# The raw disk is a volume of a directory pool: its file is found through libvirt.
+qt_pool_define qtrim-test-pool "$QT_IMAGES"
 qt_domain_xml qtrim-test-off \
         "$(qt_domain_disk vda virtio "$qcow2" qcow2 unmap)" \
-        "$(qt_domain_disk sda sata "$raw" raw)" \
+        "$(qt_domain_volume_disk sda sata qtrim-test-pool "$(basename -- "$raw")" raw)" \
         "$(qt_domain_disk sdb sata "$iso" raw '' cdrom)" >"$QT_WORK/off.xml"
 qt_domain_define qtrim-test-off "$QT_WORK/off.xml"
 qt_virsh dumpxml --inactive qtrim-test-off >"$QT_WORK/off-before.xml"
@@ -140,6 +145,50 @@ jq -e '[.disks[] | select(.target != "sde") | .skip] | all(. == null)' "$QT_WORK
         qt_fail "a disk a shrink takes has a skip reason"
 qtrimctl_status 0 inspect --domain qtrim-test-buses
 grep -q '^vdb  *virtio  *qcow2  *-  ' "$QT_WORK/out" || qt_fail "the table has no vdb row"
+
+qt_step "(d) what a shrink skips, and why"
+qt_domain_xml qtrim-test-skips \
+        "$(qt_domain_disk vda virtio "$d/ro.qcow2" qcow2 unmap | sed 's|</disk>|  <readonly/>\n    </disk>|')" \
+        "$(qt_domain_disk vdb virtio "$d/shared.raw" raw unmap | sed 's|</disk>|  <shareable/>\n    </disk>|')" \
+        "$(qt_domain_disk vdc virtio "$d/old.vmdk" vmdk)" \
+        "    <disk type='file' device='disk'><source file='$d/unsaid.img'/><target dev='vdd' bus='virtio'/></disk>" \
+        "    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/qtrim-test-none'/><target dev='vde' bus='virtio'/></disk>" \
+        "    <disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='export'><host name='localhost' port='10809'/></source><target dev='vdf' bus='virtio'/></disk>" \
+        "    <disk type='file' device='floppy'><driver name='qemu' type='raw'/><source file='$d/boot.img'/><target dev='fda' bus='fdc'/></disk>" \
+        >"$QT_WORK/skips.xml"
+qt_domain_define qtrim-test-skips "$QT_WORK/skips.xml"
+qtrimctl_status 0 inspect --domain qtrim-test-skips --json
+expect_skip() { # TARGET REASON
+        local got
+        got=$(jq -r --arg t "$1" '.disks[] | select(.target == $t) | .skip' "$QT_WORK/out")
+        [[ $got == "$2" ]] || qt_fail "$1: skipped for '$got', wanted '$2'"
+        qt_ok "$1: skipped: $got"
+}
+expect_skip vda "read-only in the domain"
+expect_skip vdb "shared with other domains"
+expect_skip vdc "format vmdk: qtrim shrinks raw and qcow2"
+# A disk without a driver type is raw to libvirt (it never probes), so to qtrim too.
+jq -e '.disks[] | select(.target == "vdd") | .format == "raw" and .skip == null' "$QT_WORK/out" >/dev/null ||
+        qt_fail "vdd: a disk libvirt calls raw is not taken as raw"
+qt_ok "vdd: no driver type in the definition: raw, as libvirt says"
+expect_skip vde "a block device, not an image file"
+expect_skip vdf "a network disk: its storage is not a file here"
+expect_skip fda "a floppy"
+qtrimctl_status 1 shrink --domain qtrim-test-skips
+[[ $(grep -c ': skipped: ' "$QT_WORK/out") == 6 ]] || qt_fail "shrink --domain did not say why each disk is skipped"
+grep -qF "qtrimctl: qtrim-test-skips vdd ($d/unsaid.img): no such file" "$QT_WORK/err" ||
+        qt_fail "vdd's refusal is not said"
+qt_ok "shrink --domain: each skipped disk's reason, the missing image refused"
+
+qt_step "a caller who is not root, without polkit: refused"
+chmod 755 "$QT_WORK"
+rc=0
+runuser -u nobody -- env DBUS_SYSTEM_BUS_ADDRESS="$DBUS_SYSTEM_BUS_ADDRESS" \
+        "$QT_QTRIMCTL" --verbose shrink --domain qtrim-test-off >"$QT_WORK/out" 2>&1 || rc=$?
+if ((rc != 1)) || ! grep -q 'AccessDenied' "$QT_WORK/out"; then
+        qt_fail "a non-root caller was not refused (exit $rc): $(cat "$QT_WORK/out")"
+fi
+qt_ok "refused: $(cat "$QT_WORK/out")"
 
 qt_step "an unknown domain"
 qtrimctl_status 1 inspect --domain qtrim-test-none

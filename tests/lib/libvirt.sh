@@ -2,10 +2,12 @@
 # A real libvirtd for the domain tests: virtlogd and libvirtd run in the foreground by the test,
 # libvirtd's sockets in the test's work dir (QT_LIBVIRT_URI, QT_LIBVIRT_URI_RO). What libvirtd
 # keeps is the machine's (run as root it has no other place): domain definitions in
-# /etc/libvirt/qemu, run state in /run/libvirt, logs in /var/log/libvirt/qemu. So the tests
-# refuse to run beside a libvirtd or virtlogd of the machine's, name their domains qtrim-test-*,
-# and at cleanup destroy and undefine them, stop both daemons and remove what they created
-# (/run/libvirt when it was not there, the domains' logs). Domains run under TCG (type 'qemu'):
+# /etc/libvirt/qemu, pools in /etc/libvirt/storage, run state in /run/libvirt, logs in
+# /var/log/libvirt/qemu, QEMU's capabilities in /var/cache/libvirt (kept: a cache, and it saves
+# seconds at the next start). So the tests refuse to run beside a libvirtd or virtlogd of the
+# machine's, name their domains and pools qtrim-test-*, and at cleanup destroy and undefine them,
+# stop both daemons and remove what they created (/run/libvirt, /etc/libvirt/secrets and
+# /etc/libvirt/storage when they were not there, the domains' logs). Domains run under TCG (type 'qemu'):
 # KVM is not usable on every test machine.
 #
 #   qt_init_workdir NAME; qt_libvirt_start; qt_domain_define NAME XML; ...
@@ -35,7 +37,12 @@ qt_libvirt_start() {
         QT_LIBVIRT_DIR=$QT_WORK/libvirt
         mkdir -p -- "$QT_LIBVIRT_DIR/sock"
         # Registered first, so it runs after both daemons are stopped.
-        [[ -e /run/libvirt ]] || qt_defer rm -rf --one-file-system /run/libvirt
+        # What libvirtd creates when it is not there: its run state, the secret driver's and
+        # the storage driver's definitions.
+        local dir
+        for dir in /run/libvirt /etc/libvirt/secrets /etc/libvirt/storage; do
+                [[ -e $dir ]] || qt_defer rm -rf --one-file-system "$dir"
+        done
         cat >"$QT_LIBVIRT_DIR/libvirtd.conf" <<EOF
 unix_sock_dir = "$QT_LIBVIRT_DIR/sock"
 unix_sock_ro_perms = "0777"
@@ -66,8 +73,12 @@ EOF
         # What a test killed before its cleanup left: libvirtd loaded it from /etc/libvirt/qemu.
         local stale
         for stale in $(qt_virsh list --all --name | grep '^qtrim-test-' || true); do
-                qt_warn "undefining $stale, left by an earlier test"
+                qt_warn "undefining domain $stale, left by an earlier test"
                 qt_domain_undefine "$stale"
+        done
+        for stale in $(qt_virsh pool-list --all --name | grep '^qtrim-test-' || true); do
+                qt_warn "undefining pool $stale, left by an earlier test"
+                qt_pool_undefine "$stale"
         done
 }
 
@@ -90,6 +101,29 @@ qt_domain_undefine() {
         fi
         qt_virsh undefine "$1" >/dev/null 2>&1 || true
         rm -f -- "/var/log/libvirt/qemu/$1.log"
+}
+
+# qt_pool_define NAME DIR: a started directory pool (NAME starts with qtrim-test-), undefined at
+# cleanup. libvirt keeps its definition in /etc/libvirt/storage.
+qt_pool_define() {
+        [[ $1 == qtrim-test-* ]] || qt_fail "qt_pool_define: test pools are named qtrim-test-*, not $1"
+        qt_virsh pool-define-as "$1" dir --target "$2" >/dev/null || qt_fail "virsh pool-define-as $1 failed"
+        qt_defer qt_pool_undefine "$1"
+        qt_virsh pool-start "$1" >/dev/null || qt_fail "virsh pool-start $1 failed"
+}
+
+qt_pool_undefine() {
+        qt_virsh pool-destroy "$1" >/dev/null 2>&1 || true
+        qt_virsh pool-undefine "$1" >/dev/null 2>&1 || true
+}
+
+# A volume disk: qt_domain_volume_disk TARGET BUS POOL VOLUME FORMAT
+qt_domain_volume_disk() {
+        printf "    <disk type='volume' device='disk'>\n"
+        printf "      <driver name='qemu' type='%s'/>\n" "$5"
+        printf "      <source pool='%s' volume='%s'/>\n" "$3" "$4"
+        printf "      <target dev='%s' bus='%s'/>\n" "$1" "$2"
+        printf '    </disk>\n'
 }
 
 # A disk element: qt_domain_disk TARGET BUS FILE FORMAT [DISCARD] [DEVICE]

@@ -1,5 +1,7 @@
 #!/bin/bash
 # Domains by name, against a real libvirtd (tests/lib/libvirt.sh):
+# - a libvirt that accepts and never answers: qtrimd answers other calls at once meanwhile, and
+#   the domain call fails after its 30 s;
 # - no libvirtd yet: inspect --domain says libvirt cannot be reached;
 # - a shut-off domain with a qcow2 and a raw disk holding deleted data and a CD-ROM: shrink
 #   --domain shrinks both disks (allocation falls, qemu-img check, kept files' checksums), the
@@ -39,6 +41,47 @@ qtrimctl_status() { # WANT ARGS...
         sed 's/^/    | /' "$QT_WORK/out" "$QT_WORK/err"
         ((rc == want)) || qt_fail "qtrimctl $* exited with $rc, not $want"
 }
+
+qt_step "a libvirt that never answers: qtrimd's loop goes on, the call fails after 30 s"
+# A socket where libvirtd's will be, which accepts connections and never says anything.
+mkdir -p -- "$QT_WORK/libvirt/sock"
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+held = []
+while True:
+    held.append(s.accept()[0])
+' "$QT_WORK/libvirt/sock/libvirt-sock-ro" &
+mute_pid=$!
+qt_defer qt_kill_wait "$mute_pid" 5
+for ((i = 0; i < 50; i++)); do
+        [[ -S $QT_WORK/libvirt/sock/libvirt-sock-ro ]] && break
+        sleep 0.1
+done
+t=$(qt_now)
+qt_qtrimctl inspect --domain qtrim-test-off >"$QT_WORK/mute.out" 2>&1 &
+inspect_pid=$!
+sleep 1
+for _ in 1 2 3; do
+        t2=$(qt_now)
+        busctl --system call org.qtrim1 /org/qtrim1 org.qtrim1.Manager ListJobs >/dev/null
+        answered=$(qt_since "$t2")
+        awk -v a="$answered" 'BEGIN { exit !(a < 1) }' || qt_fail "ListJobs took ${answered} s while a domain call waited on libvirt"
+        sleep 2
+done
+qt_ok "ListJobs answered at once (last in ${answered} s) while the domain call waited"
+rc=0
+wait "$inspect_pid" || rc=$?
+took=$(qt_since "$t")
+cat "$QT_WORK/mute.out"
+if ((rc != 1)) || ! grep -q 'did not answer within 30 s' "$QT_WORK/mute.out"; then
+        qt_fail "the call on a mute libvirt did not fail with the timeout (exit $rc)"
+fi
+qt_ok "the call failed after ${took} s"
+qt_undo qt_kill_wait "$mute_pid" 5
+rm -f -- "$QT_WORK/libvirt/sock/libvirt-sock-ro"
 
 qt_step "no libvirtd: a clear error"
 qtrimctl_status 1 inspect --domain qtrim-test-off

@@ -687,6 +687,7 @@ int qt_image_probe(const struct qt_image_file *f, const struct qt_format_claim *
 struct map_walk {
         qt_extent_fn fn;
         void *userdata;
+        bool host_only;
         bool bad; /* a line that is not an extent: the map cannot be trusted */
 };
 
@@ -714,17 +715,18 @@ static void on_map_line(const char *line, void *userdata)
                 json_object_put(e);
                 return;
         }
-        if (get_bool(e, "data") && get_u64(e, "depth") == 0)
+        if (get_bool(e, "data") && get_u64(e, "depth") == 0 &&
+            !(w->host_only && get_bool(e, "zero")))
                 w->fn(get_u64(e, "start"), get_u64(e, "length"), w->userdata);
         json_object_put(e);
 }
 
-int qt_image_map(const char *name, const char *format, qt_extent_fn fn, void *userdata,
-                 struct qt_error *e)
+int qt_image_map(const char *name, const char *format, bool host_only, qt_extent_fn fn,
+                 void *userdata, struct qt_error *e)
 {
         char *argv[] = {"qemu-img", "map",          "--output=json", "-U",
                         "-f",       (char *)format, (char *)name,    NULL};
-        struct map_walk w = {.fn = fn, .userdata = userdata};
+        struct map_walk w = {.fn = fn, .userdata = userdata, .host_only = host_only};
         struct qt_command c = {.argv = argv, .on_line = on_map_line, .userdata = &w};
         int r = qt_command_run(&c);
         if (r >= 0 && (c.status != 0 || w.bad))

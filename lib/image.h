@@ -164,11 +164,13 @@ int qt_image_probe(const struct qt_image_file *f, const struct qt_format_claim *
 typedef void (*qt_extent_fn)(uint64_t offset, uint64_t length, void *userdata);
 
 /* Walks `qemu-img map` of the image (name: qt_image_qemu_name with its chain; read without
- * qemu's lock, in the format given), one extent
- * at a time, so its size is not bounded by what fits in memory. Extents that read through to a
- * backing file, or read as zeroes without data, are not this file's and are not reported. */
-int qt_image_map(const char *name, const char *format, qt_extent_fn fn, void *userdata,
-                 struct qt_error *e);
+ * qemu's lock, in the format given), one extent at a time, so its size is not bounded by what
+ * fits in memory. Extents that read through to a backing file, or read as zeroes without data,
+ * are not this file's and are not reported. host_only: nor are clusters the image maps where
+ * the host file has a hole (qemu says data and zero: preallocated metadata, a sparse copy),
+ * which hold no host bytes; a discard of them still frees the image's own metadata. */
+int qt_image_map(const char *name, const char *format, bool host_only, qt_extent_fn fn,
+                 void *userdata, struct qt_error *e);
 
 /* Bytes the host has allocated to the file (st_blocks * 512). */
 uint64_t qt_file_allocated(const struct stat *st);

@@ -395,8 +395,8 @@ static int discover(struct shrink *s)
                 struct qt_allocation alloc = {
                     .cluster = s->info.cluster_size >= 4096 ? s->info.cluster_size : 4096};
                 struct qt_error e = {};
-                if (qt_image_map(s->qemu_name, s->info.format, qt_allocation_on_extent, &alloc,
-                                 &e) < 0) {
+                if (qt_image_map(s->qemu_name, s->info.format, true, qt_allocation_on_extent,
+                                 &alloc, &e) < 0) {
                         fprintf(stderr, "qtrim worker %d: %s, continuing without\n", (int)getpid(),
                                 e.message);
                         alloc.unknown = true;
@@ -489,7 +489,7 @@ static struct held *held_map(struct shrink *s)
                             qt_fs_disk_ranges(&report->fs[i], 0, h->volumes + h->n_volumes);
         }
         struct qt_error e = {};
-        if (qt_image_map(s->qemu_name, s->info.format, on_held_extent, h, &e) < 0) {
+        if (qt_image_map(s->qemu_name, s->info.format, false, on_held_extent, h, &e) < 0) {
                 fprintf(stderr, "qtrim worker %d: %s; discarding whole volumes\n", (int)getpid(),
                         e.message);
                 h->unknown = true;

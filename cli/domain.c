@@ -189,8 +189,10 @@ int shrink_domain(sd_bus *bus, const char *name, const struct shrink_options *op
                         print_bus_error(&e, -EIO, "%s %s (%s)", name, target, source);
                         refused = true;
                 } else if (strcmp(job, "/") == 0) {
-                        printf("%s %s%s%s%s: skipped: %s\n", name, target, *source ? " (" : "",
-                               source, *source ? ")" : "", message);
+                        /* Beside the summaries; with --json, stdout is the jobs' array alone. */
+                        fprintf(opts->json ? stderr : stdout, "%s%s %s%s%s%s: skipped: %s\n",
+                                opts->json ? "qtrimctl: " : "", name, target, *source ? " (" : "",
+                                source, *source ? ")" : "", message);
                 } else {
                         char **grown = reallocarray(paths, n_paths + 1, sizeof(*paths));
                         if (!grown)

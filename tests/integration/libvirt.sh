@@ -113,10 +113,12 @@ qt_domain_xml qtrim-test-off \
 qt_domain_define qtrim-test-off "$QT_WORK/off.xml"
 qt_virsh dumpxml --inactive qtrim-test-off >"$QT_WORK/off-before.xml"
 t=$(qt_now)
-qtrimctl_status 0 shrink --domain qtrim-test-off
+qtrimctl_status 0 shrink --domain qtrim-test-off --json
 qt_info "shrink --domain took $(qt_since "$t") s"
-grep -qF "qtrim-test-off sdb ($iso): skipped: a CD-ROM" "$QT_WORK/out" ||
+grep -qF "qtrimctl: qtrim-test-off sdb ($iso): skipped: a CD-ROM" "$QT_WORK/err" ||
         qt_fail "the CD-ROM's skip is not reported"
+jq -e --arg q "$qcow2" --arg r "$raw" '[.[].image] | sort == ([$q, $r] | sort)' "$QT_WORK/out" >/dev/null ||
+        qt_fail "--json does not list the two disks' jobs alone"
 qt_check_shrunk "$qcow2" "$before_qcow2" qcow2
 qt_check_shrunk "$raw" "$before_raw" raw
 [[ $(qt_file_fingerprint "$iso") == "$iso_print" ]] || qt_fail "the CD-ROM image changed"
@@ -144,6 +146,11 @@ err=$(gdbus call --system --dest org.qtrim1 --object-path /org/qtrim1 \
         --method org.qtrim1.Manager.ShrinkDomain qtrim-test-run '@a{sv} {}' 2>&1 || true)
 [[ $err == *org.qtrim1.Error.DomainRunning* ]] || qt_fail "ShrinkDomain's error is not DomainRunning: $err"
 qt_ok "ShrinkDomain answers org.qtrim1.Error.DomainRunning"
+qt_virsh suspend qtrim-test-run >/dev/null
+qtrimctl_status 1 shrink --domain qtrim-test-run
+grep -qF "qtrimctl: qtrim-test-run: the domain is paused; shut it down first" "$QT_WORK/err" ||
+        qt_fail "a paused domain is not refused as such"
+qt_virsh resume qtrim-test-run >/dev/null
 
 # The definition gets discard='unmap'; the running QEMU keeps what it started with.
 qt_virsh dumpxml --inactive qtrim-test-run | sed "s/discard='ignore'/discard='unmap'/" >"$QT_WORK/run2.xml"

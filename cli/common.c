@@ -12,7 +12,7 @@
 
 #include "dbus-api.h"
 #include "error.h"
-#include "report.h"
+#include "phase.h"
 #include "util.h"
 
 /* Inspect and Shrink check the image before they reply, which can take a while. */
@@ -460,23 +460,12 @@ void job_properties_done(struct job_properties *props)
         free(props->error_message);
 }
 
-static bool phase_from_name(const char *name, enum qt_phase *ret)
-{
-        for (enum qt_phase phase = 0; phase < _QT_PHASE_MAX; phase++)
-                if (name && strcmp(qt_phase_name(phase), name) == 0) {
-                        *ret = phase;
-                        return true;
-                }
-        return false;
-}
-
 bool job_phase_bytes(const struct job_properties *p, uint64_t *ret_done, uint64_t *ret_total)
 {
-        enum qt_phase phase;
+        int phase = p->phase ? qt_phase_from_name(p->phase) : -EINVAL;
         uint64_t total = 0;
 
-        if (!phase_from_name(p->phase, &phase) ||
-            (phase != QT_PHASE_TRIM && phase != QT_PHASE_CONVERT))
+        if (phase != QT_PHASE_TRIM && phase != QT_PHASE_CONVERT)
                 return false;
         double fraction =
             (p->progress - qt_phase_progress_start(phase)) / qt_phase_progress_span(phase);

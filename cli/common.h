@@ -131,7 +131,7 @@ void job_properties_done(struct job_properties *props);
 int64_t job_bytes_reclaimed(const struct job_properties *p);
 
 /* How far a running job is through its phase, in bytes: its overall Progress, less the phases
- * before, over the share of the bar its phase has (report.h). What a byte is depends on the
+ * before, over the share of the bar its phase has (phase.h). What a byte is depends on the
  * phase. Trim: bytes of the guest volumes walked through, each volume counted at its whole size
  * (a trim or a discard covers a volume end to end, whatever it frees), out of all volumes'
  * sizes. Convert: bytes of the virtual disk that qemu-img has read through, out of VirtualSize.

@@ -8,45 +8,6 @@
 
 #include "util.h"
 
-static const char *const phase_names[_QT_PHASE_MAX] = {
-    [QT_PHASE_QUEUED] = "queued",     [QT_PHASE_INSPECT] = "inspect", [QT_PHASE_ATTACH] = "attach",
-    [QT_PHASE_DISCOVER] = "discover", [QT_PHASE_TRIM] = "trim",       [QT_PHASE_DETACH] = "detach",
-    [QT_PHASE_CONVERT] = "convert",   [QT_PHASE_REPLACE] = "replace", [QT_PHASE_DONE] = "done",
-};
-
-/* Share of the progress bar per phase (sums to 1). Trim and convert are where time goes. */
-static const double phase_weight[_QT_PHASE_MAX] = {
-    [QT_PHASE_INSPECT] = 0.02, [QT_PHASE_ATTACH] = 0.03, [QT_PHASE_DISCOVER] = 0.02,
-    [QT_PHASE_TRIM] = 0.45,    [QT_PHASE_DETACH] = 0.03, [QT_PHASE_CONVERT] = 0.43,
-    [QT_PHASE_REPLACE] = 0.02,
-};
-
-const char *qt_phase_name(enum qt_phase phase)
-{
-        return (unsigned)phase < _QT_PHASE_MAX ? phase_names[phase] : "unknown";
-}
-
-static int phase_from_name(const char *s)
-{
-        for (int p = 0; p < _QT_PHASE_MAX; p++)
-                if (strcmp(s, phase_names[p]) == 0)
-                        return p;
-        return -EINVAL;
-}
-
-double qt_phase_progress_start(enum qt_phase phase)
-{
-        double sum = 0;
-        for (int p = 0; p < (int)phase && p < _QT_PHASE_MAX; p++)
-                sum += phase_weight[p];
-        return sum;
-}
-
-double qt_phase_progress_span(enum qt_phase phase)
-{
-        return (unsigned)phase < _QT_PHASE_MAX ? phase_weight[phase] : 0;
-}
-
 enum field_type { FIELD_U64, FIELD_U32, FIELD_BOOL, FIELD_STR };
 
 struct field {
@@ -329,7 +290,7 @@ int qt_report_apply_line(struct qt_report *report, const char *line, const char 
                 return 0;
         }
         if (strcmp(v[0], "phase") == 0 && n == 2) {
-                int p = phase_from_name(v[1]);
+                int p = qt_phase_from_name(v[1]);
                 if (p < 0)
                         return -EBADMSG;
                 report->phase = p;
@@ -347,7 +308,7 @@ int qt_report_apply_line(struct qt_report *report, const char *line, const char 
                 return 0;
         }
         if (strcmp(v[0], "phase-time") == 0 && n == 3) {
-                int p = phase_from_name(v[1]);
+                int p = qt_phase_from_name(v[1]);
                 if (p < 0 || parse_u64(v[2], &u) < 0)
                         return -EBADMSG;
                 report->phase_usec[p] = u;

@@ -12,21 +12,7 @@
 #include <stdint.h>
 
 #include "error.h"
-
-enum qt_phase {
-        QT_PHASE_QUEUED,
-        QT_PHASE_INSPECT,
-        QT_PHASE_ATTACH,
-        QT_PHASE_DISCOVER,
-        QT_PHASE_TRIM,
-        QT_PHASE_DETACH,
-        QT_PHASE_CONVERT,
-        QT_PHASE_REPLACE,
-        QT_PHASE_DONE,
-        _QT_PHASE_MAX,
-};
-
-const char *qt_phase_name(enum qt_phase phase);
+#include "phase.h"
 
 #define QT_FS_NAME_MAX     128 /* "vg/lv" cut to fit; discovery keeps names unique */
 #define QT_FS_KIND_MAX     16
@@ -145,8 +131,3 @@ void qt_emit_str(struct qt_reporter *r, const char *key, const char *value);
  * the line changed (e.g. "BytesBefore"), NULL if none is exposed, or an error: -EBADMSG for a
  * line that does not parse. The filesystem list changes "Filesystems". */
 int qt_report_apply_line(struct qt_report *report, const char *line, const char **ret_property);
-
-/* Overall progress at the start of a phase, so progress moves evenly across a job: the trim
- * and convert phases take most of the time and most of the bar. */
-double qt_phase_progress_start(enum qt_phase phase);
-double qt_phase_progress_span(enum qt_phase phase);

@@ -22,7 +22,7 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/../lib/libvirt.sh"
 
 QT_T0=$(qt_now)
 QT_SCENARIO=libvirt
-qt_need qemu-img qemu-nbd jq busctl dbus-daemon
+qt_need qemu-img qemu-nbd jq busctl dbus-daemon gdbus python3 runuser
 qt_init_workdir libvirt
 qt_step "libvirt: work dir $QT_WORK"
 qt_bus_start

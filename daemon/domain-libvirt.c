@@ -148,6 +148,7 @@ void domain_snapshot_read(const char *uri, const char *name, struct domain_snaps
                 /* Whether a QEMU process exists (a crashed domain may be kept), not the state's
                  * name: that QEMU holds the disks. */
                 s->active = virDomainIsActive(dom) != 0;
+                s->managed_save = virDomainHasManagedSaveImage(dom, 0) == 1;
                 int r = s->active
                             ? read_live_disks(dom, s)
                             : read_disks(dom, VIR_DOMAIN_XML_INACTIVE, s->disks, &s->n_disks, s);

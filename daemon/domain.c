@@ -285,6 +285,13 @@ static void queue_disks(struct domain_call *c)
         if (s->active)
                 return answer_error(c, QTRIM_ERROR_DOMAIN_RUNNING,
                                     "the domain is %s; shut it down first", s->state);
+        /* Its saved memory holds filesystems as the guest last saw them, which a trim of what
+         * the disks say is free could contradict: as with a hibernated guest, hands off. */
+        if (s->managed_save)
+                return answer_error(c, QTRIM_ERROR_DOMAIN_RUNNING,
+                                    "the domain's memory is saved (virsh managedsave); start it "
+                                    "and shut it down first, or drop the saved state "
+                                    "(virsh managedsave-remove)");
         c->outcomes = calloc(s->n_disks ?: 1, sizeof(*c->outcomes));
         if (!c->outcomes)
                 return answer_error(c, qt_error_dbus_name(QT_ERR_FAILED), "out of memory");

@@ -40,8 +40,9 @@ struct domain_snapshot {
         char error[512];
         char name[256];
         char uuid[40];
-        char state[24]; /* "running", "paused", "shut off", ... (virsh's words) */
-        bool active;    /* running, paused, or anything but shut off and crashed */
+        char state[24];    /* "running", "paused", "shut off", ... (virsh's words) */
+        bool active;       /* a QEMU process exists (running, paused, ...) */
+        bool managed_save; /* shut off with its memory saved (virsh managedsave) */
         unsigned long long hypervisor_version; /* 0 if unknown */
         unsigned n_disks;
         struct domain_disk disks[DOMAIN_MAX_DISKS];

@@ -7,8 +7,9 @@
 #   --domain shrinks both disks (allocation falls, qemu-img check, kept files' checksums), the
 #   CD-ROM file is untouched and the domain's XML is unchanged;
 # - a running domain (TCG, no OS: SeaBIOS holds it, QEMU holds its image's lock): shrink
-#   --domain is refused by name, the image untouched; inspect reads the live XML, and says a
-#   discard='unmap' set in the definition only takes effect at the next start;
+#   --domain is refused by name, the image untouched (paused too, and once shut off with its
+#   memory saved); inspect reads the live XML, and says a discard='unmap' set in the definition
+#   only takes effect at the next start;
 # - inspect --domain's verdicts for virtio-blk, virtio-scsi and SATA disks with and without
 #   discard='unmap';
 # - the reasons a shrink skips a disk (read-only, shareable, vmdk, no format, block, network,
@@ -161,6 +162,14 @@ jq -e '.state == "running" and .active and (.disks[0].discard == "ignore")' "$QT
 jq -e '.disks[0].verdict | startswith("they do not until qtrim-test-run restarts")' "$QT_WORK/out" >/dev/null ||
         qt_fail "the verdict does not say the definition's discard waits for a restart"
 qt_ok "live XML read; the definition's discard='unmap' waits for a restart"
+# Shut off with its memory saved: its filesystems are as the saved guest left them.
+qt_virsh managedsave qtrim-test-run >/dev/null || qt_fail "virsh managedsave failed"
+[[ $(qt_virsh domstate qtrim-test-run) == "shut off" ]] || qt_fail "the saved domain is not shut off"
+qtrimctl_status 1 shrink --domain qtrim-test-run
+grep -qF "the domain's memory is saved (virsh managedsave)" "$QT_WORK/err" ||
+        qt_fail "a domain with a saved state is not refused"
+[[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the saved domain's image changed"
+qt_ok "a shut-off domain with a saved state is refused, its image untouched"
 qt_undo qt_domain_undefine qtrim-test-run
 
 qt_step "(c) inspect --domain: verdicts per bus, with and without discard='unmap'"

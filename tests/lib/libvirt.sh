@@ -99,7 +99,7 @@ qt_domain_undefine() {
         if [[ -r /run/libvirt/qemu/$1.pid ]] && read -r pid <"/run/libvirt/qemu/$1.pid"; then
                 kill -KILL "$pid" 2>/dev/null || true
         fi
-        qt_virsh undefine "$1" >/dev/null 2>&1 || true
+        qt_virsh undefine --managed-save "$1" >/dev/null 2>&1 || true
         rm -f -- "/var/log/libvirt/qemu/$1.log"
 }
 

@@ -48,6 +48,8 @@ static const struct {
     {QT_ERR_NO_SPACE, "free space beside the image, or shrink with --no-convert"},
     {QT_ERR_NO_SUCH_JOB, "see qtrimctl list"},
     {QT_ERR_FORMAT_MISMATCH, "declare the format the VM uses with --format=raw|qcow2"},
+    {QT_ERR_NO_SUCH_DOMAIN, "see virsh list --all"},
+    {QT_ERR_LIBVIRT, "is libvirtd running? (qtrimd asks LibvirtURI= in qtrimd.conf)"},
 };
 
 static const char *advice_for(const sd_bus_error *error)

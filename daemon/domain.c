@@ -283,12 +283,12 @@ static void queue_disks(struct domain_call *c)
 {
         const struct domain_snapshot *s = c->snapshot;
         if (s->active)
-                return answer_error(c, QTRIM_ERROR_DOMAIN_RUNNING,
+                return answer_error(c, qt_error_dbus_name(QT_ERR_DOMAIN_RUNNING),
                                     "the domain is %s; shut it down first", s->state);
         /* Its saved memory holds filesystems as the guest last saw them, which a trim of what
          * the disks say is free could contradict: as with a hibernated guest, hands off. */
         if (s->managed_save)
-                return answer_error(c, QTRIM_ERROR_DOMAIN_RUNNING,
+                return answer_error(c, qt_error_dbus_name(QT_ERR_DOMAIN_RUNNING),
                                     "the domain's memory is saved (virsh managedsave); start it "
                                     "and shut it down first, or drop the saved state "
                                     "(virsh managedsave-remove)");
@@ -325,14 +325,15 @@ static void on_snapshot(struct domain_call *c)
         case DOMAIN_OK:
                 break;
         case DOMAIN_NO_LIBVIRT:
-                return answer_error(c, QTRIM_ERROR_LIBVIRT,
+                return answer_error(c, qt_error_dbus_name(QT_ERR_LIBVIRT),
                                     "cannot connect to libvirt at %s: %s; is libvirtd running? "
                                     "(LibvirtURI= in qtrimd.conf)",
                                     uri, s->error);
         case DOMAIN_NOT_FOUND:
-                return answer_error(c, QTRIM_ERROR_NO_SUCH_DOMAIN, "no such domain at %s", uri);
+                return answer_error(c, qt_error_dbus_name(QT_ERR_NO_SUCH_DOMAIN),
+                                    "no such domain at %s", uri);
         default:
-                return answer_error(c, QTRIM_ERROR_LIBVIRT, "%s", s->error);
+                return answer_error(c, qt_error_dbus_name(QT_ERR_LIBVIRT), "%s", s->error);
         }
         if (c->verb == DOMAIN_INSPECT)
                 answer_inspect(c);
@@ -353,7 +354,8 @@ static int on_reader_exit(sd_event_source *source, const siginfo_t *si, void *us
         stop_reader(c);
 
         if (c->timed_out)
-                answer_error(c, QTRIM_ERROR_LIBVIRT, "libvirt at %s did not answer within %llu s",
+                answer_error(c, qt_error_dbus_name(QT_ERR_LIBVIRT),
+                             "libvirt at %s did not answer within %llu s",
                              c->manager->config.libvirt_uri,
                              (unsigned long long)(DOMAIN_READ_TIMEOUT_USEC / 1000000));
         else if (!exited_ok || read_snapshot(c) < 0)

@@ -58,12 +58,6 @@
 #define QTRIM_DOMAIN_DISK_ARRAY_SIGNATURE   "a" QTRIM_DOMAIN_DISK_SIGNATURE
 #define QTRIM_DOMAIN_SHRUNK_SIGNATURE       "(ssoss)"
 #define QTRIM_DOMAIN_SHRUNK_ARRAY_SIGNATURE "a" QTRIM_DOMAIN_SHRUNK_SIGNATURE
-/* The errors of the domain methods besides qtrim's own (error.h): no such domain, the domain is
- * running or paused (ShrinkDomain), libvirt cannot be reached or answered with an error. A build
- * without libvirt answers org.qtrim1.Error.Unsupported. */
-#define QTRIM_ERROR_NO_SUCH_DOMAIN "org.qtrim1.Error.NoSuchDomain"
-#define QTRIM_ERROR_DOMAIN_RUNNING "org.qtrim1.Error.DomainRunning"
-#define QTRIM_ERROR_LIBVIRT        "org.qtrim1.Error.Libvirt"
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

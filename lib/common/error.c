@@ -28,6 +28,9 @@ static const char *const dbus_names[_QT_ERR_MAX] = {
     [QT_ERR_NO_SUCH_JOB] = PREFIX "NoSuchJob",
     [QT_ERR_UNCHANGED] = PREFIX "Unchanged",
     [QT_ERR_FORMAT_MISMATCH] = PREFIX "FormatMismatch",
+    [QT_ERR_NO_SUCH_DOMAIN] = PREFIX "NoSuchDomain",
+    [QT_ERR_DOMAIN_RUNNING] = PREFIX "DomainRunning",
+    [QT_ERR_LIBVIRT] = PREFIX "Libvirt",
 };
 
 const char *qt_error_dbus_name(enum qt_error_code code)

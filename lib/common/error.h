@@ -36,6 +36,9 @@ enum qt_error_code {
         QT_ERR_UNCHANGED,       /* if-changed: nothing wrote to the image since qtrim shrank it */
         QT_ERR_FORMAT_MISMATCH, /* the declared format, the configured one, the content or the
                                    name disagree: qtrim will not guess (image.h) */
+        QT_ERR_NO_SUCH_DOMAIN,  /* libvirt knows no domain of that name */
+        QT_ERR_DOMAIN_RUNNING,  /* the domain runs, is paused or has its memory saved */
+        QT_ERR_LIBVIRT,         /* libvirt cannot be reached, failed, or did not answer in time */
         _QT_ERR_MAX,
 };
 

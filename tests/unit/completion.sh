@@ -11,18 +11,22 @@ tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
 # Stubs: busctl answers "status org.qtrim1" with $STUB_RUNNING; qtrimctl prints $STUB_LIST
-# for "list" and leaves a mark that it was called.
+# for "list" and leaves a mark that it was called; virsh knows two domains.
 mkdir "$tmp/bin"
 cat >"$tmp/bin/busctl" <<'EOF'
 #!/bin/bash
 [[ $STUB_RUNNING == yes ]]
+EOF
+cat >"$tmp/bin/virsh" <<'EOF'
+#!/bin/bash
+[[ $* == "-q list --all --name" ]] && printf 'web01\ndb02\n'
 EOF
 cat >"$tmp/bin/qtrimctl" <<'EOF'
 #!/bin/bash
 touch "$STUB_MARK"
 [[ $1 == list ]] && printf '%s' "$STUB_LIST"
 EOF
-chmod +x "$tmp/bin/busctl" "$tmp/bin/qtrimctl"
+chmod +x "$tmp/bin/busctl" "$tmp/bin/qtrimctl" "$tmp/bin/virsh"
 export PATH="$tmp/bin:$PATH" STUB_MARK="$tmp/called" STUB_RUNNING=yes STUB_LIST=''
 
 # Files to complete: images (one with a space, one with glob characters), other files,
@@ -83,17 +87,25 @@ check 'unknown command' 'qtrimctl frob ' ''
 v="--help${nl}--verbose"
 d="--json${nl}--dry-run"
 check 'shrink options' 'qtrimctl shrink -' \
-    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block${nl}$d"
+    "$v${nl}--no-convert${nl}--all${nl}--domain${nl}--format${nl}--keep-gaps${nl}--no-block${nl}$d"
 check 'shrink --json excludes --no-block' 'qtrimctl shrink --json --' \
-    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}$d"
+    "$v${nl}--no-convert${nl}--all${nl}--domain${nl}--format${nl}--keep-gaps${nl}$d"
 check 'shrink --dry-run excludes --no-block' 'qtrimctl shrink --dry-run --' \
-    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}$d"
+    "$v${nl}--no-convert${nl}--all${nl}--domain${nl}--format${nl}--keep-gaps${nl}$d"
 check 'shrink --no-block excludes --json and --dry-run' 'qtrimctl shrink --no-block --' \
-    "$v${nl}--no-convert${nl}--all${nl}--format${nl}--keep-gaps${nl}--no-block"
+    "$v${nl}--no-convert${nl}--all${nl}--domain${nl}--format${nl}--keep-gaps${nl}--no-block"
 check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
     "$v${nl}--no-convert${nl}--format${nl}--keep-gaps${nl}--no-block${nl}$d"
 check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
 check 'shrink --all options' 'qtrimctl shrink --all --' "$v${nl}--no-convert${nl}$d"
+check 'shrink --domain options' 'qtrimctl shrink --domain web01 --' \
+    "$v${nl}--no-convert${nl}--keep-gaps${nl}--no-block${nl}--json"
+check 'shrink --domain: no images' 'qtrimctl shrink --domain web01 ' ''
+check 'domain names' 'qtrimctl shrink --domain ' "web01${nl}db02"
+check 'domain name prefix' 'qtrimctl inspect --domain w' 'web01'
+check 'domain name after =' 'qtrimctl inspect --domain = d' 'db02'
+check 'inspect --domain: no image' 'qtrimctl inspect --domain web01 ' ''
+check 'inspect --domain options' 'qtrimctl inspect --domain web01 -' "$v${nl}--json"
 check 'shrink images and directories' 'qtrimctl shrink ' \
     "a.qcow2${nl}b.img${nl}c.raw${nl}with space.qcow2${nl}g[1].raw${nl}sub${nl}dir.img"
 check 'shrink image prefix' 'qtrimctl shrink a' 'a.qcow2'
@@ -102,7 +114,7 @@ check 'shrink in a directory' 'qtrimctl shrink sub/' 'sub/x.qcow2'
 check 'shrink an absolute path' "qtrimctl shrink $tmp/images/sub/" "$tmp/images/sub/x.qcow2"
 check 'options before shrink' 'qtrimctl --no-convert shrink c' 'c.raw'
 
-check 'inspect options' 'qtrimctl inspect -' "$v${nl}--json${nl}--format"
+check 'inspect options' 'qtrimctl inspect -' "$v${nl}--json${nl}--format${nl}--domain"
 check 'inspect image' 'qtrimctl inspect --json b' 'b.img'
 check 'inspect takes one image' 'qtrimctl inspect a.qcow2 ' ''
 check 'format values' 'qtrimctl shrink --format ' "raw${nl}qcow2"

@@ -17,7 +17,7 @@
 /* allowed, or why not ("polkit is not running: ...", "not authorized"). */
 typedef void (*authorize_done_fn)(bool allowed, const char *why, void *userdata);
 
-/* uid is the caller's (bus_sender_uid(), asked once per call: it is a round trip to the bus).
+/* uid is the caller's (bus_ask_sender_uid(), asked once per call, without waiting).
  * Returns 1 when it is root (allowed, done is not called), 0 when polkit was asked (done is
  * called with its answer unless *ret_slot is unreferenced first), or a negative errno. image, if
  * not NULL, is passed to polkit as the detail "image" for rules to look at. */

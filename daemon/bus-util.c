@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 #include "bus-util.h"
 
+#include <errno.h>
+
 #include "dbus-api.h"
 
 int bus_append_filesystems(sd_bus_message *m, const struct qt_report *report)
@@ -15,12 +17,23 @@ int bus_append_filesystems(sd_bus_message *m, const struct qt_report *report)
         return r < 0 ? r : sd_bus_message_close_container(m);
 }
 
-int bus_sender_uid(sd_bus_message *msg, uid_t *ret)
+int bus_ask_sender_uid(sd_bus_message *msg, sd_bus_message_handler_t on_reply, void *userdata,
+                       sd_bus_slot **ret_slot)
 {
-        sd_bus_creds *creds = NULL;
-        int r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID, &creds);
+        return sd_bus_call_method_async(sd_bus_message_get_bus(msg), ret_slot,
+                                        "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                        "org.freedesktop.DBus", "GetConnectionUnixUser", on_reply,
+                                        userdata, "s", sd_bus_message_get_sender(msg));
+}
+
+int bus_read_sender_uid(sd_bus_message *reply, uid_t *ret)
+{
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+        if (e)
+                return -sd_bus_error_get_errno(e) ?: -ESRCH;
+        uint32_t uid;
+        int r = sd_bus_message_read(reply, "u", &uid);
         if (r >= 0)
-                r = sd_bus_creds_get_euid(creds, ret);
-        sd_bus_creds_unref(creds);
+                *ret = uid;
         return r;
 }

@@ -333,18 +333,26 @@ void job_free(struct job *j)
 
 /* D-Bus */
 
-/* A Cancel() of somebody else's job, waiting for polkit. The job may end meanwhile: it is found
- * again by id. */
+/* A Cancel(), waiting for the caller's uid, then (somebody else's job) for polkit. The job may
+ * end meanwhile: it is found again by id. */
 struct cancel_call {
         struct manager *manager;
         unsigned job_id;
         sd_bus_message *call;
-        sd_bus_slot *authorization;
+        sd_bus_slot *pending; /* the bus call awaited */
 };
+
+static struct job *cancel_call_job(const struct cancel_call *c)
+{
+        for (struct job *k = c->manager->jobs; k; k = k->next)
+                if (k->id == c->job_id)
+                        return k;
+        return NULL;
+}
 
 static void cancel_call_free(struct cancel_call *c)
 {
-        sd_bus_slot_unref(c->authorization);
+        sd_bus_slot_unref(c->pending);
         sd_bus_message_unref(c->call);
         free(c);
 }
@@ -352,10 +360,7 @@ static void cancel_call_free(struct cancel_call *c)
 static void on_cancel_authorized(bool allowed, const char *why, void *userdata)
 {
         struct cancel_call *c = userdata;
-        struct job *j = NULL;
-        for (struct job *k = c->manager->jobs; k; k = k->next)
-                if (k->id == c->job_id)
-                        j = k;
+        struct job *j = cancel_call_job(c);
         if (!allowed)
                 sd_bus_reply_method_errorf(c->call, SD_BUS_ERROR_ACCESS_DENIED,
                                            "only root or the job's owner may cancel it: %s", why);
@@ -368,31 +373,53 @@ static void on_cancel_authorized(bool allowed, const char *why, void *userdata)
         cancel_call_free(c);
 }
 
+/* The caller's uid is known: its own job, root, or polkit's answer for somebody else's. */
+static int on_cancel_uid(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error)
+{
+        struct cancel_call *c = userdata;
+        c->pending = sd_bus_slot_unref(c->pending);
+        struct job *j = cancel_call_job(c);
+        uid_t uid;
+        int r = bus_read_sender_uid(reply, &uid);
+        if (r < 0 || !j) {
+                if (r < 0)
+                        sd_bus_reply_method_errorf(c->call, SD_BUS_ERROR_ACCESS_DENIED,
+                                                   "cannot tell who is calling (the caller left "
+                                                   "the bus?)");
+                else /* it ended meanwhile: nothing left to cancel */
+                        sd_bus_reply_method_return(c->call, NULL);
+                cancel_call_free(c);
+                return 0;
+        }
+        if (uid != j->uid) {
+                r = authorize(c->call, uid, QTRIM_ACTION_CANCEL_ANY, j->image, on_cancel_authorized,
+                              c, &c->pending);
+                if (r == 0)
+                        return 0; /* polkit answers later */
+                if (r < 0) {
+                        sd_bus_reply_method_errnof(c->call, r, "cannot ask polkit: %m");
+                        cancel_call_free(c);
+                        return 0;
+                }
+        }
+        on_cancel_authorized(true, NULL, c); /* its own job, or root */
+        return 0;
+}
+
 static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
         struct job *j = userdata;
-        uid_t uid;
-        int r = bus_sender_uid(msg, &uid);
-        if (r < 0)
-                return r;
-        if (uid == j->uid) {
-                job_cancel(j);
-                return sd_bus_reply_method_return(msg, NULL);
-        }
         struct cancel_call *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
         *c = (struct cancel_call){
             .manager = j->manager, .job_id = j->id, .call = sd_bus_message_ref(msg)};
-        r = authorize(msg, uid, QTRIM_ACTION_CANCEL_ANY, j->image, on_cancel_authorized, c,
-                      &c->authorization);
-        if (r == 0)
-                return 1; /* polkit answers later */
-        cancel_call_free(c);
-        if (r < 0)
+        int r = bus_ask_sender_uid(msg, on_cancel_uid, c, &c->pending);
+        if (r < 0) {
+                cancel_call_free(c);
                 return r;
-        job_cancel(j); /* root */
-        return sd_bus_reply_method_return(msg, NULL);
+        }
+        return 1; /* the reply comes with the caller's uid, or polkit's answer */
 }
 
 static int get_state(sd_bus *bus, const char *path, const char *interface, const char *property,

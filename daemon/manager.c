@@ -301,14 +301,11 @@ static int on_sender_uid(sd_bus_message *reply, void *userdata, sd_bus_error *re
         struct request *q = userdata;
         struct manager *m = q->manager;
         q->pending = sd_bus_slot_unref(q->pending);
-        const sd_bus_error *e = sd_bus_message_get_error(reply);
-        uint32_t uid;
-        if (e || sd_bus_message_read(reply, "u", &uid) < 0) {
+        if (bus_read_sender_uid(reply, &q->uid) < 0) {
                 request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
                              "cannot tell who is calling (the caller left the bus?)");
                 return 0;
         }
-        q->uid = uid;
         /* A domain's disks are checked one by one once they are known. */
         if (q->uid != 0 && !q->domain && !in_image_directories(m, q->image)) {
                 request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
@@ -360,10 +357,7 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         m->n_requests++;
         manager_update_idle(m);
 
-        int r = sd_bus_call_method_async(sd_bus_message_get_bus(call), &q->pending,
-                                         "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                         "org.freedesktop.DBus", "GetConnectionUnixUser",
-                                         on_sender_uid, q, "s", sd_bus_message_get_sender(call));
+        int r = bus_ask_sender_uid(call, on_sender_uid, q, &q->pending);
         if (r < 0) {
                 request_free(q);
                 return r;

@@ -36,6 +36,7 @@ if [[ -z ${QTRIM_VM_GUEST:-} ]]; then
         }
         dest=$build_dir/vm/install-root
         rm -rf -- "$dest"
+        mkdir -p -- "$build_dir/vm"
         meson install -C "$build_dir" --destdir "$dest" --no-rebuild --quiet >"$build_dir/vm/install.log" 2>&1 || {
                 cat -- "$build_dir/vm/install.log" >&2
                 echo "FAIL: meson install --destdir failed" >&2
@@ -123,10 +124,12 @@ install_build() {
         for v in ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS; do
                 if [[ -n ${!v:-} ]]; then env+=("\"$v=${!v}\""); fi
         done
+        # LeakSanitizer stops the process with ptrace (@debug) to look for leaks at exit: the
+        # sanitizer build gets that on top of the units' system call filters.
         if ((${#env[@]} > 0)); then
                 for d in qtrimd.service qtrim-sweep.service; do
                         mkdir -p -- "/etc/systemd/system/$d.d"
-                        printf '[Service]\nEnvironment=%s\n' "${env[*]}" >"/etc/systemd/system/$d.d/50-qtrim-vm-sanitizers.conf"
+                        printf '[Service]\nEnvironment=%s\nSystemCallFilter=@debug\n' "${env[*]}" >"/etc/systemd/system/$d.d/50-qtrim-vm-sanitizers.conf"
                 done
         fi
         systemctl daemon-reload
@@ -294,6 +297,140 @@ part_e() {
         qt_ok "the next call activated qtrimd again"
 }
 
+part_p() {
+        indent <"$BUILD_DIR/vm/build-deb.out"
+        ((QT_VM_DEB_RC == 0)) || qt_fail "build-deb.sh exited $QT_VM_DEB_RC (log: $QT_VM_DEB_DIR/build.log)"
+        qt_ok "built in $(<"$QT_VM_DEB_DIR/build-seconds")s, lintian clean"
+}
+
+# apt-get on the package file alone: every dependency is installed (the guest's root is this
+# machine's), and reading the archive's lists would cost a minute of TCG time.
+apt_get() {
+        local none=$QT_WORK/apt-no-sources.d
+        mkdir -p -- "$none"
+        DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends \
+                -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$none" "$@"
+}
+
+# Names with "qtrim" where a package or its services leave state (the guest's own /usr and
+# /lib are checked through dpkg -L).
+qtrim_names() { find /etc /var/lib /var/cache /run -name '*qtrim*' -not -path "$QT_WORK/*" 2>/dev/null | sort; }
+
+# qtrim's unit files systemd knows (not this harness's qtrim-vm.*); list-unit-files exits 1 when
+# nothing matches.
+qtrim_unit_files() { systemctl list-unit-files --no-legend 'qtrimd.*' 'qtrim-sweep.*' || true; }
+
+# The overall exposure systemd-analyze security gives UNIT, printed with its table.
+exposure() { # UNIT
+        local out
+        out=$(systemd-analyze security --no-pager "$1" 2>&1) || true
+        printf '%s\n' "$out" >>"$QTRIM_VM_RESULTS/security.txt"
+        sed -nE 's/.*Overall exposure level for [^:]*: ([0-9.]+) .*/\1/p' <<<"$out"
+}
+
+part_f() {
+        local deb img=$QT_IMAGES/pkg.qcow2 before out rc=0 f e u names_before sweep_inv bound
+        local -A max_exposure=([qtrimd.service]=3.5 [qtrim-sweep.service]=1.5)
+        deb=$(find "$QT_VM_DEB_DIR" -maxdepth 1 -name 'qtrim_*.deb' | head -n 1)
+        [[ -n $deb ]] || qt_fail "no package in $QT_VM_DEB_DIR (part p)"
+
+        # The build of a-e goes, as if it had never been installed.
+        systemctl stop qtrimd.service qtrim-sweep.service || true
+        (cd -- "$QT_VM_DESTDIR" && find . -not -type d -print0) | while IFS= read -r -d '' f; do
+                rm -f -- "/${f#./}"
+        done
+        rm -rf /etc/qtrim /var/lib/qtrim /etc/systemd/system/qtrimd.service.d /etc/systemd/system/qtrim-sweep.service.d
+        systemctl daemon-reload
+        [[ ! -e $qtrimctl ]] || qt_fail "$qtrimctl is still there"
+        out=$(qtrim_unit_files)
+        [[ -z $out ]] || qt_fail "the build's units are still there: $out"
+        # Docker's policy-rc.d (this machine is a container) forbids starting services; the guest
+        # is a host of its own.
+        rm -f /usr/sbin/policy-rc.d
+        # man-db's trigger re-indexes every man page (25000 here, over 9p): 3 minutes of TCG time
+        # per dpkg run. The index is not under test (man-db/auto-update false, as debconf sets it).
+        rm -f /var/lib/man-db/auto-update
+        names_before=$(qtrim_names)
+        sweep_inv=$(unit_state qtrim-sweep.service InvocationID)
+        qt_ok "build removed"
+
+        qt_info "\$ apt-get install $deb"
+        out=$(apt_get install "$deb" 2>&1) || rc=$?
+        indent <<<"$out"
+        ((rc == 0)) || qt_fail "apt-get install exited $rc"
+        [[ $(dpkg-query -W -f='${db:Status-Status}' qtrim) == installed ]] || qt_fail "qtrim is not installed"
+        qt_info "$(dpkg -s qtrim | grep '^Installed-Size')"
+        dpkg -s qtrim | sed -n 's/^Installed-Size: //p' >"$QTRIM_VM_RESULTS/installed-size-kib"
+        dpkg-query -W -f='${Conffiles}\n' qtrim | grep -q '^ /etc/qtrim/qtrimd.conf ' ||
+                qt_fail "/etc/qtrim/qtrimd.conf is not a conffile"
+        [[ $(dpkg -S /usr/bin/qtrimctl) == "qtrim: /usr/bin/qtrimctl" ]] || qt_fail "qtrimctl is not the package's"
+        qt_ok "installed; /etc/qtrim/qtrimd.conf a conffile"
+
+        [[ $(systemctl is-enabled qtrim-sweep.timer) == enabled ]] || qt_fail "qtrim-sweep.timer is not enabled"
+        [[ $(systemctl is-active qtrim-sweep.timer) == active ]] || qt_fail "qtrim-sweep.timer is not active"
+        out=$(systemctl list-timers --all --no-pager qtrim-sweep.timer || true)
+        indent <<<"$out"
+        grep -q 'qtrim-sweep.timer' <<<"$out" || qt_fail "systemctl list-timers does not list qtrim-sweep.timer"
+        [[ $(systemctl is-active qtrimd.service) != active ]] || qt_fail "the install started qtrimd.service"
+        [[ $(unit_state qtrim-sweep.service InvocationID) == "$sweep_inv" ]] || qt_fail "the install ran qtrim-sweep.service"
+        qt_ok "timer enabled, active and listed; neither service started by the install"
+
+        # An administrator's edit: the FUSE path, which a-e did not take; qtrimd stays, so the
+        # purge must stop it.
+        printf 'Attach=fuse\nIdleExitSec=0\n' >>/etc/qtrim/qtrimd.conf
+        before=$(allocated_bytes "$img")
+        qt_info "\$ qtrimctl shrink $img   (Attach=fuse)"
+        rc=0
+        out=$(/usr/bin/qtrimctl shrink "$img" 2>&1) || rc=$?
+        indent <<<"$out"
+        ((rc == 0)) || qt_fail "qtrimctl shrink exited $rc"
+        [[ $(unit_state qtrimd.service FragmentPath) == /lib/systemd/system/qtrimd.service ]] ||
+                qt_fail "qtrimd.service is not the package's: $(unit_state qtrimd.service FragmentPath)"
+        e=$(busctl --system get-property org.qtrim1 /org/qtrim1 org.qtrim1.Manager AttachBackend 2>&1 || true)
+        [[ $e == 's "fuse"' ]] || qt_fail "AttachBackend is $e, not fuse"
+        qt_ok "qtrimd.service of the package activated, FUSE path"
+        qt_check_shrunk "$img" "$before" qcow2
+
+        : >"$QTRIM_VM_RESULTS/security.txt"
+        for u in qtrimd.service qtrim-sweep.service; do
+                e=$(exposure "$u")
+                bound=${max_exposure[$u]}
+                [[ -n $e ]] || qt_fail "no exposure level for $u: $(tail -n 3 "$QTRIM_VM_RESULTS/security.txt")"
+                qt_info "systemd-analyze security $u: $e (at most $bound)"
+                awk -v e="$e" -v b="$bound" 'BEGIN { exit !(e <= b) }' || qt_fail "$u: exposure $e above $bound"
+        done
+        qt_ok "exposure within bounds (the tables: security.txt in the results)"
+
+        local -a files=() dirs=()
+        while IFS= read -r f; do
+                if [[ -d $f ]]; then dirs+=("$f"); else files+=("$f"); fi
+        done < <(dpkg -L qtrim)
+        [[ $(systemctl is-active qtrimd.service) == active ]] || qt_fail "qtrimd.service is not running before the purge"
+        qt_info "\$ apt-get purge qtrim"
+        rc=0
+        out=$(apt_get purge qtrim 2>&1) || rc=$?
+        indent <<<"$out"
+        ((rc == 0)) || qt_fail "apt-get purge exited $rc"
+        dpkg-query -W -f='${db:Status-Status}' qtrim 2>/dev/null | grep -q installed && qt_fail "qtrim still installed"
+        for f in "${files[@]}"; do
+                [[ ! -e $f && ! -L $f ]] || qt_fail "left after the purge: $f"
+        done
+        for f in "${dirs[@]}"; do
+                [[ $f != *qtrim* || ! -e $f ]] || qt_fail "directory left after the purge: $f"
+        done
+        out=$(qtrim_unit_files)
+        [[ -z $out ]] || qt_fail "unit files left: $(tr '\n' ' ' <<<"$out")"
+        systemctl list-timers --all --no-pager | grep -q qtrim-sweep && qt_fail "qtrim-sweep.timer is still listed"
+        [[ $(systemctl is-active qtrimd.service) != active ]] || qt_fail "qtrimd.service still runs"
+        busctl --system status org.qtrim1 >/dev/null 2>&1 && qt_fail "org.qtrim1 still owned"
+        for f in /etc/qtrim /var/lib/qtrim /run/qtrim /var/lib/systemd/timers/stamp-qtrim-sweep.timer; do
+                [[ ! -e $f ]] || qt_fail "left after the purge: $f"
+        done
+        out=$(diff <(printf '%s\n' "$names_before") <(qtrim_names) | sed -n 's/^> //p')
+        [[ -z $out ]] || qt_fail "new names with qtrim after install and purge: $(tr '\n' ' ' <<<"$out")"
+        qt_ok "purged: none of ${#files[@]} files, no unit, timer, /etc/qtrim, state or stamp left"
+}
+
 # ---- main ---------------------------------------------------------------------------------
 
 qt_need qemu-img qemu-nbd jq gdbus busctl runuser useradd systemd-analyze
@@ -315,6 +452,7 @@ assert_dirty "$QT_IMAGES/solo.qcow2"
 for n in a b busy; do
         qt_clone_image "$QT_IMAGES/solo.qcow2" "$sweep_dir/$n.qcow2"
 done
+qt_clone_image "$QT_IMAGES/solo.qcow2" "$QT_IMAGES/pkg.qcow2"
 qt_info "images built in $(qt_since "$t0")s"
 
 part b "qtrimctl shrink starts qtrimd by D-Bus activation" part_b
@@ -324,6 +462,11 @@ part e "qtrimd exits after IdleExitSec" part_e
 
 qt_step "stop qtrimd, look for leftovers"
 systemctl stop qtrimd.service || true
+assert_no_leftovers
+
+part p "the Debian package: built from a copy of the tree, lintian clean" part_p
+part f "the package: install, timer, shrink on the FUSE path, exposure, purge" part_f
+qt_step "look for leftovers after the package"
 assert_no_leftovers
 
 qt_step "summary"

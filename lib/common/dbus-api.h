@@ -37,11 +37,11 @@
 /* Inspect, b: also estimate what a shrink would give back (default false; it mounts read-only
  * the filesystems a shrink would mount). The answer's "info" then has ReclaimableBytes (t, the
  * total) and Estimate: per volume its name, used, free and reclaimable bytes. */
-#define QTRIM_OPT_ESTIMATE                 "estimate"
-#define QTRIM_INFO_RECLAIMABLE             "ReclaimableBytes"
-#define QTRIM_INFO_ESTIMATE                "Estimate"
-#define QTRIM_ESTIMATE_SIGNATURE           "(sttt)"
-#define QTRIM_ESTIMATE_ARRAY_SIGNATURE     "a" QTRIM_ESTIMATE_SIGNATURE
+#define QTRIM_OPT_ESTIMATE             "estimate"
+#define QTRIM_INFO_RECLAIMABLE         "ReclaimableBytes"
+#define QTRIM_INFO_ESTIMATE            "Estimate"
+#define QTRIM_ESTIMATE_SIGNATURE       "(sttt)"
+#define QTRIM_ESTIMATE_ARRAY_SIGNATURE "a" QTRIM_ESTIMATE_SIGNATURE
 
 /* InspectDomain(s name, a{sv} options) -> (a{sv} info, a(ssssssssss) disks) and
  * ShrinkDomain(s name, a{sv} options) -> a(ssoss) disks, for libvirt domains. InspectDomain's

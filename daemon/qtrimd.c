@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include "attach.h"
 #include "conf-file.h"
 #include "config.h"
 #include "dbus-api.h"
@@ -210,8 +211,10 @@ static int run(int argc, char **argv)
                 goto out;
         }
 
-        /* Copies a crash of an earlier qtrimd and its workers left behind. */
+        /* Copies a crash of an earlier qtrimd and its workers left behind, and what they left on
+         * nbd devices (partition nodes, linear devices of qtrim's), known to no record. */
         unsigned interrupted = state_jobs_recover(m.state_dir);
+        qt_attach_nbd_drop_all_stale();
         if (interrupted)
                 fprintf(stderr, "qtrimd: %u job(s) of an earlier qtrimd were interrupted\n",
                         interrupted);

@@ -278,3 +278,8 @@ void qt_attach_nbd_drop_stale(const char *device)
 {
         qt_nbd_kernel_drop_stale_partitions(device);
 }
+
+void qt_attach_nbd_drop_all_stale(void)
+{
+        qt_nbd_kernel_drop_all_stale();
+}

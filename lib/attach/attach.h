@@ -99,7 +99,10 @@ int qt_detach(struct qt_attachment *a, struct qt_error *e);
  * For qtrimd, after a worker died attached (what it reported of its attachment: report.h's
  * nbd-device and nbd-owner; on the FUSE path the FUSE server ends on its own, nbd-fuse.h):
  * - qt_attach_nbd_state() and qt_attach_nbd_drop_stale() watch and clean the nbd device it held
- *   (nbd-kernel.h: qt_nbd_kernel_connection_state(), qt_nbd_kernel_drop_stale_partitions()).
+ *   (nbd-kernel.h: qt_nbd_kernel_connection_state(), qt_nbd_kernel_drop_stale_partitions());
+ * - qt_attach_nbd_drop_all_stale(), at qtrimd's start, cleans every free nbd device the same way
+ *   (workers that died with an earlier qtrimd).
  */
 enum qt_nbd_connection qt_attach_nbd_state(const char *device, uint64_t owner, pid_t *ret_server);
 void qt_attach_nbd_drop_stale(const char *device);
+void qt_attach_nbd_drop_all_stale(void);

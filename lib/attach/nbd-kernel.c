@@ -2,6 +2,7 @@
 #include "nbd-kernel.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libudev.h>
@@ -309,6 +310,15 @@ static int wait_connected(struct qt_nbd_kernel *k, struct qt_error *e)
                             k->device, CONNECT_TIMEOUT_MS / 1000);
 }
 
+/* A free (no connection) and empty disk keeps the partition nodes of its last connection until
+ * a rescan: they would wait for udev to probe a disk that is gone. fd: open, under our lock. */
+static void drop_partitions_of_free_disk(int fd, const char *sysname)
+{
+        uint64_t size = 1;
+        if (disk_is_free(sysname) && ioctl(fd, BLKGETSIZE64, &size) == 0 && size == 0)
+                (void)ioctl(fd, BLKRRPART);
+}
+
 /* Claims /dev/nbd<index> and connects the image to it: 0, -EBUSY (taken: try another), or an
  * error that ends the attach. */
 static int try_device(struct qt_nbd_kernel *k, int index, const char *image, const char *format,
@@ -336,6 +346,11 @@ static int try_device(struct qt_nbd_kernel *k, int index, const char *image, con
         if (r < 0) {
                 stop_server(k);
                 closep(&k->fd);
+                /* Canceled (qtrimd gone: our parent-death SIGTERM) or failed in the middle of the
+                 * connect: the connection may have come and gone with its partition scan, and
+                 * nobody else may be left to drop the nodes. After our close: an open keeps the
+                 * device's configuration, and its size, alive. */
+                qt_nbd_kernel_drop_stale_partitions(k->device);
         }
         return r;
 }
@@ -1103,12 +1118,23 @@ void qt_nbd_kernel_drop_stale_partitions(const char *device)
         if (!sysname)
                 return;
         _cleanup_close_ int fd = open(device, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        uint64_t size = 1;
         /* Under the lock, so no worker is claiming it meanwhile; only a free, empty disk. */
         if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
                 return;
         drop_stale_linear(sysname);
-        if (!disk_is_free(sysname) || ioctl(fd, BLKGETSIZE64, &size) < 0 || size != 0)
+        drop_partitions_of_free_disk(fd, sysname);
+}
+
+void qt_nbd_kernel_drop_all_stale(void)
+{
+        DIR *d = opendir("/sys/block");
+        if (!d)
                 return;
-        (void)ioctl(fd, BLKRRPART);
+        for (struct dirent *de; (de = readdir(d));) {
+                char device[QT_NBD_PATH_MAX];
+                if (nbd_index(de->d_name) >= 0 &&
+                    snprintf(device, sizeof(device), "/dev/%s", de->d_name) < (int)sizeof(device))
+                        qt_nbd_kernel_drop_stale_partitions(device);
+        }
+        closedir(d);
 }

@@ -112,3 +112,6 @@ enum qt_nbd_connection qt_nbd_kernel_connection_state(const char *device, uint64
  * qtrim's left over it (qtrim-nbdN-*). Only on a device no one holds the lock of (partitions: only
  * on a free one); NULL-safe against names that are not /dev/nbdN. */
 void qt_nbd_kernel_drop_stale_partitions(const char *device);
+/* The same for every nbd device: what workers that died with their qtrimd left (a qtrimd that
+ * starts knows no device of theirs). A device is touched only when free, empty and unlocked. */
+void qt_nbd_kernel_drop_all_stale(void);

@@ -194,9 +194,7 @@ for victim in worker server; do
                 # Nothing of the job may live 10 s after the kill (assert_no_leftovers waits 5 s).
                 check_image
         done
-        summary=
-        for r in "${!outcomes[@]}"; do summary+="${summary:+, }$r ${outcomes[$r]}"; done
-        qt_ok "$spread kills of the $victim: $summary; every image intact, nothing left; the slowest job ended ${slowest}s after its kill"
+        qt_ok "$spread kills of the $victim: $(qt_outcome_summary outcomes); every image intact, nothing left; the slowest job ended ${slowest}s after its kill"
         unset outcomes
 done
 
@@ -220,7 +218,9 @@ for victim in qtrimd both; do
                 pid=$(victim_pid worker)
                 qt_sleep_until "$t0" "$at"
                 killed_at=$(qt_now)
-                [[ $victim == both && -n $pid ]] && kill -KILL "$pid" 2>/dev/null
+                if [[ $victim == both && -n $pid ]]; then
+                        kill -KILL "$pid" 2>/dev/null || true # it may have ended
+                fi
                 qt_daemon_kill9
                 if [[ -n $pid ]]; then
                         qt_wait_pid_gone "$pid" 10 || qt_fail "the worker ($pid) outlived qtrimd's death by 10 s"
@@ -242,9 +242,7 @@ for victim in qtrimd both; do
                 outcomes[$result]=$((${outcomes[$result]:-0} + 1))
                 check_image
         done
-        summary=
-        for r in "${!outcomes[@]}"; do summary+="${summary:+, }$r ${outcomes[$r]}"; done
-        qt_ok "$daemon_spread kills of $victim: $summary; every image intact, nothing left; the slowest worker was gone ${slowest}s after the kill"
+        qt_ok "$daemon_spread kills of $victim: $(qt_outcome_summary outcomes); every image intact, nothing left; the slowest worker was gone ${slowest}s after the kill"
         unset outcomes
 done
 

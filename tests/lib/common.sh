@@ -42,6 +42,13 @@ qt_since() { awk -v a="$1" -v b="$(qt_now)" 'BEGIN { printf "%.2f", b - a }'; }
 # kill K of N spread evenly over DURATION seconds, and a sleep until AT seconds after T0 (a
 # qt_now timestamp; none if that has passed).
 qt_spread_moment() { awk -v k="$1" -v n="$2" -v d="$3" 'BEGIN { printf "%.3f", d * k / (n + 1) }'; }
+# "result N, result M" of an associative array (by name) that counts the outcomes of kills.
+qt_outcome_summary() {
+        local -n _qt_outcomes=$1
+        local r summary=
+        for r in "${!_qt_outcomes[@]}"; do summary+="${summary:+, }$r ${_qt_outcomes[$r]}"; done
+        printf '%s' "$summary"
+}
 qt_sleep_until() { # T0 AT
         sleep "$(awk -v at="$2" -v el="$(qt_since "$1")" 'BEGIN { s = at - el; printf "%.3f", (s > 0 ? s : 0) }')"
 }

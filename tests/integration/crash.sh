@@ -217,29 +217,15 @@ for victim in qtrimd both; do
                 job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
                 pid=$(victim_pid worker)
                 qt_sleep_until "$t0" "$at"
-                killed_at=$(qt_now)
-                if [[ $victim == both && -n $pid ]]; then
-                        kill -KILL "$pid" 2>/dev/null || true # it may have ended
+                qt_kill_daemon "$victim" "$pid"
+                if [[ -n $QT_WORKER_GONE_AFTER ]] &&
+                        awk -v a="$QT_WORKER_GONE_AFTER" -v b="$slowest" 'BEGIN { exit !(a > b) }'; then
+                        slowest=$QT_WORKER_GONE_AFTER
                 fi
-                qt_daemon_kill9
-                if [[ -n $pid ]]; then
-                        qt_wait_pid_gone "$pid" 10 || qt_fail "the worker ($pid) outlived qtrimd's death by 10 s"
-                        ended=$(qt_since "$killed_at")
-                        awk -v a="$ended" -v b="$slowest" 'BEGIN { exit !(a > b) }' && slowest=$ended
-                fi
-                : >"$QT_DAEMON_LOG"
                 # Reported before qtrimd died: the job had ended, or (both) qtrimd saw its worker
                 # die first.
-                if result=$(qt_job_removed_result "$job" 1 "$img"); then
-                        result="$result (reported before qtrimd died)"
-                        qt_daemon_start >/dev/null
-                else
-                        qt_daemon_start >/dev/null
-                        grep -q "$img: failed: interrupted when an earlier qtrimd stopped unexpectedly" "$QT_DAEMON_LOG" ||
-                                qt_fail "kill $k at ${at}s: the restarted qtrimd did not report the interrupted job on $img"
-                        result=interrupted
-                fi
-                outcomes[$result]=$((${outcomes[$result]:-0} + 1))
+                qt_daemon_restart_report "$job" "$img"
+                outcomes[$QT_KILLED_RESULT]=$((${outcomes[$QT_KILLED_RESULT]:-0} + 1))
                 check_image
         done
         qt_ok "$daemon_spread kills of $victim: $(qt_outcome_summary outcomes); every image intact, nothing left; the slowest worker was gone ${slowest}s after the kill"

@@ -129,6 +129,41 @@ qt_daemon_kill9() {
         QT_DAEMON_PID=
 }
 
+# qt_kill_daemon VICTIM WORKER: SIGKILL qtrimd ("qtrimd"), or WORKER and qtrimd at once ("both");
+# WORKER ("" if none) must be gone within 10 s (its parent-death chain). Sets
+# QT_WORKER_GONE_AFTER: seconds from the kill until it was ("" without a worker).
+# shellcheck disable=SC2034 # QT_WORKER_GONE_AFTER is the caller's
+qt_kill_daemon() {
+        local victim=$1 worker=$2 killed_at
+        killed_at=$(qt_now)
+        if [[ $victim == both && -n $worker ]]; then
+                kill -KILL "$worker" 2>/dev/null || true # it may have ended
+        fi
+        qt_daemon_kill9
+        QT_WORKER_GONE_AFTER=
+        [[ -n $worker ]] || return 0
+        qt_wait_pid_gone "$worker" 10 || qt_fail "the worker ($worker) outlived qtrimd's death by 10 s"
+        QT_WORKER_GONE_AFTER=$(qt_since "$killed_at")
+}
+
+# qt_daemon_restart_report JOB IMG [QTRIMD-ARGS...]: qtrimd started again after qt_kill_daemon;
+# sets QT_KILLED_RESULT to the job's JobRemoved result if it came before qtrimd died, else to
+# "interrupted", which the new qtrimd must report from its records.
+qt_daemon_restart_report() {
+        local job=$1 img=$2
+        shift 2
+        : >"$QT_WORK/qtrimd.log"
+        if QT_KILLED_RESULT=$(qt_job_removed_result "$job" 1 "$img"); then
+                QT_KILLED_RESULT+=" (reported before qtrimd died)"
+                qt_daemon_start "$@" >/dev/null
+                return 0
+        fi
+        qt_daemon_start "$@" >/dev/null
+        grep -q "$img: failed: interrupted when an earlier qtrimd stopped unexpectedly" "$QT_DAEMON_LOG" ||
+                qt_fail "the restarted qtrimd did not report the interrupted job on $img"
+        QT_KILLED_RESULT=interrupted
+}
+
 qt_bus_stop() {
         [[ -n "${QT_BUS_PID:-}" ]] || return 0
         qt_undo qt_kill_wait "$QT_BUS_PID" 5

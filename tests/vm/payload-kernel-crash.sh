@@ -289,28 +289,14 @@ for victim in qtrimd both; do
                 job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
                 worker=$(first_worker)
                 qt_sleep_until "$t0" "$at"
-                if [[ $victim == both && -n $worker ]]; then
-                        kill -KILL "$worker" 2>/dev/null || true # it may have ended
-                fi
-                qt_daemon_kill9
-                [[ -z $worker ]] || qt_wait_pid_gone "$worker" 10 ||
-                        qt_fail "kill $k at ${at}s: the worker ($worker) outlived qtrimd's death by 10 s"
+                qt_kill_daemon "$victim" "$worker"
                 for ((i = 0; i < 100; i++)); do
                         [[ -z $(nbd_connected)$(nbd_partitions) ]] && break
                         sleep 0.1
                 done
                 assert_nbd_free "10 s after SIGKILL of $victim at ${at}s"
-                : >"$QT_DAEMON_LOG"
-                if result=$(qt_job_removed_result "$job" 1 "$img"); then
-                        result="$result (reported before qtrimd died)"
-                        qt_daemon_start --attach=kernel >/dev/null
-                else
-                        qt_daemon_start --attach=kernel >/dev/null
-                        grep -q "$img: failed: interrupted when an earlier qtrimd stopped unexpectedly" "$QT_DAEMON_LOG" ||
-                                qt_fail "kill $k at ${at}s: the restarted qtrimd did not report the interrupted job on $img"
-                        result=interrupted
-                fi
-                outcomes[$result]=$((${outcomes[$result]:-0} + 1))
+                qt_daemon_restart_report "$job" "$img" --attach=kernel
+                outcomes[$QT_KILLED_RESULT]=$((${outcomes[$QT_KILLED_RESULT]:-0} + 1))
                 check_image
         done
         qt_ok "$daemon_spread kills of $victim: $(qt_outcome_summary outcomes); within 10 s no device, partition node or qemu-nbd left; every image intact"

@@ -136,8 +136,9 @@ qt_daemon_kill9() {
 qt_kill_daemon() {
         local victim=$1 worker=$2 killed_at
         killed_at=$(qt_now)
+        # Both in one kill: qtrimd must not have the time to see its worker die first.
         if [[ $victim == both && -n $worker ]]; then
-                kill -KILL "$worker" 2>/dev/null || true # it may have ended
+                kill -KILL "$worker" "$QT_DAEMON_PID" 2>/dev/null || true # the worker may have ended
         fi
         qt_daemon_kill9
         QT_WORKER_GONE_AFTER=

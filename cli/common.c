@@ -58,8 +58,6 @@ static const char *advice_for(const sd_bus_error *error)
                 return "run qtrimctl as root, or ask for the polkit action org.qtrim1.shrink";
         if (sd_bus_error_has_names(error, SD_BUS_ERROR_UNKNOWN_OBJECT, SD_BUS_ERROR_UNKNOWN_METHOD))
                 return "see qtrimctl list";
-        if (!error->name || strncmp(error->name, "org.qtrim1.Error.", 17) != 0)
-                return NULL;
         enum qt_error_code code = qt_error_from_dbus_name(error->name);
         for (size_t i = 0; i < ELEMENTSOF(error_advice); i++)
                 if (error_advice[i].code == code)
@@ -544,12 +542,16 @@ int64_t job_bytes_reclaimed(const struct job_properties *p)
         return (int64_t)p->bytes_before - (int64_t)p->bytes_after;
 }
 
-uint64_t realtime_usec(void)
+void strv_free(char **v)
 {
-        struct timespec ts;
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}
 
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+const char *job_id_of(const char *path)
+{
+        return strrchr(path, '/') + 1;
 }
 
 const char *empty_to_null(const char *s)

@@ -142,9 +142,6 @@ bool job_phase_bytes(const struct job_properties *p, uint64_t *ret_done, uint64_
 /* Seconds with a fixed three decimals, so JSON shows 41.235 rather than 41.234999999999999. */
 struct json_object *json_seconds(uint64_t usec);
 
-/* CLOCK_REALTIME in µs, the clock of QueuedAt, StartedAt and FinishedAt. */
-uint64_t realtime_usec(void);
-
 /* An image path as qtrimd wants it: absolute, made so against the working directory. Symlinks
  * are left alone; what the path means is for qtrimd to decide. */
 int image_path_absolute(const char *path, char **ret);
@@ -157,6 +154,16 @@ static inline void json_object_putp(struct json_object **o)
 /* Replaces *s with a copy of value; -ENOMEM leaves *s as it was. */
 int set_string(char **s, const char *value);
 const char *empty_to_null(const char *s);
+
+/* A NULL-terminated array of strings and the array, freed. */
+void strv_free(char **v);
+static inline void strv_freep(char ***v)
+{
+        strv_free(*v);
+}
+
+/* "12" of a job object path ".../job/12". */
+const char *job_id_of(const char *path);
 
 /* json_object_new_string() does not take NULL; JSON null stands for "not known" here. */
 struct json_object *json_string_or_null(const char *s);

@@ -246,18 +246,6 @@ static int job_paths_from_arguments(char **args, size_t n_args, char ***ret)
         return 0;
 }
 
-static void strv_freep(char ***v)
-{
-        for (char **p = *v; p && *p; p++)
-                free(*p);
-        free(*v);
-}
-
-static const char *job_id_of(const char *path)
-{
-        return strrchr(path, '/') + 1;
-}
-
 static void print_no_such_job(const char *path)
 {
         fprintf(stderr,

@@ -80,6 +80,7 @@ struct job {
          * done (job_phase_bytes) and the time. */
         char *sampled_phase;
         uint64_t sampled_bytes, sampled_usec;
+        char status[160]; /* this frame's status text (format_job_status), measured then drawn */
         sd_bus_slot *get_all_call;
         sd_bus_slot *cancel_call;
 };
@@ -277,23 +278,22 @@ static void write_bar(FILE *f, double progress, size_t width)
         fputs("]  ", f);
 }
 
-/* Writes one job's line, cut to max_columns, and returns the columns it took. */
+/* Writes one job's line (its status as formatted for this frame), cut to max_columns, and returns
+ * the columns it took. */
 static size_t write_job_line(FILE *f, const struct job *job, size_t name_width, size_t bar_width,
                              size_t max_columns)
 {
         _cleanup_free_ char *line = NULL;
         size_t line_size = 0;
-        char status[160];
         FILE *m = open_memstream(&line, &line_size);
         if (!m)
                 return 0;
 
-        format_job_status(job, status, sizeof(status));
         write_name_column(m, job->name, name_width);
         fputs("  ", m);
         if (bar_width > 0)
                 write_bar(m, job->props.progress, bar_width);
-        fputs(status, m);
+        fputs(job->status, m);
         if (fclose(m) != 0)
                 return 0;
 
@@ -338,14 +338,15 @@ static void progress_redraw(struct shrink_run *run)
          * end. */
         size_t longest_name = 0, longest_status = 0, max_columns = run->columns - 1;
         for (size_t i = 0; i < run->n_jobs; i++) {
-                const struct job *job = &run->jobs[i];
-                char status[160];
+                struct job *job = &run->jobs[i];
 
                 if (job->result != JOB_PENDING)
                         continue;
-                format_job_status(job, status, sizeof(status));
+                /* Once per frame: the rate and ETA move with the clock, and the widths measured
+                 * here must be those of the text drawn. */
+                format_job_status(job, job->status, sizeof(job->status));
                 longest_name = MAX(longest_name, text_columns(job->name));
-                longest_status = MAX(longest_status, text_columns(status));
+                longest_status = MAX(longest_status, text_columns(job->status));
         }
         size_t name_width = longest_name, bar_width = BAR_WIDTH_MAX;
         size_t rest = 2 + longest_status; /* "  " after the name */
@@ -1216,7 +1217,7 @@ int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json)
         run.n_jobs = n_paths;
         for (size_t i = 0; i < n_paths; i++) {
                 struct job *job = &run.jobs[i];
-                const char *id = strrchr(paths[i], '/') + 1;
+                const char *id = job_id_of(paths[i]);
 
                 job->run = &run;
                 job->started_usec = now_usec();

@@ -67,13 +67,6 @@ static bool matches_any(char **patterns, const char *name)
         return false;
 }
 
-static void strv_free(char **v)
-{
-        for (char **p = v; p && *p; p++)
-                free(*p);
-        free(v);
-}
-
 /* Regular files matching a pattern, directly in dir; not hidden ones (qtrim's own temporary
  * copies are ".NAME.qtrim-XXXXXX"). A directory that cannot be read is a failure. */
 static int collect(const char *dir, char **patterns, bool json, struct image_list *images)

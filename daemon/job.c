@@ -23,13 +23,6 @@ static const char *const state_names[] = {
     [JOB_CANCELED] = QTRIM_STATE_CANCELED,
 };
 
-static uint64_t realtime_usec(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 const char *job_state_name(enum job_state state)
 {
         return state_names[state];

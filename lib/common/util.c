@@ -41,11 +41,21 @@ char *format_duration(char buf[FORMAT_DURATION_MAX], uint64_t usec)
         return buf;
 }
 
-uint64_t now_usec(void)
+static uint64_t clock_usec(clockid_t clock)
 {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
+        clock_gettime(clock, &ts);
         return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+uint64_t now_usec(void)
+{
+        return clock_usec(CLOCK_MONOTONIC);
+}
+
+uint64_t realtime_usec(void)
+{
+        return clock_usec(CLOCK_REALTIME);
 }
 
 int parse_u64(const char *s, uint64_t *ret)

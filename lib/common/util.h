@@ -64,7 +64,8 @@ char *format_bytes(char buf[FORMAT_BYTES_MAX], uint64_t bytes);
 #define FORMAT_DURATION_MAX 32
 char *format_duration(char buf[FORMAT_DURATION_MAX], uint64_t usec);
 
-uint64_t now_usec(void); /* CLOCK_MONOTONIC */
+uint64_t now_usec(void);      /* CLOCK_MONOTONIC */
+uint64_t realtime_usec(void); /* CLOCK_REALTIME: moments others compare (the Job's QueuedAt...) */
 
 /* Parses a whole decimal uint64; -EINVAL on anything else (sign, junk, overflow, empty). */
 int parse_u64(const char *s, uint64_t *ret);

@@ -168,6 +168,10 @@ static const char *json_string(struct json_object *o, const char *key)
 /* "≈ N reclaimable of A allocated (would be ≈ B)": what the estimate says of the image. */
 static void format_estimate(struct json_object *info, char *buf, size_t size)
 {
+        if (!json_object_object_get_ex(info, QTRIM_INFO_RECLAIMABLE, NULL)) {
+                snprintf(buf, size, "no estimate: the image's allocation could not be read");
+                return;
+        }
         uint64_t allocated = json_u64(info, "AllocatedBytes");
         uint64_t reclaimable = json_u64(info, QTRIM_INFO_RECLAIMABLE);
         char n[FORMAT_BYTES_MAX], a[FORMAT_BYTES_MAX], b[FORMAT_BYTES_MAX];
@@ -338,12 +342,16 @@ static struct json_object *estimate_to_json(const char *argument, struct json_ob
         uint64_t reclaimable = json_u64(info, QTRIM_INFO_RECLAIMABLE);
         if (!o)
                 return NULL;
+        bool known = json_object_object_get_ex(info, QTRIM_INFO_RECLAIMABLE, NULL);
         json_object_object_add(o, "image", json_object_new_string(argument));
         json_object_object_add(o, "allocated_bytes", json_object_new_uint64(allocated));
-        json_object_object_add(o, "reclaimable_bytes", json_object_new_uint64(reclaimable));
+        /* null: no estimate (the image's allocation could not be read) */
+        json_object_object_add(o, "reclaimable_bytes",
+                               known ? json_object_new_uint64(reclaimable) : NULL);
         json_object_object_add(
             o, "would_be_bytes",
-            json_object_new_uint64(allocated > reclaimable ? allocated - reclaimable : 0));
+            known ? json_object_new_uint64(allocated > reclaimable ? allocated - reclaimable : 0)
+                  : NULL);
         if (json_object_object_get_ex(info, QTRIM_INFO_ESTIMATE, &volumes))
                 json_object_object_add(o, "volumes", json_object_get(volumes));
         return o;

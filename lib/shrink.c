@@ -163,7 +163,9 @@ static int inspect(struct shrink *s)
         qt_emit_str(rep, "backing-format", s->info.backing_format);
         qt_emit_u64(rep, "snapshots", s->info.snapshots);
         qt_emit_u64(rep, "bitmaps", s->info.bitmaps);
-        s->l2_tables_before = qcow2_l2_tables(s->file.fd);
+        /* Only a shrink explains a growth with it (explain_growth). */
+        if (s->req->kind == QT_JOB_SHRINK)
+                s->l2_tables_before = qcow2_l2_tables(s->file.fd);
         if (s->info.blank)
                 say_nothing_to_trim(s);
         return 0;
@@ -389,6 +391,7 @@ static int discover(struct shrink *s)
                          qt_trim_method_name(qt_trim_method(&fs[i], why, sizeof(why))));
                 qt_attachment_hide(s->attachment, &fs[i]);
         }
+        bool estimated = false;
         if (s->req->kind == QT_JOB_INSPECT) {
                 /* What the image holds, as qemu-img map says: only whole clusters are given
                  * back (at least 4 KiB, a raw file's host blocks). */
@@ -403,7 +406,9 @@ static int discover(struct shrink *s)
                 }
                 /* Before describe_volumes: each record's message still says only what
                  * discovery found, which decides the method. */
-                if (s->req->estimate && !alloc.unknown)
+                /* Without the map there is no estimate: none is sent, rather than zeroes. */
+                estimated = s->req->estimate && !alloc.unknown;
+                if (estimated)
                         for (size_t i = 0; i < n; i++) {
                                 char why[QT_FS_MESSAGE_MAX];
                                 enum qt_trim_method m = qt_trim_method(&fs[i], why, sizeof(why));
@@ -418,7 +423,7 @@ static int discover(struct shrink *s)
         qt_emit_str(s->rep, "partition-table", pttype);
         for (size_t i = 0; i < n; i++)
                 qt_emit_fs(s->rep, &fs[i]);
-        if (s->req->kind == QT_JOB_INSPECT && s->req->estimate)
+        if (estimated)
                 for (size_t i = 0; i < n; i++)
                         qt_emit_estimate(s->rep, &fs[i]);
         return 0;
@@ -968,6 +973,9 @@ int qt_shrink_run(const struct qt_shrink_request *req, struct qt_reporter *rep)
         bool shrinking = req->kind == QT_JOB_SHRINK;
 
         const bool *nothing_to_trim = &rep->report.nothing_to_trim;
+        /* Said from the start, so what reads it (explain_growth) never sees it unset. */
+        if (shrinking)
+                qt_emit_str(rep, "image-state", QT_IMAGE_UNTOUCHED);
         int r = run_phase(&s, QT_PHASE_INSPECT, inspect);
         if (r >= 0 && req->kind != QT_JOB_PROBE && !(shrinking && *nothing_to_trim)) {
                 r = run_phase(&s, QT_PHASE_ATTACH, attach);

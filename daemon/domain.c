@@ -167,17 +167,7 @@ _Noreturn static void run_reader(const char *uri, const char *name, int memfd, p
 #if QTRIM_LIBVIRT
         domain_snapshot_read(uri, name, s);
 #endif
-        const char *p = (const char *)s;
-        for (size_t left = sizeof(*s); left > 0;) {
-                ssize_t n = write(SNAPSHOT_FD, p, left);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        _exit(1);
-                p += n;
-                left -= (size_t)n;
-        }
-        _exit(0);
+        _exit(write_all(SNAPSHOT_FD, s, sizeof(*s)) < 0 ? 1 : 0);
 }
 
 /* The snapshot comes from our own fork, but is read as bytes from a file: every string ends. */

@@ -2,13 +2,11 @@
 #include "metrics.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
-#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "state-dir.h"
 #include "util.h"
 
 /* An image's line per metric: a sweep of a whole pool is a few hundred at most. Past this, the
@@ -154,37 +152,20 @@ static void put_metrics(FILE *f, const struct metrics *m)
         put_per_image(f, m, "qtrim_image_last_job_timestamp_seconds", IMAGE_AT);
 }
 
-/* The new file beside the old one, then one rename: a reader sees the old file or the new. */
+/* The whole text, then state_write_atomic(): a reader (the collector, qtrimd at its next start)
+ * sees the old file or the new one; PATH.new does not end in .prom, so the collector skips it. */
 static int write_file(const struct metrics *m)
 {
-        char tmp[PATH_MAX];
-        _cleanup_free_ char *dir_copy = strdup(m->path), *base_copy = strdup(m->path);
-        if (!dir_copy || !base_copy)
+        _cleanup_free_ char *text = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&text, &size);
+        if (!f)
                 return -ENOMEM;
-        /* A leading dot and no ".prom" ending: the collector never reads it. */
-        if (snprintf(tmp, sizeof(tmp), "%s/.%s.XXXXXX", dirname(dir_copy), basename(base_copy)) >=
-            (int)sizeof(tmp))
-                return -ENAMETOOLONG;
-        int fd = mkostemp(tmp, O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        FILE *f = fdopen(fd, "w");
-        if (!f) {
-                int r = -errno;
-                close(fd);
-                unlink(tmp);
-                return r;
-        }
         put_metrics(f, m);
-        /* mkostemp made it 0600; the collector may run as another user. */
-        int r = fchmod(fd, 0644) < 0 || fflush(f) != 0 || ferror(f) ? (errno ? -errno : -EIO) : 0;
-        if (fclose(f) != 0 && r == 0)
-                r = errno ? -errno : -EIO;
-        if (r == 0 && rename(tmp, m->path) < 0)
-                r = -errno;
-        if (r < 0)
-                unlink(tmp);
-        return r < 0 ? r : 0;
+        if (fclose(f) != 0)
+                return -ENOMEM;
+        /* The collector may run as another user. */
+        return state_write_atomic(m->path, text, 0644);
 }
 
 static void write_now(struct metrics *m)

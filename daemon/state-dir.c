@@ -57,18 +57,18 @@ int state_lock(const char *state_dir, pid_t *ret_holder)
         return TAKE_FD(fd);
 }
 
-/* Writes lines to path through a temporary name and a rename: a crash leaves the old record or
- * the new one, durable before whatever it records happens. */
-static int write_record(const char *path, const char *text)
+int state_write_atomic(const char *path, const char *text, mode_t mode)
 {
         char tmp[PATH_MAX];
         int n = snprintf(tmp, sizeof(tmp), "%s.new", path);
         if (n < 0 || n >= (int)sizeof(tmp))
                 return -ENAMETOOLONG;
-        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
         if (fd < 0)
                 return -errno;
-        if (write_all(fd, text, strlen(text)) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0) {
+        /* fchmod: the service's UMask= would take from mode what another reader needs. */
+        if (fchmod(fd, mode) < 0 || write_all(fd, text, strlen(text)) < 0 || fsync(fd) < 0 ||
+            rename(tmp, path) < 0) {
                 int r = -errno;
                 unlink(tmp);
                 return r;
@@ -93,7 +93,7 @@ int state_job_set(const char *state_dir, unsigned job, const char *image, const 
                 return r;
         if (asprintf(&text, "%s\n%s\n", image, temp) < 0)
                 return -ENOMEM;
-        return write_record(path, text);
+        return state_write_atomic(path, text, 0600);
 }
 
 int state_job_end(const char *state_dir, unsigned job)
@@ -179,7 +179,7 @@ int state_shrunk_set(const char *state_dir, const char *image)
         if (asprintf(&text, SHRUNK_FORMAT, image, (uintmax_t)st.st_dev, (uintmax_t)st.st_ino,
                      (intmax_t)st.st_size, (intmax_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec) < 0)
                 return -ENOMEM;
-        return write_record(path, text);
+        return state_write_atomic(path, text, 0600);
 }
 
 bool state_shrunk_unchanged(const char *state_dir, const char *image, const struct stat *st)

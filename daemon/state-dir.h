@@ -23,6 +23,11 @@
  */
 int state_lock(const char *state_dir, pid_t *ret_holder);
 
+/* Writes text to path through PATH.new and a rename, fsynced first: a crash leaves the old file
+ * or the new one, durable before whatever it records happens. mode: the file's, whatever the
+ * umask. */
+int state_write_atomic(const char *path, const char *text, mode_t mode);
+
 /* Records that job works on image with its copy at temp ("" while there is none). */
 int state_job_set(const char *state_dir, unsigned job, const char *image, const char *temp);
 /* The job ended, whatever its outcome: forget it. */

@@ -31,8 +31,10 @@ packages=(
   # tests of the terminal output (a real terminal of a given width) and of the metrics file
   tmux python3-prometheus-client
   # libvirt support (daemon/ domain verbs: optional at build time) and its tests: a real
-  # libvirtd run in the foreground, with virtlogd, domains under TCG
+  # libvirtd run in the foreground, with virtlogd, domains under TCG; qemu-ga for the online
+  # trim's guest (tests/lib/agent-guest.sh: the guest runs this machine's binary over 9p)
   libvirt-dev libxml2-dev libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+  qemu-guest-agent
 )
 
 missing=()

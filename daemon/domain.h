@@ -63,6 +63,10 @@ int domain_call_new(enum domain_verb verb, const char *name, const struct job_op
 struct domain_call *domain_call_ref(struct domain_call *c);
 struct domain_call *domain_call_unref(struct domain_call *c);
 
+/* The domain is the one xml describes, as libvirt's hook gives it when the domain has stopped:
+ * domain_call_start() reads it from there, not from libvirt. */
+int domain_call_set_xml(struct domain_call *c, const char *xml);
+
 /* The caller (uid) is authorized: read the domain and answer call. done(userdata) is called once
  * the reading is over (the caller's request may end; the answer may still wait for the disks'
  * probes), also when it could not start. */

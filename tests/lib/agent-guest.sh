@@ -1,0 +1,131 @@
+# shellcheck shell=bash
+# A running libvirt domain with a real guest agent, for the online trim tests. The domain (TCG,
+# type 'qemu') boots Debian's kernel directly with the VM suite's busybox initramfs
+# (tests/vm/run-guest.sh builds both into $BUILD_DIR/vm), which mounts this machine's root
+# read-only over 9p (tag hostroot) under a tmpfs overlay and switch_roots into
+# agent-guest-init.sh: it mounts each virtio disk that has a serial at /mnt/SERIAL and runs this
+# machine's qemu-ga on the channel org.qemu.guest_agent.0.
+#
+#   qt_init_workdir NAME; qt_libvirt_start; qt_agent_boot_files
+#   qt_agent_domain_xml NAME "$(qt_agent_disk vda IMG qcow2 unmap unmap)" ... >XML
+#   qt_domain_define NAME XML; qt_agent_start NAME; ...; qt_agent_shutdown NAME
+
+# shellcheck source=tests/lib/libvirt.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/libvirt.sh"
+
+# Seconds from virsh start until the agent answers (8-10 s under TCG here), and from an
+# agent-requested shutdown until the domain is off.
+QT_AGENT_TIMEOUT=${QT_AGENT_TIMEOUT:-120}
+QT_AGENT_SHUTDOWN_TIMEOUT=${QT_AGENT_SHUTDOWN_TIMEOUT:-60}
+
+# Sets QT_AGENT_KERNEL and QT_AGENT_INITRD. run-guest.sh builds (or finds current) the kernel
+# and initramfs only as part of a run, so a guest that does nothing is booted for them (~5 s).
+qt_agent_boot_files() {
+        local log=$QT_WORK/boot-files.log payload=$QT_BUILD_DIR/vm/noop-payload.sh
+        qt_need qemu-system-x86_64 busybox qemu-ga
+        # Not in the work dir: the guest's /var/tmp is a tmpfs of its own.
+        mkdir -p -- "$QT_BUILD_DIR/vm"
+        printf 'exit 0\n' >"$payload"
+        if ! BUILD_DIR=$QT_BUILD_DIR SOURCE_DIR=$QT_SOURCE_DIR QT_VM_MEM=256M QT_VM_CPUS=1 QT_VM_TIMEOUT=120 \
+                "$QT_SOURCE_DIR/tests/vm/run-guest.sh" script "$payload" "$QT_WORK/boot-files-guest" >"$log" 2>&1; then
+                qt_fail "tests/vm/run-guest.sh could not build and boot the guest's kernel and initramfs: $(tail -n 20 -- "$log")"
+        fi
+        QT_AGENT_KERNEL=$QT_BUILD_DIR/vm/vmlinux
+        QT_AGENT_INITRD=$QT_BUILD_DIR/vm/initramfs.cpio
+        rm -rf -- "$QT_WORK/boot-files-guest"
+}
+
+# A virtio-blk disk the guest mounts at /mnt/NAME (its serial): qt_agent_disk TARGET FILE FORMAT
+# DISCARD NAME
+qt_agent_disk() {
+        qt_domain_disk "$1" virtio "$2" "$3" "$4" | sed "s|^    </disk>|      <serial>$5</serial>\n    </disk>|"
+}
+
+qt_agent_console() { printf '%s/%s.console\n' "$QT_WORK" "$1"; }
+
+# The end of a domain's serial console, for failure messages.
+qt_agent_console_tail() {
+        printf -- '--- last lines of %s'"'"'s console ---\n' "$1"
+        tail -n 30 -- "$(qt_agent_console "$1")" 2>/dev/null || true
+        printf -- '---\n'
+}
+
+# qt_agent_domain_xml NAME DISK-XML...: 512 MiB, one vCPU, the agent's channel, the host root
+# over 9p, the console in $(qt_agent_console NAME). QEMU runs as root (the host root is shared)
+# and libvirt leaves the images' owners and labels alone.
+qt_agent_domain_xml() {
+        local name=$1 cmdline
+        shift
+        # As run-guest.sh boots its guests: no security module, nothing legacy probed, the
+        # clock on the emulated HPET (a TSC calibrated on a busy host runs fast), no mitigations.
+        cmdline="console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init qtrim.init=$QT_LIB_DIR/agent-guest-init.sh"
+        cmdline+=" apparmor=0 modprobe.blacklist=kvm,kvm_intel,kvm_amd,floppy,pcspkr,parport,parport_pc,ata_piix,psmouse"
+        cmdline+=" 8250.nr_uarts=1 clocksource=hpet tsc=unstable mitigations=off"
+        cat <<EOF
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>$QT_AGENT_KERNEL</kernel>
+    <initrd>$QT_AGENT_INITRD</initrd>
+    <cmdline>$cmdline</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'><timer name='hpet' present='yes'/></clock>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+  <devices>
+    <emulator>$(command -v qemu-system-x86_64)</emulator>
+$(printf '%s\n' "$@")
+    <filesystem type='mount' accessmode='passthrough' multidevs='remap'>
+      <source dir='/'/>
+      <target dir='hostroot'/>
+      <readonly/>
+    </filesystem>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <serial type='file'><source path='$(qt_agent_console "$name")'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+}
+
+# qt_agent_start NAME: starts the domain and waits until its agent answers a guest-ping. Sets
+# QT_AGENT_BOOT_SECONDS (virsh start until the first answer).
+qt_agent_start() {
+        local name=$1 t0 deadline
+        t0=$(qt_now)
+        qt_virsh start "$name" >/dev/null ||
+                qt_fail "virsh start $name failed: $(tail -n 5 -- "/var/log/libvirt/qemu/$name.log")"
+        deadline=$((SECONDS + QT_AGENT_TIMEOUT))
+        # Until qemu-ga opens its port, libvirt says at once that the agent is not connected.
+        until qt_virsh qemu-agent-command --timeout 5 "$name" '{"execute":"guest-ping"}' >/dev/null 2>&1; do
+                [[ $(qt_virsh domstate "$name") == running ]] ||
+                        qt_fail "$name stopped before its guest agent answered"$'\n'"$(qt_agent_console_tail "$name")"
+                ((SECONDS < deadline)) ||
+                        qt_fail "$name's guest agent did not answer within $QT_AGENT_TIMEOUT s"$'\n'"$(qt_agent_console_tail "$name")"
+                sleep 0.5
+        done
+        QT_AGENT_BOOT_SECONDS=$(qt_since "$t0")
+        qt_info "$name: guest agent answers, $QT_AGENT_BOOT_SECONDS s after virsh start"
+}
+
+# qt_agent_shutdown NAME: the agent's guest-shutdown; the guest unmounts its disks and powers off.
+qt_agent_shutdown() {
+        local name=$1 deadline=$((SECONDS + QT_AGENT_SHUTDOWN_TIMEOUT))
+        qt_virsh shutdown --mode agent "$name" >/dev/null || qt_fail "virsh shutdown --mode agent $name failed"
+        until [[ $(qt_virsh domstate "$name") == "shut off" ]]; do
+                ((SECONDS < deadline)) ||
+                        qt_fail "$name did not shut down within $QT_AGENT_SHUTDOWN_TIMEOUT s"$'\n'"$(qt_agent_console_tail "$name")"
+                sleep 0.2
+        done
+        grep -q 'agent-guest: .* disks unmounted' -- "$(qt_agent_console "$name")" ||
+                qt_fail "$name powered off without unmounting its disks"$'\n'"$(qt_agent_console_tail "$name")"
+        qt_info "$name shut down, its disks unmounted"
+}

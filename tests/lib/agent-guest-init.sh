@@ -3,7 +3,8 @@
 # tests/vm/run-guest.sh has switch_rooted into an overlay over this machine's root: mounts each
 # virtio disk that has a serial at /mnt/SERIAL (ext4) and runs this machine's qemu-ga on the
 # virtio-serial port named org.qemu.guest_agent.0. No udev: the modules are loaded here and
-# devtmpfs makes the nodes.
+# devtmpfs makes the nodes. A disk that cannot be mounted, or no agent port, powers the guest
+# off: the host sees it stop, with the reason on the console.
 #
 # The agent's guest-shutdown (virsh shutdown --mode agent) runs /sbin/shutdown, which in this
 # guest signals PID 1: qemu-ga stops, the disks are unmounted cleanly, the guest powers off.
@@ -49,11 +50,11 @@ for dev in /sys/block/vd*; do
         serial=$(<"$dev/serial")
         [[ -n $serial ]] || continue
         mkdir -p "/mnt/$serial"
-        if mount -t ext4 -o rw,noinit_itable "/dev/${dev##*/}" "/mnt/$serial"; then
-                say "${dev##*/} mounted at /mnt/$serial"
-        else
+        if ! mount -t ext4 -o rw,noinit_itable "/dev/${dev##*/}" "/mnt/$serial"; then
                 say "cannot mount ${dev##*/} at /mnt/$serial"
+                power_off
         fi
+        say "${dev##*/} mounted at /mnt/$serial"
 done
 
 port=

@@ -129,3 +129,21 @@ qt_agent_shutdown() {
                 qt_fail "$name powered off without unmounting its disks"$'\n'"$(qt_agent_console_tail "$name")"
         qt_info "$name shut down, its disks unmounted"
 }
+
+# qt_agent_exec NAME SCRIPT: runs SCRIPT with /bin/sh in the guest through its agent
+# (guest-exec) and waits for it, at most 60 s; fails with its output unless it exits 0.
+qt_agent_exec() {
+        local name=$1 request pid status deadline=$((SECONDS + 60))
+        request=$(jq -cn --arg s "$2" \
+                '{execute: "guest-exec", arguments: {path: "/bin/sh", arg: ["-c", $s], "capture-output": true}}')
+        pid=$(qt_virsh qemu-agent-command "$name" "$request" | jq -er '.return.pid') ||
+                qt_fail "guest-exec in $name failed"
+        request="{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}"
+        until status=$(qt_virsh qemu-agent-command "$name" "$request") &&
+                [[ $(jq -r '.return.exited' <<<"$status") == true ]]; do
+                ((SECONDS < deadline)) || qt_fail "in $name, '$2' did not end within 60 s"
+                sleep 0.2
+        done
+        jq -e '.return.exitcode == 0' <<<"$status" >/dev/null ||
+                qt_fail "in $name, '$2' failed: $(jq -r '[.return["out-data"], .return["err-data"]] | map(. // "" | @base64d) | add' <<<"$status")"
+}

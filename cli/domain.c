@@ -168,6 +168,14 @@ int inspect_domain(sd_bus *bus, const char *name, bool json)
         return r;
 }
 
+static bool job_listed(char **paths, size_t n_paths, const char *job)
+{
+        for (size_t i = 0; i < n_paths; i++)
+                if (strcmp(paths[i], job) == 0)
+                        return true;
+        return false;
+}
+
 int shrink_domain(sd_bus *bus, const char *name, const struct shrink_options *opts)
 {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -176,8 +184,9 @@ int shrink_domain(sd_bus *bus, const char *name, const struct shrink_options *op
         bool refused = false;
         const char *target, *source, *job, *error, *message;
         int r = bus_call_method(bus, name, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE, "ShrinkDomain",
-                                NULL, &reply, "sa{sv}", name, 2, QTRIM_OPT_CONVERT, "b",
-                                opts->convert, QTRIM_OPT_TRIM_GAPS, "b", !opts->keep_gaps);
+                                NULL, &reply, "sa{sv}", name, 3, QTRIM_OPT_CONVERT, "b",
+                                opts->convert, QTRIM_OPT_TRIM_GAPS, "b", !opts->keep_gaps,
+                                QTRIM_OPT_ONLINE, "b", opts->online);
         if (r < 0)
                 return r;
         r = sd_bus_message_enter_container(reply, 'a', QTRIM_DOMAIN_SHRUNK_SIGNATURE);
@@ -193,7 +202,8 @@ int shrink_domain(sd_bus *bus, const char *name, const struct shrink_options *op
                         fprintf(opts->json ? stderr : stdout, "%s%s %s%s%s%s: skipped: %s\n",
                                 opts->json ? "qtrimctl: " : "", name, target, *source ? " (" : "",
                                 source, *source ? ")" : "", message);
-                } else {
+                } else if (!job_listed(paths, n_paths, job)) {
+                        /* An online trim is one job for all the disks it measures. */
                         char **grown = reallocarray(paths, n_paths + 1, sizeof(*paths));
                         if (!grown)
                                 return log_errno(-ENOMEM, "failed to follow the jobs");

@@ -27,6 +27,7 @@ static const char *arg_format = NULL;
 static bool arg_keep_gaps = false;
 static const char *arg_domain = NULL;
 static bool arg_dry_run = false;
+static bool arg_online = false;
 
 static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
 {
@@ -37,6 +38,7 @@ static int verb_shrink(sd_bus *bus, char **args, size_t n_args)
             .format = arg_format,
             .keep_gaps = arg_keep_gaps,
             .dry_run = arg_dry_run,
+            .online = arg_online,
         };
 
         if (arg_all)
@@ -376,6 +378,7 @@ enum {
         OPTION_KEEP_GAPS = 1 << 5,
         OPTION_VERBOSE = 1 << 6,
         OPTION_DOMAIN = 1 << 8,
+        OPTION_ONLINE = 1 << 9,
         OPTION_DRY_RUN = 1 << 7,
 };
 
@@ -396,6 +399,8 @@ static const struct verb_option {
      "Only say what a shrink would give back (an estimate); change nothing"},
     {OPTION_VERBOSE, "--verbose", "Name the D-Bus error in error messages"},
     {OPTION_DOMAIN, "--domain=NAME", "The disks of a libvirt domain, instead of images"},
+    {OPTION_ONLINE, "--online",
+     "With --domain: the domain runs; its guest trims through qemu-guest-agent"},
 };
 
 static const struct verb {
@@ -410,7 +415,7 @@ static const struct verb {
     {"shrink", "IMAGE...|--all", "Trim the guest filesystems of each image and compact it", 1,
      SIZE_MAX,
      OPTION_NO_BLOCK | OPTION_NO_CONVERT | OPTION_JSON | OPTION_ALL | OPTION_FORMAT |
-         OPTION_KEEP_GAPS | OPTION_DRY_RUN | OPTION_DOMAIN,
+         OPTION_KEEP_GAPS | OPTION_DRY_RUN | OPTION_DOMAIN | OPTION_ONLINE,
      verb_shrink},
     {"list", "", "List the jobs queued or running in qtrimd", 0, 0, OPTION_JSON, verb_list},
     {"status", "JOB", "Show where a job is: state, phase, progress, time, bytes", 1, 1, OPTION_JSON,
@@ -520,6 +525,12 @@ static int check_verb(const struct verb *verb, unsigned options_given, char **ar
                         return -EINVAL;
                 }
 
+        if (arg_online && (!arg_domain || arg_no_convert || arg_keep_gaps)) {
+                fprintf(stderr, "qtrimctl: --online goes with --domain (a running domain's "
+                                "guest trims; there is nothing to convert or keep); see "
+                                "qtrimctl shrink --help\n");
+                return -EINVAL;
+        }
         if (arg_domain && (n_args > 0 || arg_all || arg_format || arg_dry_run)) {
                 fprintf(stderr,
                         "qtrimctl: --domain names the disks: it takes no images, nor "
@@ -590,6 +601,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 ARG_VERBOSE,
                 ARG_DRY_RUN,
                 ARG_DOMAIN,
+                ARG_ONLINE,
         };
         static const struct option options[] = {
             {"help", no_argument, NULL, 'h'},
@@ -603,6 +615,7 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
             {"verbose", no_argument, NULL, ARG_VERBOSE},
             {"dry-run", no_argument, NULL, ARG_DRY_RUN},
             {"domain", required_argument, NULL, ARG_DOMAIN},
+            {"online", no_argument, NULL, ARG_ONLINE},
             {},
         };
         bool help = false;
@@ -646,6 +659,10 @@ static int parse_argv(int argc, char *argv[], const struct verb **ret_verb, char
                 case ARG_DOMAIN:
                         arg_domain = optarg;
                         options_given |= OPTION_DOMAIN;
+                        break;
+                case ARG_ONLINE:
+                        arg_online = true;
+                        options_given |= OPTION_ONLINE;
                         break;
                 case ARG_DRY_RUN:
                         arg_dry_run = true;

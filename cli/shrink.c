@@ -424,6 +424,25 @@ static void print_volume(const struct filesystem *fs)
 {
         char bytes[FORMAT_BYTES_MAX], size[FORMAT_BYTES_MAX], offset[FORMAT_BYTES_MAX];
 
+        /* An online trim's: what the guest says it trimmed, and what each disk gave back. */
+        if (strcmp(fs->kind, "guest") == 0) {
+                printf("  guest %s: ", fs->name);
+                if (strcmp(fs->state, "trimmed") == 0)
+                        printf("%s trimmed", format_bytes(bytes, fs->trimmed));
+                else
+                        printf("%s", fs->state);
+                printf("%s%s\n", *fs->message ? ": " : "", fs->message);
+                return;
+        }
+        if (strcmp(fs->kind, "image") == 0) {
+                printf("  %s (%s, %s allocated): ", fs->name, *fs->fstype ? fs->fstype : "?",
+                       format_bytes(size, fs->size));
+                if (fs->trimmed)
+                        printf("%s freed on the host\n", format_bytes(bytes, fs->trimmed));
+                else
+                        printf("%s\n", *fs->message ? fs->message : "nothing came back");
+                return;
+        }
         printf("  %s", fs->name);
         if (*fs->fstype)
                 printf(" (%s)", fs->fstype);

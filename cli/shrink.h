@@ -25,6 +25,7 @@ struct shrink_options {
         const char *format; /* declared for every image ("raw", "qcow2"), NULL: not declared */
         bool keep_gaps;     /* leave the space outside the partitions alone */
         bool dry_run;       /* only print the estimate of what a shrink would give back */
+        bool online;        /* --domain: the domain runs, its guest trims through its agent */
         /* The images come from a sweep: each is shrunk only if written to since qtrim last
          * shrank it, and a refusal that means "not now" (in use, unchanged, a backing file,
          * already queued) is a skip, not a failure. Results are added to *totals. */

@@ -1,12 +1,30 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* The only code that calls libvirt; it runs in the child domain.c forks, where blocking is fine. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "cancel.h"
 #include "domain.h"
+#include "image.h"
+#include "util.h"
+
+/* How long the guest agent gets for its fstrim: a guest trims every filesystem it has, which on
+ * slow storage takes minutes. A cancel ends the wait sooner. */
+#define AGENT_TRIM_TIMEOUT_S 3600
+/* QEMU has freed what the guest discarded when the guest's fstrim returns; the allocation is
+ * still read until two readings this far apart agree, for at most AGENT_SETTLE_TRIES. */
+#define AGENT_SETTLE_USEC  100000ULL
+#define AGENT_SETTLE_TRIES 20
 
 static void ignore_error(void *userdata, virErrorPtr error)
 {
@@ -161,4 +179,267 @@ void domain_snapshot_read(const char *uri, const char *name, struct domain_snaps
         }
         virDomainFree(dom);
         virConnectClose(conn);
+}
+
+/* The agent's command runs in a thread, so the worker can see a cancel while libvirt blocks. */
+struct agent_call {
+        virDomainPtr dom;
+        char *result;
+        int error_code;
+        char error[256];
+        volatile int done;
+};
+
+static void *run_agent_call(void *arg)
+{
+        struct agent_call *a = arg;
+        a->result = virDomainQemuAgentCommand(a->dom, "{\"execute\":\"guest-fstrim\"}",
+                                              AGENT_TRIM_TIMEOUT_S, 0);
+        if (!a->result) {
+                a->error_code = virGetLastErrorCode();
+                snprintf(a->error, sizeof(a->error), "%s",
+                         virGetLastErrorMessage() ?: "unknown error");
+        }
+        __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+        return NULL;
+}
+
+/* Waits for the agent's answer; -ECANCELED on a cancel (the thread is left behind: the worker
+ * exits, and the guest finishes its fstrim on its own). */
+static int agent_fstrim(virDomainPtr dom, struct agent_call *a)
+{
+        pthread_t thread;
+        a->dom = dom;
+        if (pthread_create(&thread, NULL, run_agent_call, a) != 0)
+                return -EAGAIN;
+        while (!__atomic_load_n(&a->done, __ATOMIC_ACQUIRE)) {
+                if (qt_cancel_requested)
+                        return -ECANCELED;
+                nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+        }
+        pthread_join(thread, NULL);
+        return 0;
+}
+
+/* The agent's failure, said so that the user knows what to do. */
+static int agent_error(const struct domain_snapshot *s, const struct agent_call *a,
+                       struct qt_error *e)
+{
+        switch (a->error_code) {
+        case VIR_ERR_ARGUMENT_UNSUPPORTED: /* libvirt's "QEMU guest agent is not configured" */
+                return qt_error_set(e, QT_ERR_NO_GUEST_AGENT, EHOSTUNREACH,
+                                    "%s has no guest agent channel: add one (virt-xml %s "
+                                    "--add-device --channel unix,target.type=virtio,"
+                                    "target.name=org.qemu.guest_agent.0), restart the domain and "
+                                    "run qemu-guest-agent in the guest",
+                                    s->name, s->name);
+        case VIR_ERR_AGENT_UNRESPONSIVE:
+        case VIR_ERR_AGENT_UNSYNCED:
+                return qt_error_set(e, QT_ERR_NO_GUEST_AGENT, EHOSTUNREACH,
+                                    "the guest agent of %s does not answer (%s): is "
+                                    "qemu-guest-agent installed and running in the guest?",
+                                    s->name, a->error);
+        default:
+                return qt_error_set(e, QT_ERR_LIBVIRT, EIO, "the guest agent's fstrim failed: %s",
+                                    a->error);
+        }
+}
+
+static uint64_t json_u64(struct json_object *o, const char *key, bool *found)
+{
+        struct json_object *v;
+        *found = json_object_object_get_ex(o, key, &v);
+        return *found ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
+/* guest-fstrim's answer: {"return":{"paths":[{"path":"/","trimmed":N,"minimum":0},
+ * {"path":"/boot","error":"..."}]}}, one entry per filesystem the guest has mounted. Emits each
+ * as a volume of kind "guest"; returns what the guest says it trimmed in all, or -EBADMSG. */
+static int64_t report_guest_paths(const char *result, struct qt_reporter *r)
+{
+        struct json_object *root = json_tokener_parse(result), *ret, *paths;
+        if (!root || !json_object_object_get_ex(root, "return", &ret)) {
+                json_object_put(root);
+                return -EBADMSG;
+        }
+        uint64_t total = 0;
+        size_t n = json_object_object_get_ex(ret, "paths", &paths) &&
+                           json_object_is_type(paths, json_type_array)
+                       ? json_object_array_length(paths)
+                       : 0;
+        for (size_t i = 0; i < n; i++) {
+                struct json_object *p = json_object_array_get_idx(paths, i), *v;
+                struct qt_fs_result fs = {.kind = "guest", .method = "agent"};
+                bool has_trimmed, has_error = json_object_object_get_ex(p, "error", &v);
+                snprintf(fs.name, sizeof(fs.name), "%s",
+                         json_object_object_get_ex(p, "path", &v) ? json_object_get_string(v)
+                                                                  : "?");
+                fs.trimmed = json_u64(p, "trimmed", &has_trimmed);
+                if (has_error) {
+                        json_object_object_get_ex(p, "error", &v);
+                        snprintf(fs.state, sizeof(fs.state), "failed");
+                        snprintf(fs.message, sizeof(fs.message), "the guest could not trim it: %s",
+                                 json_object_get_string(v));
+                } else {
+                        snprintf(fs.state, sizeof(fs.state), "trimmed");
+                        if (!has_trimmed)
+                                snprintf(fs.message, sizeof(fs.message),
+                                         "the guest did not say how much");
+                }
+                total += fs.trimmed;
+                qt_emit_fs(r, &fs);
+        }
+        json_object_put(root);
+        return (int64_t)(total & INT64_MAX);
+}
+
+static int allocation(const char *path, uint64_t *ret)
+{
+        struct stat st;
+        if (stat(path, &st) < 0)
+                return -errno;
+        *ret = qt_file_allocated(&st);
+        return 0;
+}
+
+/* Every measured disk's allocation, and their sum. */
+static int measure(const struct domain_snapshot *s, uint64_t *bytes, uint64_t *ret_total,
+                   struct qt_error *e)
+{
+        uint64_t total = 0;
+        for (unsigned i = 0; i < s->n_disks; i++) {
+                const struct domain_disk *d = &s->disks[i];
+                if (!domain_disk_online(d))
+                        continue;
+                int r = allocation(d->source, &bytes[i]);
+                if (r < 0)
+                        return qt_error_set(e, QT_ERR_NOT_FOUND, r, "%s (%s): cannot read it: %s",
+                                            d->target, d->source, strerror(-r));
+                total += bytes[i];
+        }
+        *ret_total = total;
+        return 0;
+}
+
+/* Each disk found (after NULL), or what it gave back and why not when it gave nothing. */
+static void report_disks(const struct domain_snapshot *s, const uint64_t *before,
+                         const uint64_t *after, struct qt_reporter *r)
+{
+        for (unsigned i = 0; i < s->n_disks; i++) {
+                const struct domain_disk *d = &s->disks[i];
+                if (!domain_disk_online(d))
+                        continue;
+                struct qt_fs_result fs = {.kind = "image", .method = "agent"};
+                snprintf(fs.name, sizeof(fs.name), "%s", d->target);
+                snprintf(fs.fstype, sizeof(fs.fstype), "%s", d->format);
+                fs.size = before[i];
+                if (!after) {
+                        snprintf(fs.state, sizeof(fs.state), "found");
+                        qt_emit_fs(r, &fs);
+                        continue;
+                }
+                fs.trimmed = before[i] > after[i] ? before[i] - after[i] : 0;
+                bool reach = strncmp(d->verdict, "they do not", 11) != 0;
+                snprintf(fs.state, sizeof(fs.state), "%s", fs.trimmed ? "trimmed" : "skipped");
+                if (fs.trimmed == 0) {
+                        snprintf(fs.message, sizeof(fs.message), "nothing came back: %s",
+                                 reach ? "the guest freed nothing on it, or its discards did "
+                                         "not reach the image"
+                                       : d->verdict);
+                }
+                qt_emit_fs(r, &fs);
+        }
+}
+
+int domain_online_trim(const char *uri, const struct domain_snapshot *s, struct qt_reporter *r)
+{
+        struct qt_error e = {};
+        uint64_t *before = calloc(DOMAIN_MAX_DISKS, sizeof(*before));
+        uint64_t *after = calloc(DOMAIN_MAX_DISKS, sizeof(*after));
+        uint64_t total_before = 0, total_after = 0;
+        virConnectPtr conn = NULL;
+        virDomainPtr dom = NULL;
+        struct agent_call call = {};
+        int rc = 0;
+
+        virSetErrorFunc(NULL, ignore_error);
+        uint64_t start = now_usec();
+        qt_emit_phase(r, QT_PHASE_INSPECT);
+        if (!before || !after)
+                rc = qt_error_set(&e, QT_ERR_FAILED, ENOMEM, "out of memory");
+        if (rc == 0)
+                rc = measure(s, before, &total_before, &e);
+        if (rc == 0) {
+                qt_emit_u64(r, "bytes-before", total_before);
+                report_disks(s, before, NULL, r);
+                /* Read-write: the agent's commands are not for read-only connections. */
+                conn = virConnectOpen(uri);
+                if (!conn)
+                        rc = qt_error_set(&e, QT_ERR_LIBVIRT, EIO,
+                                          "cannot connect read-write to libvirt at %s: %s", uri,
+                                          virGetLastErrorMessage() ?: "unknown error");
+        }
+        /* By UUID: the name may have been given to another domain since it was read. */
+        if (rc == 0 && !(dom = virDomainLookupByUUIDString(conn, s->uuid)))
+                rc = qt_error_set(&e, QT_ERR_NO_SUCH_DOMAIN, ENOENT, "%s is gone: %s", s->name,
+                                  virGetLastErrorMessage() ?: "unknown error");
+        if (rc == 0 && virDomainIsActive(dom) != 1)
+                rc = qt_error_set(&e, QT_ERR_DOMAIN_NOT_RUNNING, ESRCH,
+                                  "%s is not running any more", s->name);
+        qt_emit_phase_time(r, QT_PHASE_INSPECT, now_usec() - start);
+
+        if (rc == 0) {
+                start = now_usec();
+                qt_emit_phase(r, QT_PHASE_ONLINE_TRIM);
+                rc = agent_fstrim(dom, &call);
+                if (rc == -ECANCELED)
+                        qt_error_set(&e, QT_ERR_CANCELED, ECANCELED,
+                                     "canceled; the guest may go on trimming until its fstrim "
+                                     "ends");
+                else if (rc < 0)
+                        qt_error_set(&e, QT_ERR_FAILED, rc, "cannot start the agent's call");
+                else if (!call.result)
+                        rc = agent_error(s, &call, &e);
+                else {
+                        int64_t trimmed = report_guest_paths(call.result, r);
+                        if (trimmed < 0)
+                                rc = qt_error_set(&e, QT_ERR_LIBVIRT, EBADMSG,
+                                                  "the guest agent's answer does not parse: %.200s",
+                                                  call.result);
+                        else
+                                qt_emit_u64(r, "bytes-trimmed", (uint64_t)trimmed);
+                }
+        }
+        /* What the host holds now, also after a failure: the guest may have trimmed some. */
+        if (before && after && total_before) {
+                uint64_t previous = UINT64_MAX;
+                for (int i = 0; i < AGENT_SETTLE_TRIES &&
+                                measure(s, after, &total_after, &e) == 0 && total_after != previous;
+                     i++) {
+                        previous = total_after;
+                        nanosleep(&(struct timespec){.tv_nsec = AGENT_SETTLE_USEC * 1000}, NULL);
+                }
+                if (rc == 0)
+                        report_disks(s, before, after, r);
+                qt_emit_u64(r, "bytes-after", total_after);
+                if (total_after < total_before)
+                        qt_emit_str(r, "image-state", QT_IMAGE_TRIMMED);
+        }
+        if (rc == 0 || rc == -ECANCELED)
+                qt_emit_phase_time(r, QT_PHASE_ONLINE_TRIM, now_usec() - start);
+        if (rc == 0)
+                qt_emit_phase(r, QT_PHASE_DONE);
+        else
+                qt_emit_error(r, &e);
+        qt_emit_end(r);
+        if (rc == -ECANCELED)
+                _exit(1); /* the agent's thread may still wait in libvirt */
+        free(call.result);
+        if (dom)
+                virDomainFree(dom);
+        if (conn)
+                virConnectClose(conn);
+        free(before);
+        free(after);
+        return rc;
 }

@@ -47,7 +47,8 @@ struct domain_call {
         sd_event_source *child, *timer;
         bool timed_out;
 
-        char *xml; /* the domain as libvirt's hook gave it (domain_call_set_xml), or NULL */
+        char *xml;   /* the domain as libvirt's hook gave it (domain_call_set_xml), or NULL */
+        bool online; /* ShrinkDomain: trim the running guest through its agent */
         struct domain_snapshot *snapshot;
         struct disk_outcome *outcomes; /* ShrinkDomain: one per disk of the snapshot */
         unsigned n_pending;            /* disks whose probe has not answered yet */
@@ -270,6 +271,55 @@ void domain_call_disk_done(struct domain_call *c, unsigned index, const char *jo
                 answer_shrink(c);
 }
 
+/* A running domain, online: one job for the whole guest, which every disk it measures names. */
+static void queue_online(struct domain_call *c)
+{
+        const struct domain_snapshot *s = c->snapshot;
+        if (!s->active)
+                return answer_error(c, qt_error_dbus_name(QT_ERR_DOMAIN_NOT_RUNNING),
+                                    "the domain is %s; an online trim needs it running (without "
+                                    "--online, qtrim shrinks a shut-off domain's disks)",
+                                    s->state);
+        if (job_find_online(c->manager, s->name))
+                return answer_error(c, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
+                                    "the domain already has an online trim");
+        c->outcomes = calloc(s->n_disks ?: 1, sizeof(*c->outcomes));
+        if (!c->outcomes)
+                return answer_error(c, qt_error_dbus_name(QT_ERR_FAILED), "out of memory");
+        unsigned measured = 0;
+        for (unsigned i = 0; i < s->n_disks; i++) {
+                const struct domain_disk *d = &s->disks[i];
+                if (!domain_disk_online(d))
+                        continue;
+                measured++;
+                /* As for ShrinkDomain: a non-root caller acts on ImageDirectories= only. */
+                if (c->uid != 0 && !manager_in_image_directories(c->manager, d->source))
+                        return answer_error(c, SD_BUS_ERROR_ACCESS_DENIED,
+                                            "%s (%s) lies outside the image directories "
+                                            "(ImageDirectories= in qtrimd.conf): root's",
+                                            d->target, d->source);
+        }
+        if (measured == 0)
+                return answer_error(c, qt_error_dbus_name(QT_ERR_UNSUPPORTED),
+                                    "the domain has no file-backed disk an online trim could "
+                                    "shrink");
+        struct job *j;
+        int r = job_new_online(c->manager, s, c->uid, &j);
+        if (r < 0)
+                return answer_error(c, qt_error_dbus_name(QT_ERR_FAILED),
+                                    "cannot create the job: %s", strerror(-r));
+        for (unsigned i = 0; i < s->n_disks; i++) {
+                const struct domain_disk *d = &s->disks[i];
+                struct disk_outcome *o = &c->outcomes[i];
+                snprintf(o->job, sizeof(o->job), "%s", domain_disk_online(d) ? j->path : "/");
+                if (!domain_disk_online(d))
+                        snprintf(o->message, sizeof(o->message), "%s",
+                                 d->skip[0] ? d->skip : "not a file the guest writes");
+        }
+        answer_shrink(c);
+        manager_dispatch_queue(c->manager);
+}
+
 /* A shut-off domain: every disk a shrink takes goes through the probe as Shrink's image would. */
 static void queue_disks(struct domain_call *c)
 {
@@ -329,6 +379,8 @@ static void on_snapshot(struct domain_call *c)
         }
         if (c->verb == DOMAIN_INSPECT)
                 answer_inspect(c);
+        else if (c->online)
+                queue_online(c);
         else
                 queue_disks(c);
 }
@@ -368,6 +420,17 @@ static int on_reader_timeout(sd_event_source *source, uint64_t usec, void *userd
         if (c->pid > 0)
                 kill(-c->pid, SIGKILL);
         return 0;
+}
+
+void domain_call_set_online(struct domain_call *c)
+{
+        c->online = true;
+}
+
+bool domain_disk_online(const struct domain_disk *d)
+{
+        return strcmp(d->device, "disk") == 0 && d->source[0] &&
+               (strcmp(d->type, "file") == 0 || strcmp(d->type, "volume") == 0);
 }
 
 int domain_call_set_xml(struct domain_call *c, const char *xml)

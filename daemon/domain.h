@@ -24,6 +24,7 @@
 
 #include "domain-xml.h"
 #include "job.h"
+#include "report.h"
 
 #define DOMAIN_READ_TIMEOUT_USEC (30 * 1000000ULL)
 
@@ -51,6 +52,18 @@ struct domain_snapshot {
 /* In the child: reads the domain name at uri into s. Blocks; never call it from qtrimd. */
 void domain_snapshot_read(const char *uri, const char *name, struct domain_snapshot *s);
 
+/* Whether an online trim measures disk d of a running domain: a file (or a file volume) QEMU
+ * writes to, whose host allocation can fall. */
+bool domain_disk_online(const struct domain_disk *d);
+
+/* In a worker (blocks): the online trim of the running domain s at uri, read-write. Measures the
+ * host allocation of each disk domain_disk_online() takes, has the guest agent trim every
+ * filesystem (guest-fstrim), measures again and reports per disk what the host got back and,
+ * when nothing came back, why (the disk's verdict). Phases inspect, online-trim, done; returns 0
+ * or a negative errno with the error emitted, as qt_shrink_run() does. A cancel ends it at once:
+ * the guest's fstrim runs on, harmless. */
+int domain_online_trim(const char *uri, const struct domain_snapshot *s, struct qt_reporter *r);
+
 enum domain_verb { DOMAIN_INSPECT, DOMAIN_SHRINK };
 
 struct manager;
@@ -62,6 +75,9 @@ int domain_call_new(enum domain_verb verb, const char *name, const struct job_op
                     bool if_changed, struct domain_call **ret);
 struct domain_call *domain_call_ref(struct domain_call *c);
 struct domain_call *domain_call_unref(struct domain_call *c);
+
+/* ShrinkDomain's "online": a running domain's guest trims through its agent, as one job. */
+void domain_call_set_online(struct domain_call *c);
 
 /* The domain is the one xml describes, as libvirt's hook gives it when the domain has stopped:
  * domain_call_start() reads it from there, not from libvirt. */

@@ -10,8 +10,10 @@
 
 #include "authorize.h"
 #include "bus-util.h"
+#include "config.h"
 #include "convert.h"
 #include "dbus-api.h"
+#include "domain.h"
 #include "journal.h"
 #include "metrics.h"
 #include "state-dir.h"
@@ -147,14 +149,18 @@ static void settle_outcome(struct job *j)
 {
         struct qt_report *r = &j->report;
         struct stat st;
+        /* An online job's image is a domain's name, not a file. */
         if (!j->bytes_after_known)
-                r->bytes_after =
-                    stat(j->image, &st) == 0 ? qt_file_allocated(&st) : r->bytes_before;
+                r->bytes_after = !j->online && stat(j->image, &st) == 0 ? qt_file_allocated(&st)
+                                                                        : r->bytes_before;
         j->bytes_reclaimed = (int64_t)r->bytes_before - (int64_t)r->bytes_after;
         if (j->state != JOB_CANCELED)
                 return;
         r->error = (struct qt_error){};
-        if (strcmp(r->image_state, QT_IMAGE_TRIMMED) == 0)
+        if (j->online)
+                qt_error_set(&r->error, QT_ERR_CANCELED, ECANCELED,
+                             "canceled; the guest may go on trimming until its fstrim ends");
+        else if (strcmp(r->image_state, QT_IMAGE_TRIMMED) == 0)
                 qt_error_set(&r->error, QT_ERR_CANCELED, ECANCELED,
                              "canceled; the image was trimmed in place, not converted");
         else
@@ -182,7 +188,8 @@ static void job_finish(struct job *j, enum job_state state)
                                           .finished_at = j->finished_at,
                                           .sweep = j->options.sweep,
                                       });
-        int r = state == JOB_DONE ? state_shrunk_set(m->state_dir, j->image) : 0;
+        /* if-changed is about images a shrink compacted: not a domain's trim. */
+        int r = state == JOB_DONE && !j->online ? state_shrunk_set(m->state_dir, j->image) : 0;
         if (r < 0)
                 fprintf(stderr, "%s: cannot record the shrink in %s: %s\n", j->image, m->state_dir,
                         strerror(-r));
@@ -257,6 +264,33 @@ static const struct worker_callbacks job_worker_callbacks = {
     .on_exit = on_worker_exit,
 };
 
+int job_new_online(struct manager *m, const struct domain_snapshot *s, uid_t uid, struct job **ret)
+{
+        const struct job_options none = {};
+        const struct qt_report probed = {};
+        struct domain_snapshot *copy = malloc(sizeof(*copy));
+        if (!copy)
+                return -ENOMEM;
+        *copy = *s;
+        int r = job_new(m, s->name, 0, 0, uid, &none, &probed, ret);
+        if (r < 0) {
+                free(copy);
+                return r;
+        }
+        (*ret)->online = copy;
+        return 0;
+}
+
+static int run_online_trim(const void *arg, struct qt_reporter *r)
+{
+        const struct job *j = arg;
+#if QTRIM_LIBVIRT
+        return domain_online_trim(j->manager->config.libvirt_uri, j->online, r);
+#else
+        return -EOPNOTSUPP;
+#endif
+}
+
 int job_start(struct job *j)
 {
         struct qt_shrink_request req = {
@@ -279,7 +313,12 @@ int job_start(struct job *j)
                 fprintf(stderr, "%s: cannot record the job in %s: %s, continuing\n", j->image,
                         j->manager->state_dir, strerror(-r));
         /* The worker's lines go straight into the job's report, over the probe's facts. */
-        r = worker_start(j->manager->event, &req, &j->report, &job_worker_callbacks, j, &j->worker);
+        if (j->online)
+                r = worker_start_task(j->manager->event, run_online_trim, j, &j->report,
+                                      &job_worker_callbacks, j, &j->worker);
+        else
+                r = worker_start(j->manager->event, &req, &j->report, &job_worker_callbacks, j,
+                                 &j->worker);
         if (r < 0) {
                 qt_error_set(&j->report.error, QT_ERR_FAILED, r, "cannot start a worker: %s",
                              strerror(-r));
@@ -308,7 +347,15 @@ void job_cancel(struct job *j)
 struct job *job_find_by_file(struct manager *m, dev_t dev, ino_t ino)
 {
         for (struct job *j = m->jobs; j; j = j->next)
-                if (j->dev == dev && j->ino == ino)
+                if (!j->online && j->dev == dev && j->ino == ino)
+                        return j;
+        return NULL;
+}
+
+struct job *job_find_online(struct manager *m, const char *domain)
+{
+        for (struct job *j = m->jobs; j; j = j->next)
+                if (j->online && strcmp(j->image, domain) == 0)
                         return j;
         return NULL;
 }
@@ -318,6 +365,7 @@ void job_free(struct job *j)
         if (!j)
                 return;
         worker_free(j->worker);
+        free(j->online);
         free(j->recorded_temp);
         free(j->image);
         free(j->path);

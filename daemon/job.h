@@ -10,6 +10,8 @@
 #include "report.h"
 #include "worker.h"
 
+struct domain_snapshot;
+
 enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELED };
 
 /* What a Shrink or Inspect call and qtrimd.conf say the image's format is ("" for nothing). */
@@ -50,15 +52,21 @@ struct job {
         uint64_t queued_usec, started_usec;
         bool bytes_after_known;  /* the worker said what the host holds at the end */
         int64_t bytes_reclaimed; /* BytesBefore - BytesAfter once ended, 0 before */
+        /* An online trim (ShrinkDomain's "online"): the running domain as it was read, whose
+         * guest trims through its agent. image is then the domain's name, dev and ino 0. */
+        struct domain_snapshot *online;
 };
 
 /* Creates a queued job and its bus object, sends JobNew. The manager owns it from then on. */
 int job_new(struct manager *m, const char *image, dev_t dev, ino_t ino, uid_t uid,
             const struct job_options *options, const struct qt_report *probed, struct job **ret);
+/* The online trim of the running domain s (the job keeps a copy). */
+int job_new_online(struct manager *m, const struct domain_snapshot *s, uid_t uid, struct job **ret);
 int job_start(struct job *j);
 /* Cancel(): a queued job ends at once, a running one once its worker has torn down. */
 void job_cancel(struct job *j);
 struct job *job_find_by_file(struct manager *m, dev_t dev, ino_t ino);
+struct job *job_find_online(struct manager *m, const char *domain);
 const char *job_state_name(enum job_state state);
 void job_free(struct job *j);
 

@@ -49,7 +49,7 @@ struct request {
 
 /* The options of Shrink and Inspect. */
 struct shrink_options {
-        bool convert, if_changed, trim_gaps, estimate;
+        bool convert, if_changed, trim_gaps, estimate, online;
         const char *format; /* "" when not declared; points into the message */
 };
 
@@ -59,6 +59,7 @@ enum {
         OPTION_FORMAT = 1 << 2,
         OPTION_TRIM_GAPS = 1 << 3,
         OPTION_ESTIMATE = 1 << 4,
+        OPTION_ONLINE = 1 << 5,
 };
 
 /* Answers a request with an error: its caller, or for a disk of ShrinkDomain, the domain call. */
@@ -204,9 +205,8 @@ static bool request_pending_for(struct manager *m, dev_t dev, ino_t ino)
         return false;
 }
 
-/* Whether path (absolute) lies inside one of the configured image directories. Lexical: callers
- * check the path as given and again once resolved, so a link out of a directory is caught. */
-static bool in_image_directories(const struct manager *m, const char *path)
+/* A link out of a directory is caught by the check of the resolved path. */
+bool manager_in_image_directories(const struct manager *m, const char *path)
 {
         if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./"))
                 return false;
@@ -259,7 +259,7 @@ static void request_continue(struct request *q)
                                     "cannot resolve the path");
         free(q->image);
         q->image = canonical;
-        if (q->uid != 0 && !in_image_directories(m, q->image))
+        if (q->uid != 0 && !manager_in_image_directories(m, q->image))
                 return request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
                                     "resolves to a file outside the image directories");
         if (q->if_changed && state_shrunk_unchanged(m->state_dir, q->image, &st))
@@ -307,7 +307,7 @@ static int on_sender_uid(sd_bus_message *reply, void *userdata, sd_bus_error *re
                 return 0;
         }
         /* A domain's disks are checked one by one once they are known. */
-        if (q->uid != 0 && !q->domain && !in_image_directories(m, q->image)) {
+        if (q->uid != 0 && !q->domain && !manager_in_image_directories(m, q->image)) {
                 request_fail(q, SD_BUS_ERROR_ACCESS_DENIED,
                              "only root may name images outside the image directories "
                              "(ImageDirectories= in qtrimd.conf)");
@@ -380,6 +380,7 @@ static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_opt
             {QTRIM_OPT_FORMAT, OPTION_FORMAT, 's'},
             {QTRIM_OPT_TRIM_GAPS, OPTION_TRIM_GAPS, 'b'},
             {QTRIM_OPT_ESTIMATE, OPTION_ESTIMATE, 'b'},
+            {QTRIM_OPT_ONLINE, OPTION_ONLINE, 'b'},
         };
         int r = sd_bus_message_enter_container(msg, 'a', "{sv}");
         if (r < 0)
@@ -414,6 +415,8 @@ static int read_options(sd_bus_message *msg, unsigned allowed, struct shrink_opt
                                 o->if_changed = b;
                         else if (known[i].flag == OPTION_ESTIMATE)
                                 o->estimate = b;
+                        else if (known[i].flag == OPTION_ONLINE)
+                                o->online = b;
                         else
                                 o->trim_gaps = b;
                 } else {
@@ -482,9 +485,11 @@ static int method_domain(sd_bus_message *msg, struct manager *m, enum domain_ver
         int r = sd_bus_message_read(msg, "s", &name);
         if (r < 0)
                 return r;
-        r = read_options(
-            msg, verb == DOMAIN_SHRINK ? OPTION_CONVERT | OPTION_IF_CHANGED | OPTION_TRIM_GAPS : 0,
-            &o, error);
+        r = read_options(msg,
+                         verb == DOMAIN_SHRINK
+                             ? OPTION_CONVERT | OPTION_IF_CHANGED | OPTION_TRIM_GAPS | OPTION_ONLINE
+                             : 0,
+                         &o, error);
         if (r < 0)
                 return r;
         if (!name[0] || strlen(name) > 255)
@@ -502,6 +507,8 @@ static int method_domain(sd_bus_message *msg, struct manager *m, enum domain_ver
                                         "libvirt support is not built in");
         if (r < 0)
                 return r;
+        if (o.online)
+                domain_call_set_online(c);
         return start_request(m, msg, QT_JOB_PROBE, name, &o, c, error);
 }
 

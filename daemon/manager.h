@@ -43,3 +43,6 @@ void manager_update_idle(struct manager *m);
 void manager_stop(struct manager *m, const char *why);
 /* Frees what is left at exit (requests whose workers never ended). */
 void manager_free_requests(struct manager *m);
+/* Whether path (absolute) lies inside one of ImageDirectories=, where non-root callers may act.
+ * Lexical: callers check the path as given and again once resolved. */
+bool manager_in_image_directories(const struct manager *m, const char *path);

@@ -62,7 +62,7 @@ static void on_sigterm(int sig)
 }
 
 /* In the child: become a worker and never return. */
-_Noreturn static void run_child(const struct qt_shrink_request *req, int report_fd, pid_t parent)
+_Noreturn static void run_child(worker_task task, const void *arg, int report_fd, pid_t parent)
 {
         /* A process group of its own: what it starts is found (and waited for) by it. */
         setpgid(0, 0);
@@ -92,7 +92,7 @@ _Noreturn static void run_child(const struct qt_shrink_request *req, int report_
         fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC);
 
         struct qt_reporter rep = {.fd = REPORT_FD};
-        int r = qt_shrink_run(req, &rep);
+        int r = task(arg, &rep);
         _exit(r < 0 ? 1 : 0);
 }
 
@@ -295,8 +295,8 @@ static int on_child(sd_event_source *s, const siginfo_t *si, void *userdata)
         return 0;
 }
 
-int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt_report *report,
-                 const struct worker_callbacks *cb, void *userdata, struct worker **ret)
+int worker_start_task(sd_event *event, worker_task task, const void *arg, struct qt_report *report,
+                      const struct worker_callbacks *cb, void *userdata, struct worker **ret)
 {
         int pipe_fds[2];
         struct worker *w = calloc(1, sizeof(*w));
@@ -321,7 +321,7 @@ int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt
                 return r;
         }
         if (w->pid == 0)
-                run_child(req, pipe_fds[1], parent);
+                run_child(task, arg, pipe_fds[1], parent);
         /* Also here, so no process it starts can be outside the group (whichever runs first). */
         setpgid(w->pid, w->pid);
         w->group = w->pid;
@@ -341,6 +341,17 @@ int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt
         }
         *ret = w;
         return 0;
+}
+
+static int run_shrink(const void *req, struct qt_reporter *r)
+{
+        return qt_shrink_run(req, r);
+}
+
+int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt_report *report,
+                 const struct worker_callbacks *cb, void *userdata, struct worker **ret)
+{
+        return worker_start_task(event, run_shrink, req, report, cb, userdata, ret);
 }
 
 void worker_cancel(struct worker *w)

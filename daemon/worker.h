@@ -22,8 +22,15 @@ struct worker_callbacks {
         void (*on_exit)(struct worker *w, void *userdata);
 };
 
-/* Forks a worker for req. Its report lines are applied to report, which the caller owns and
- * keeps until the worker is freed. */
+/* What a worker runs: emits to r, returns 0 or a negative errno. arg is the caller's, read in
+ * the forked child. */
+typedef int (*worker_task)(const void *arg, struct qt_reporter *r);
+
+/* Forks a worker that runs task(arg). Its report lines are applied to report, which the caller
+ * owns and keeps until the worker is freed. */
+int worker_start_task(sd_event *event, worker_task task, const void *arg, struct qt_report *report,
+                      const struct worker_callbacks *cb, void *userdata, struct worker **ret);
+/* The engine's work (qt_shrink_run) for req. */
 int worker_start(sd_event *event, const struct qt_shrink_request *req, struct qt_report *report,
                  const struct worker_callbacks *cb, void *userdata, struct worker **ret);
 /* Asks the worker to stop at the next safe point (it tears down in order). */

@@ -37,7 +37,12 @@
 /* Inspect, b: also estimate what a shrink would give back (default false; it mounts read-only
  * the filesystems a shrink would mount). The answer's "info" then has ReclaimableBytes (t, the
  * total) and Estimate: per volume its name, used, free and reclaimable bytes. */
-#define QTRIM_OPT_ESTIMATE             "estimate"
+#define QTRIM_OPT_ESTIMATE "estimate"
+/* ShrinkDomain, b: the domain runs; its guest trims through qemu-guest-agent, as one job whose
+ * Filesystems are the guest's filesystems (kind "guest": trimmed is what the guest says) and the
+ * domain's file disks (kind "image": size is the host's allocation before, trimmed what the host
+ * got back, message why nothing came back). Default false: the domain must be shut off. */
+#define QTRIM_OPT_ONLINE               "online"
 #define QTRIM_INFO_RECLAIMABLE         "ReclaimableBytes"
 #define QTRIM_INFO_ESTIMATE            "Estimate"
 #define QTRIM_ESTIMATE_SIGNATURE       "(sttt)"

@@ -31,6 +31,8 @@ static const char *const dbus_names[_QT_ERR_MAX] = {
     [QT_ERR_NO_SUCH_DOMAIN] = PREFIX "NoSuchDomain",
     [QT_ERR_DOMAIN_RUNNING] = PREFIX "DomainRunning",
     [QT_ERR_LIBVIRT] = PREFIX "Libvirt",
+    [QT_ERR_DOMAIN_NOT_RUNNING] = PREFIX "DomainNotRunning",
+    [QT_ERR_NO_GUEST_AGENT] = PREFIX "NoGuestAgent",
 };
 
 const char *qt_error_dbus_name(enum qt_error_code code)

@@ -39,6 +39,8 @@ enum qt_error_code {
         QT_ERR_NO_SUCH_DOMAIN,  /* libvirt knows no domain of that name */
         QT_ERR_DOMAIN_RUNNING,  /* the domain runs, is paused or has its memory saved */
         QT_ERR_LIBVIRT,         /* libvirt cannot be reached, failed, or did not answer in time */
+        QT_ERR_DOMAIN_NOT_RUNNING, /* an online trim of a domain that is not running */
+        QT_ERR_NO_GUEST_AGENT,     /* the domain has no guest agent channel, or none answers */
         _QT_ERR_MAX,
 };
 

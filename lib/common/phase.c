@@ -5,12 +5,16 @@
 #include <string.h>
 
 static const char *const phase_names[_QT_PHASE_MAX] = {
-    [QT_PHASE_QUEUED] = "queued",     [QT_PHASE_INSPECT] = "inspect", [QT_PHASE_ATTACH] = "attach",
-    [QT_PHASE_DISCOVER] = "discover", [QT_PHASE_TRIM] = "trim",       [QT_PHASE_DETACH] = "detach",
-    [QT_PHASE_CONVERT] = "convert",   [QT_PHASE_REPLACE] = "replace", [QT_PHASE_DONE] = "done",
+    [QT_PHASE_QUEUED] = "queued",           [QT_PHASE_INSPECT] = "inspect",
+    [QT_PHASE_ONLINE_TRIM] = "online-trim", [QT_PHASE_ATTACH] = "attach",
+    [QT_PHASE_DISCOVER] = "discover",       [QT_PHASE_TRIM] = "trim",
+    [QT_PHASE_DETACH] = "detach",           [QT_PHASE_CONVERT] = "convert",
+    [QT_PHASE_REPLACE] = "replace",         [QT_PHASE_DONE] = "done",
 };
 
-/* Share of the progress bar per phase (sums to 1). Trim and convert are where time goes. */
+/* Share of the progress bar per phase (sums to 1). Trim and convert are where time goes. An
+ * online trim has no measure of its progress (the guest agent says nothing until it is done): its
+ * phase has no share, so the bar waits where the measuring left it. */
 static const double phase_weight[_QT_PHASE_MAX] = {
     [QT_PHASE_INSPECT] = 0.02, [QT_PHASE_ATTACH] = 0.03, [QT_PHASE_DISCOVER] = 0.02,
     [QT_PHASE_TRIM] = 0.45,    [QT_PHASE_DETACH] = 0.03, [QT_PHASE_CONVERT] = 0.43,

@@ -9,6 +9,7 @@
 enum qt_phase {
         QT_PHASE_QUEUED,
         QT_PHASE_INSPECT,
+        QT_PHASE_ONLINE_TRIM, /* a running domain's guest trims, through its agent (no attach) */
         QT_PHASE_ATTACH,
         QT_PHASE_DISCOVER,
         QT_PHASE_TRIM,

@@ -48,6 +48,7 @@ void qt_config_free(struct qt_config *c)
         free_list(c->image_dirs, &c->n_image_dirs);
         free_list(c->sweep_patterns, &c->n_sweep_patterns);
         free_list(c->formats.rules, &c->formats.n);
+        free_list(c->shutdown_domains, &c->n_shutdown_domains);
         free(c->metrics_file);
         c->metrics_file = NULL;
 }
@@ -250,11 +251,24 @@ int qt_config_set(struct qt_config *c, const char *key, const char *value, const
                 snprintf(c->libvirt_uri, sizeof(c->libvirt_uri), "%s", value);
                 return 0;
         }
+        if (strcmp(key, "ShrinkOnShutdown") == 0) {
+                *why = "takes domain name patterns, separated by spaces, or nothing for none";
+                return set_list(c->shutdown_domains, &c->n_shutdown_domains, QT_CONFIG_MAX_PATTERNS,
+                                value);
+        }
         if (strcmp(key, "IdleExitSec") == 0) {
                 *why = "takes a number of seconds (0: never exit when idle)";
                 return qt_parse_seconds(value, &c->idle_exit_usec);
         }
         return -ENOENT;
+}
+
+bool qt_config_shrinks_on_shutdown(const struct qt_config *c, const char *domain)
+{
+        for (size_t i = 0; i < c->n_shutdown_domains; i++)
+                if (fnmatch(c->shutdown_domains[i], domain, 0) == 0)
+                        return true;
+        return false;
 }
 
 static void warn(qt_config_warn_fn fn, void *userdata, unsigned line, const char *fmt, ...)

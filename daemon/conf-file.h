@@ -32,6 +32,10 @@ struct qt_config {
         bool trim_gaps;          /* TrimGaps=: discard the space outside the partitions */
         char *metrics_file;      /* MetricsFile=: node_exporter's textfile format, NULL: off */
         char libvirt_uri[512];   /* LibvirtURI=: where the domain verbs ask libvirt */
+        /* ShrinkOnShutdown=: fnmatch(3) patterns of domain names whose disks libvirt's hook has
+         * shrunk when they stop; none: off */
+        char *shutdown_domains[QT_CONFIG_MAX_PATTERNS];
+        size_t n_shutdown_domains;
 };
 
 /* Called for each line that is ignored but worth telling the administrator about. */
@@ -53,6 +57,9 @@ int qt_config_load(struct qt_config *c, const char *path, bool must_exist, qt_co
 /* Sets one key from its text (the command line uses the file's syntax): -ENOENT for an unknown
  * key, -EINVAL/-E2BIG for a bad value, with what the key takes in *ret_why. */
 int qt_config_set(struct qt_config *c, const char *key, const char *value, const char **ret_why);
+
+/* Whether ShrinkOnShutdown= names the domain. */
+bool qt_config_shrinks_on_shutdown(const struct qt_config *c, const char *domain);
 
 /* Parsers of single values. */
 int qt_parse_convert_policy(const char *s, struct qt_convert_policy *ret);

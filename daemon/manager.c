@@ -18,6 +18,7 @@
 #include "bus-util.h"
 #include "config.h"
 #include "dbus-api.h"
+#include "domain-hook.h"
 #include "domain.h"
 #include "error.h"
 #include "image.h"
@@ -158,6 +159,12 @@ static int reply_shrink(struct request *q, const struct qt_report *rep)
         if (job_find_by_file(m, q->dev, q->ino))
                 return request_reply_errorf(q, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
                                             "%s already has a job", q->image);
+        /* It started while the probe looked. */
+        const char *starting = domain_hook_starting_with(q->dev, q->ino);
+        if (starting)
+                return request_reply_errorf(q, qt_error_dbus_name(QT_ERR_IN_USE),
+                                            "domain %s is starting; its disks are left to it",
+                                            starting);
         if (m->n_jobs >= MAX_JOBS)
                 return request_reply_errorf(q, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                             "too many jobs (%u); try again later", MAX_JOBS);
@@ -250,6 +257,14 @@ static void request_continue(struct request *q)
                                         request_pending_for(m, st.st_dev, st.st_ino)))
                 return request_fail(q, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING),
                                     "already has a job");
+        /* Between libvirt's hook and QEMU's open, the image is the domain's. */
+        const char *starting = domain_hook_starting_with(st.st_dev, st.st_ino);
+        if (starting) {
+                char why[QT_ERROR_MESSAGE_MAX];
+                snprintf(why, sizeof(why), "domain %s is starting; its disks are left to it",
+                         starting);
+                return request_fail(q, qt_error_dbus_name(QT_ERR_IN_USE), why);
+        }
 
         /* From here on, the file itself: a symbolic link is followed once, here, so the copy
          * replaces the file it names (not the link), beside it, on its filesystem. */
@@ -547,6 +562,40 @@ void manager_shrink_disk(struct manager *m, sd_bus_message *call, uid_t uid, con
         request_continue(q);
 }
 
+int manager_start_domain_call(struct manager *m, sd_bus_message *call, const char *name,
+                              struct domain_call *c)
+{
+        struct request *q = m->n_requests < MAX_REQUESTS ? calloc(1, sizeof(*q)) : NULL;
+        if (!q || !(q->image = strdup(name))) {
+                int r = q ? -ENOMEM : -EBUSY;
+                free(q);
+                domain_call_unref(c);
+                return r;
+        }
+        q->manager = m;
+        q->call = sd_bus_message_ref(call);
+        q->kind = QT_JOB_PROBE;
+        q->uid = 0;
+        q->domain = c;
+        q->next = m->requests;
+        m->requests = q;
+        m->n_requests++;
+        manager_update_idle(m);
+        request_continue(q);
+        return 0;
+}
+
+unsigned manager_cancel_requests_on_file(struct manager *m, dev_t dev, ino_t ino)
+{
+        unsigned n = 0;
+        for (struct request *q = m->requests; q; q = q->next)
+                if (!q->domain && q->worker && q->dev == dev && q->ino == ino) {
+                        worker_cancel(q->worker);
+                        n++;
+                }
+        return n;
+}
+
 static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
         struct manager *m = userdata;
@@ -623,6 +672,12 @@ static const sd_bus_vtable manager_vtable[] = {
     SD_BUS_METHOD_WITH_ARGS("ShrinkDomain", SD_BUS_ARGS("s", name, "a{sv}", options),
                             SD_BUS_RESULT(QTRIM_DOMAIN_SHRUNK_ARRAY_SIGNATURE, disks),
                             method_shrink_domain, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("DomainStopped", SD_BUS_ARGS("s", name, "s", xml),
+                            SD_BUS_RESULT(QTRIM_DOMAIN_SHRUNK_ARRAY_SIGNATURE, disks),
+                            domain_hook_stopped, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_ARGS("DomainStarting", SD_BUS_ARGS("s", name, "s", xml),
+                            SD_BUS_RESULT("ao", canceled), domain_hook_starting,
+                            SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(usso)", jobs),
                             method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
     SD_BUS_SIGNAL_WITH_ARGS("JobNew", SD_BUS_ARGS("u", id, "o", job, "s", image), 0),
@@ -689,6 +744,7 @@ void manager_free_requests(struct manager *m)
 {
         while (m->requests)
                 request_free(m->requests);
+        domain_hook_free_all();
 }
 
 void manager_check_exit(struct manager *m)

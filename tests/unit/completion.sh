@@ -99,7 +99,9 @@ check 'shrink with an image: no --all' 'qtrimctl shrink a.qcow2 --' \
 check 'shrink --all: no images' 'qtrimctl shrink --all ' ''
 check 'shrink --all options' 'qtrimctl shrink --all --' "$v${nl}--no-convert${nl}$d"
 check 'shrink --domain options' 'qtrimctl shrink --domain web01 --' \
-    "$v${nl}--no-convert${nl}--keep-gaps${nl}--no-block${nl}--json"
+    "$v${nl}--no-convert${nl}--online${nl}--keep-gaps${nl}--no-block${nl}--json"
+check 'shrink --domain --online options' 'qtrimctl shrink --domain web01 --online --' \
+    "$v${nl}--no-block${nl}--json"
 check 'shrink --domain: no images' 'qtrimctl shrink --domain web01 ' ''
 check 'domain names' 'qtrimctl shrink --domain ' "web01${nl}db02"
 check 'domain name prefix' 'qtrimctl inspect --domain w' 'web01'

@@ -2,9 +2,11 @@
 # A running libvirt domain with a real guest agent, for the online trim tests. The domain (TCG,
 # type 'qemu') boots Debian's kernel directly with the VM suite's busybox initramfs
 # (tests/vm/run-guest.sh builds both into $BUILD_DIR/vm), which mounts this machine's root
-# read-only over 9p (tag hostroot) under a tmpfs overlay and switch_roots into
-# agent-guest-init.sh: it mounts each virtio disk that has a serial at /mnt/SERIAL and runs this
-# machine's qemu-ga on the channel org.qemu.guest_agent.0.
+# read-only over 9p (tag hostroot) under a tmpfs overlay and switch_roots into the suite's
+# tests/vm/guest-init.sh, which runs agent-guest-payload.sh in script mode: it mounts each virtio
+# disk that has a serial at /mnt/SERIAL and runs this machine's qemu-ga on the channel
+# org.qemu.guest_agent.0 until the agent's guest-shutdown. The payload's output, exit status and
+# the guest's dmesg land in the domain's results share, $(qt_agent_results NAME).
 #
 #   qt_init_workdir NAME; qt_libvirt_start; qt_agent_boot_files
 #   qt_agent_domain_xml NAME "$(qt_agent_disk vda IMG qcow2 unmap unmap)" ... >XML
@@ -42,23 +44,28 @@ qt_agent_disk() {
 }
 
 qt_agent_console() { printf '%s/%s.console\n' "$QT_WORK" "$1"; }
+qt_agent_results() { printf '%s/%s.results\n' "$QT_WORK" "$1"; }
 
-# The end of a domain's serial console, for failure messages.
+# The end of a domain's serial console and of its payload's output, for failure messages.
 qt_agent_console_tail() {
         printf -- '--- last lines of %s'"'"'s console ---\n' "$1"
         tail -n 30 -- "$(qt_agent_console "$1")" 2>/dev/null || true
+        printf -- '--- and of its payload'"'"'s output ---\n'
+        tail -n 10 -- "$(qt_agent_results "$1")/payload.log" 2>/dev/null || true
         printf -- '---\n'
 }
 
 # qt_agent_domain_xml NAME DISK-XML...: 512 MiB, one vCPU, the agent's channel, the host root
-# over 9p, the console in $(qt_agent_console NAME). QEMU runs as root (the host root is shared)
-# and libvirt leaves the images' owners and labels alone.
+# (read-only) and $(qt_agent_results NAME) over 9p, the console in $(qt_agent_console NAME).
+# QEMU runs as root (the host root is shared) and libvirt leaves the images' owners and labels
+# alone.
 qt_agent_domain_xml() {
         local name=$1 cmdline
         shift
         # As run-guest.sh boots its guests: no security module, nothing legacy probed, the
         # clock on the emulated HPET (a TSC calibrated on a busy host runs fast), no mitigations.
-        cmdline="console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init qtrim.init=$QT_LIB_DIR/agent-guest-init.sh"
+        cmdline="console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init"
+        cmdline+=" qtrim.init=$QT_SOURCE_DIR/tests/vm/guest-init.sh qtrim.results=$(qt_agent_results "$name")"
         cmdline+=" apparmor=0 modprobe.blacklist=kvm,kvm_intel,kvm_amd,floppy,pcspkr,parport,parport_pc,ata_piix,psmouse"
         cmdline+=" 8250.nr_uarts=1 clocksource=hpet tsc=unstable mitigations=off"
         cat <<EOF
@@ -86,6 +93,10 @@ $(printf '%s\n' "$@")
       <target dir='hostroot'/>
       <readonly/>
     </filesystem>
+    <filesystem type='mount' accessmode='passthrough' multidevs='remap'>
+      <source dir='$(qt_agent_results "$name")'/>
+      <target dir='results'/>
+    </filesystem>
     <channel type='unix'>
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
@@ -99,7 +110,12 @@ EOF
 # qt_agent_start NAME: starts the domain and waits until its agent answers a guest-ping. Sets
 # QT_AGENT_BOOT_SECONDS (virsh start until the first answer).
 qt_agent_start() {
-        local name=$1 t0 deadline
+        local name=$1 results t0 deadline
+        # What guest-init.sh runs, in the form run-guest.sh gives it (.vm/conf).
+        results=$(qt_agent_results "$name")
+        rm -rf -- "$results"
+        mkdir -p -- "$results/.vm"
+        printf 'MODE=script\nPAYLOAD=%q\n' "$QT_LIB_DIR/agent-guest-payload.sh" >"$results/.vm/conf"
         t0=$(qt_now)
         qt_virsh start "$name" >/dev/null ||
                 qt_fail "virsh start $name failed: $(tail -n 5 -- "/var/log/libvirt/qemu/$name.log")"
@@ -125,8 +141,10 @@ qt_agent_shutdown() {
                         qt_fail "$name did not shut down within $QT_AGENT_SHUTDOWN_TIMEOUT s"$'\n'"$(qt_agent_console_tail "$name")"
                 sleep 0.2
         done
-        grep -q 'agent-guest: .* disks unmounted' -- "$(qt_agent_console "$name")" ||
+        if [[ $(cat -- "$(qt_agent_results "$name")/rc" 2>/dev/null) != 0 ]] ||
+                ! grep -qx 'disks unmounted' -- "$(qt_agent_results "$name")/payload.log"; then
                 qt_fail "$name powered off without unmounting its disks"$'\n'"$(qt_agent_console_tail "$name")"
+        fi
         qt_info "$name shut down, its disks unmounted"
 }
 

@@ -213,10 +213,11 @@ static int on_starting_poll(sd_event_source *s, uint64_t usec, void *userdata)
         return 0;
 }
 
-#if QTRIM_LIBVIRT
-/* The files the domain's disks name, each once. A disk whose file is not there has no job. */
+/* The files the domain's disks name, each once. A disk whose file is not there has no job.
+ * -EOPNOTSUPP without libvirt support (its XML reader). */
 static int read_files(struct hook_call *h)
 {
+#if QTRIM_LIBVIRT
         struct domain_disk *disks = calloc(DOMAIN_MAX_DISKS, sizeof(*disks));
         if (!disks)
                 return -ENOMEM;
@@ -240,15 +241,20 @@ static int read_files(struct hook_call *h)
         }
         free(disks);
         return r;
-}
+#else
+        return -EOPNOTSUPP;
 #endif
+}
 
 /* Root says the domain is starting: cancel what works on its files, wait for it to end. */
 static void start_starting(struct hook_call *h)
 {
-#if QTRIM_LIBVIRT
         struct manager *m = h->manager;
-        if (read_files(h) < 0)
+        int r = read_files(h);
+        if (r == -EOPNOTSUPP)
+                return reply_error(h, qt_error_dbus_name(QT_ERR_UNSUPPORTED),
+                                   "libvirt support is not built in");
+        if (r < 0)
                 return reply_error(h, qt_error_dbus_name(QT_ERR_LIBVIRT),
                                    "cannot read the domain's disks from its XML");
         for (unsigned i = 0; i < h->n_files; i++) {
@@ -268,13 +274,10 @@ static void start_starting(struct hook_call *h)
         if (still == 0)
                 return answer_starting(h, 0);
         h->deadline = now_usec() + HOOK_START_WAIT_USEC;
-        int r = sd_event_add_time_relative(m->event, &h->timer, CLOCK_MONOTONIC, START_POLL_USEC, 0,
-                                           on_starting_poll, h);
+        r = sd_event_add_time_relative(m->event, &h->timer, CLOCK_MONOTONIC, START_POLL_USEC, 0,
+                                       on_starting_poll, h);
         if (r < 0)
                 answer_starting(h, still);
-#else
-        reply_error(h, qt_error_dbus_name(QT_ERR_UNSUPPORTED), "libvirt support is not built in");
-#endif
 }
 
 /* Whether the domain stopped because libvirt saved its memory (virsh managedsave, which

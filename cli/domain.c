@@ -230,3 +230,90 @@ int shrink_domain(sd_bus *bus, const char *name, const struct shrink_options *op
                 return status;
         return refused && status != EXIT_FAILURE ? EXIT_FAILURE : status;
 }
+
+int domain_images_load(sd_bus *bus, struct domain_images *ret)
+{
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        const char *image, *domain, *state;
+        *ret = (struct domain_images){};
+        int r = bus_call_method(bus, NULL, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE,
+                                "ListDomainImages", &error, &reply, NULL);
+        if (r < 0) {
+                if (log_verbose)
+                        fprintf(stderr, "qtrimctl: which domains use the images is unknown: %s\n",
+                                error.message ?: strerror(-r));
+                return 0;
+        }
+        r = sd_bus_message_enter_container(reply, 'a', QTRIM_DOMAIN_IMAGE_SIGNATURE);
+        while (r >= 0 && (r = sd_bus_message_read(reply, QTRIM_DOMAIN_IMAGE_SIGNATURE, &image,
+                                                  &domain, &state)) > 0) {
+                struct domain_image *grown =
+                    reallocarray(ret->items, ret->n + 1, sizeof(*ret->items));
+                if (!grown) {
+                        domain_images_done(ret);
+                        return -ENOMEM;
+                }
+                ret->items = grown;
+                struct domain_image *d = &ret->items[ret->n];
+                *d = (struct domain_image){strdup(image), strdup(domain), strdup(state)};
+                ret->n++;
+                if (!d->image || !d->domain || !d->state) {
+                        domain_images_done(ret);
+                        return -ENOMEM;
+                }
+        }
+        if (r < 0) {
+                domain_images_done(ret);
+                return 0;
+        }
+        ret->known = true;
+        return 0;
+}
+
+void domain_images_done(struct domain_images *l)
+{
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].image);
+                free(l->items[i].domain);
+                free(l->items[i].state);
+        }
+        free(l->items);
+        *l = (struct domain_images){};
+}
+
+const struct domain_image *domain_images_next(const struct domain_images *l, const char *image,
+                                              size_t *i)
+{
+        _cleanup_free_ char *canonical = realpath(image, NULL);
+        for (; *i < l->n; (*i)++) {
+                const struct domain_image *d = &l->items[*i];
+                if (strcmp(d->image, canonical ?: image) != 0)
+                        continue;
+                /* A domain with the image twice (a disk and a CD-ROM) is named once. */
+                bool named = false;
+                for (size_t k = 0; k < *i && !named; k++)
+                        named = strcmp(l->items[k].image, d->image) == 0 &&
+                                strcmp(l->items[k].domain, d->domain) == 0;
+                if (!named) {
+                        (*i)++;
+                        return d;
+                }
+        }
+        return NULL;
+}
+
+size_t domain_images_describe(const struct domain_images *l, const char *image, char *buf,
+                              size_t size)
+{
+        const struct domain_image *d;
+        size_t found = 0, used = 0, i = 0;
+        buf[0] = '\0';
+        while ((d = domain_images_next(l, image, &i))) {
+                if (used < size)
+                        used += (size_t)snprintf(buf + used, size - used, "%s%s (%s)",
+                                                 found ? ", " : "", d->domain, d->state);
+                found++;
+        }
+        return found;
+}

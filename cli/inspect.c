@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "dbus-api.h"
+#include "domain.h"
 #include "error.h"
 #include "shrink.h"
 #include "util.h"
@@ -265,11 +266,42 @@ static void print_filesystem_table(struct json_object *info,
         }
 }
 
-static void print_inspect_json(struct json_object *info, const struct filesystem_list *filesystems)
+/* The libvirt domains that use the image: "used_by" in JSON, an array of {domain, state}, or
+ * null when libvirt could not be asked. */
+static struct json_object *used_by_to_json(const struct domain_images *domains, const char *image)
+{
+        if (!domains->known)
+                return NULL;
+        struct json_object *a = json_object_new_array();
+        const struct domain_image *d;
+        size_t i = 0;
+        while ((d = domain_images_next(domains, image, &i))) {
+                struct json_object *o = json_object_new_object();
+                json_object_object_add(o, "domain", json_object_new_string(d->domain));
+                json_object_object_add(o, "state", json_object_new_string(d->state));
+                json_object_array_add(a, o);
+        }
+        return a;
+}
+
+static void print_used_by(const struct domain_images *domains, const char *image)
+{
+        char names[1024];
+        if (!domains->known)
+                return;
+        if (domain_images_describe(domains, image, names, sizeof(names)) == 0)
+                printf("%-17s%s\n", "Used by:", "no libvirt domain");
+        else
+                printf("%-17sdomain %s\n", "Used by:", names);
+}
+
+static void print_inspect_json(struct json_object *info, const struct filesystem_list *filesystems,
+                               struct json_object *used_by)
 {
         _cleanup_(json_object_putp) struct json_object *o = json_object_new_object();
 
         json_object_object_add(o, "info", json_object_get(info));
+        json_object_object_add(o, "used_by", used_by);
         json_object_object_add(o, "filesystems", filesystems_to_json(filesystems));
         json_print(o);
 }
@@ -316,6 +348,7 @@ int inspect_image(sd_bus *bus, const char *argument, const char *format, bool js
 {
         _cleanup_(json_object_putp) struct json_object *info = json_object_new_object();
         _cleanup_(filesystem_list_done) struct filesystem_list filesystems = {};
+        _cleanup_(domain_images_done) struct domain_images domains = {};
         int r;
 
         if (!info)
@@ -324,11 +357,15 @@ int inspect_image(sd_bus *bus, const char *argument, const char *format, bool js
                          &filesystems);
         if (r < 0)
                 return r;
+        r = domain_images_load(bus, &domains);
+        if (r < 0)
+                return log_errno(r, "%s", argument);
 
         if (json)
-                print_inspect_json(info, &filesystems);
+                print_inspect_json(info, &filesystems, used_by_to_json(&domains, argument));
         else {
                 print_image_info(info);
+                print_used_by(&domains, argument);
                 print_filesystem_table(info, &filesystems);
         }
         return EXIT_SUCCESS;

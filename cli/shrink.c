@@ -28,6 +28,7 @@
 
 #include "common.h"
 #include "dbus-api.h"
+#include "domain.h"
 #include "error.h"
 #include "util.h"
 
@@ -103,7 +104,8 @@ struct shrink_run {
         size_t *drawn_widths; /* the columns of each progress line now on the terminal */
         size_t n_drawn;
         sd_event_source *tick;
-        struct shrink_totals *totals; /* sweep */
+        struct shrink_totals *totals;        /* sweep */
+        const struct domain_images *domains; /* sweep, or NULL */
         sd_bus_slot *properties_changed_match;
         sd_bus_slot *job_removed_match;
         sd_bus_slot *name_owner_changed_match;
@@ -918,10 +920,25 @@ static void print_already_running(struct shrink_run *run, struct job *job,
         }
 }
 
+/* An image in use, in a sweep: the libvirt domain that holds it, when one does. */
+static const char *in_use_by(const struct shrink_run *run, const struct job *job,
+                             const sd_bus_error *error, char *buf, size_t size)
+{
+        char names[256];
+        if (!run->domains || !sd_bus_error_has_name(error, qt_error_dbus_name(QT_ERR_IN_USE)) ||
+            domain_images_describe(run->domains, job->image, names, sizeof(names)) == 0)
+                return error->message;
+        snprintf(buf, size, "in use by domain %s", names);
+        return buf;
+}
+
 /* Records a refusal and says it. Returns 0, or a negative errno when qtrimctl cannot go on:
  * qtrimd is missing (said once), or out of memory. */
 static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_error *error, int r)
 {
+        char why[QT_ERROR_MESSAGE_MAX];
+        const char *message = in_use_by(run, job, error, why, sizeof(why));
+
         if (bus_error_is_daemon_missing(error)) {
                 print_bus_error(error, r, "%s", job->name);
                 return -EHOSTDOWN;
@@ -933,7 +950,7 @@ static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_err
                 if (sd_bus_error_has_name(error, qt_error_dbus_name(QT_ERR_ALREADY_RUNNING)))
                         print_already_running(run, job, error);
                 else if (job->result == JOB_SKIPPED)
-                        printf("%s: skipped: %s\n", job->name, error->message ?: "");
+                        printf("%s: skipped: %s\n", job->name, message ?: "");
                 else
                         print_bus_error(error, r, run->sweep ? "%s: failed" : "%s", job->name);
         }
@@ -941,7 +958,7 @@ static int job_refused(struct shrink_run *run, struct job *job, const sd_bus_err
         job->ended_usec = now_usec();
         r = set_string(&job->props.error, error->name ?: "");
         if (r >= 0)
-                r = set_string(&job->props.error_message, error->message ?: "");
+                r = set_string(&job->props.error_message, message ?: "");
         return r < 0 ? log_errno(r, "failed to record why %s was refused", job->name) : 0;
 }
 
@@ -1208,6 +1225,7 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
             .sweep = opts->sweep,
             .json = opts->json,
             .totals = opts->totals,
+            .domains = opts->domains,
             .tty = isatty(STDERR_FILENO),
         };
         int r;

@@ -12,6 +12,8 @@
 #include <systemd/sd-bus.h>
 
 /* What a sweep adds up over its batches of images. */
+struct domain_images;
+
 struct shrink_totals {
         unsigned shrunk, skipped, failed, canceled;
         int64_t reclaimed;        /* host bytes, over the images that were shrunk */
@@ -31,6 +33,8 @@ struct shrink_options {
          * already queued) is a skip, not a failure. Results are added to *totals. */
         bool sweep;
         struct shrink_totals *totals;
+        /* A sweep: which domains use which images, so an image in use names its domain. */
+        const struct domain_images *domains;
 };
 
 /* Returns EXIT_SUCCESS if every image was shrunk (or, in a sweep, skipped), EXIT_FAILURE if any

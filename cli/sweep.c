@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "dbus-api.h"
+#include "domain.h"
 #include "inspect.h"
 #include "shrink.h"
 #include "util.h"
@@ -111,6 +112,7 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         char **dirs = NULL, **patterns = NULL;
         struct image_list images = {};
         struct shrink_totals totals = {};
+        struct domain_images domains = {};
         unsigned unreadable = 0;
         uint64_t started = now_usec();
         int r = get_strv_property(bus, "ImageDirectories", &dirs);
@@ -138,6 +140,10 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
                 goto out;
         }
         batch.totals = &totals;
+        r = domain_images_load(bus, &domains);
+        if (r < 0)
+                goto out;
+        batch.domains = &domains;
         if (opts->json && !(totals.json = json_object_new_array())) {
                 r = log_errno(-ENOMEM, "failed to sweep");
                 goto out;
@@ -181,6 +187,7 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
                                         : EXIT_SUCCESS;
 out:
         json_object_put(totals.json);
+        domain_images_done(&domains);
         image_list_done(&images);
         strv_free(dirs);
         strv_free(patterns);

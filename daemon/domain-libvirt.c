@@ -81,7 +81,8 @@ static void resolve_volume(virConnectPtr conn, struct domain_disk *d)
                 snprintf(d->source, sizeof(d->source), "%s", path);
         if (problem) {
                 char why[sizeof(d->skip)];
-                snprintf(why, sizeof(why), "volume %s of pool %s: %s", d->volume, d->pool, problem);
+                snprintf(why, sizeof(why), "volume %.100s of pool %.100s: %s", d->volume, d->pool,
+                         problem);
                 memcpy(d->skip, why, sizeof(why));
         }
         free(path);
@@ -178,6 +179,67 @@ void domain_snapshot_read(const char *uri, const char *name, struct domain_snaps
                 }
         }
         virDomainFree(dom);
+        virConnectClose(conn);
+}
+
+/* One record of domain_list_read(): three strings, each with its NUL. */
+static int write_record(int fd, off_t *offset, const char *image, const char *name,
+                        const char *state)
+{
+        const char *fields[] = {image, name, state};
+        for (size_t i = 0; i < 3; i++) {
+                size_t len = strlen(fields[i]) + 1;
+                if (pwrite(fd, fields[i], len, *offset) != (ssize_t)len)
+                        return -EIO;
+                *offset += (off_t)len;
+        }
+        return 0;
+}
+
+void domain_list_read(const char *uri, struct domain_snapshot *s, int fd, off_t offset)
+{
+        virSetErrorFunc(NULL, ignore_error);
+        virConnectPtr conn = virConnectOpenReadOnly(uri);
+        if (!conn)
+                return set_error(s, DOMAIN_NO_LIBVIRT, "connect");
+        virDomainPtr *domains = NULL;
+        int n = virConnectListAllDomains(conn, &domains, 0);
+        if (n < 0)
+                set_error(s, DOMAIN_FAILED, "cannot list the domains");
+        /* Domains come and go meanwhile: one that cannot be read is left out. */
+        for (int i = 0; i < n; i++) {
+                struct domain_snapshot *one = calloc(1, sizeof(*one));
+                int state, reason;
+                if (!one || virDomainGetState(domains[i], &state, &reason, 0) < 0) {
+                        free(one);
+                        continue;
+                }
+                const char *name = virDomainGetName(domains[i]) ?: "?";
+                bool active = virDomainIsActive(domains[i]) == 1;
+                unsigned n_disks = 0;
+                if (read_disks(domains[i], active ? 0 : VIR_DOMAIN_XML_INACTIVE, one->disks,
+                               &n_disks, one) == 0)
+                        for (unsigned k = 0; k < n_disks; k++) {
+                                struct domain_disk *d = &one->disks[k];
+                                if (strcmp(d->type, "volume") == 0)
+                                        resolve_volume(conn, d);
+                                if (!d->source[0] || (strcmp(d->type, "file") != 0 &&
+                                                      strcmp(d->type, "volume") != 0))
+                                        continue;
+                                char *canonical = realpath(d->source, NULL);
+                                int r = write_record(fd, &offset, canonical ?: d->source, name,
+                                                     state_name(state));
+                                free(canonical);
+                                if (r < 0) {
+                                        s->status = DOMAIN_FAILED;
+                                        snprintf(s->error, sizeof(s->error),
+                                                 "cannot write the list");
+                                }
+                        }
+                free(one);
+                virDomainFree(domains[i]);
+        }
+        free(domains);
         virConnectClose(conn);
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -146,7 +147,8 @@ static void finish_reading(struct domain_call *c)
 }
 
 /* The child: connect, read, write the snapshot, exit. Never returns. */
-_Noreturn static void run_reader(const char *uri, const char *name, int memfd, pid_t parent)
+_Noreturn static void run_reader(enum domain_verb verb, const char *uri, const char *name,
+                                 int memfd, pid_t parent)
 {
         setpgid(0, 0);
         /* A reader qtrimd no longer waits for is of no use. */
@@ -167,10 +169,14 @@ _Noreturn static void run_reader(const char *uri, const char *name, int memfd, p
         struct domain_snapshot *s = calloc(1, sizeof(*s));
         if (!s)
                 _exit(1);
+                /* The snapshot first, at offset 0: a list's records follow it. */
 #if QTRIM_LIBVIRT
-        domain_snapshot_read(uri, name, s);
+        if (verb == DOMAIN_LIST)
+                domain_list_read(uri, s, SNAPSHOT_FD, sizeof(*s));
+        else
+                domain_snapshot_read(uri, name, s);
 #endif
-        _exit(write_all(SNAPSHOT_FD, s, sizeof(*s)) < 0 ? 1 : 0);
+        _exit(pwrite(SNAPSHOT_FD, s, sizeof(*s), 0) == (ssize_t)sizeof(*s) ? 0 : 1);
 }
 
 /* The snapshot comes from our own fork, but is read as bytes from a file: every string ends. */
@@ -239,6 +245,45 @@ static void answer_inspect(struct domain_call *c)
         }
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
+        answer(c, reply, r);
+}
+
+/* The records domain_list_read() wrote after the snapshot: image, name, state, NUL-ended. */
+static void answer_list(struct domain_call *c)
+{
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        struct stat st;
+        char *records = NULL;
+        size_t size = 0;
+        int r = fstat(c->memfd, &st) < 0 ? -errno : 0;
+        if (r == 0 && st.st_size > (off_t)sizeof(struct domain_snapshot)) {
+                size = (size_t)st.st_size - sizeof(struct domain_snapshot);
+                records = malloc(size + 1);
+                if (!records)
+                        r = -ENOMEM;
+                else if (pread(c->memfd, records, size, sizeof(struct domain_snapshot)) !=
+                         (ssize_t)size)
+                        r = -EIO;
+        }
+        if (r == 0)
+                r = sd_bus_message_new_method_return(c->call, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', QTRIM_DOMAIN_IMAGE_SIGNATURE);
+        size_t at = 0;
+        while (r >= 0 && at < size) {
+                char *field[3];
+                for (int i = 0; i < 3; i++) {
+                        const char *end = at < size ? memchr(records + at, '\0', size - at) : NULL;
+                        field[i] = end ? records + at : (char *)"";
+                        at = end ? (size_t)(end - records) + 1 : size;
+                }
+                r = sd_bus_message_append(reply, QTRIM_DOMAIN_IMAGE_SIGNATURE,
+                                          utf8_sanitize(field[0]), utf8_sanitize(field[1]),
+                                          utf8_sanitize(field[2]));
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        free(records);
         answer(c, reply, r);
 }
 
@@ -379,6 +424,8 @@ static void on_snapshot(struct domain_call *c)
         }
         if (c->verb == DOMAIN_INSPECT)
                 answer_inspect(c);
+        else if (c->verb == DOMAIN_LIST)
+                answer_list(c);
         else if (c->online)
                 queue_online(c);
         else
@@ -493,7 +540,7 @@ void domain_call_start(struct domain_call *c, struct manager *m, sd_bus_message 
         pid_t parent = getpid();
         pid_t pid = c->memfd < 0 ? -1 : fork();
         if (pid == 0)
-                run_reader(m->config.libvirt_uri, c->name, c->memfd, parent);
+                run_reader(c->verb, m->config.libvirt_uri, c->name, c->memfd, parent);
         int r = pid < 0 ? -errno : 0;
         if (pid > 0) {
                 c->pid = pid;

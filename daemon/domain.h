@@ -52,6 +52,12 @@ struct domain_snapshot {
 /* In the child: reads the domain name at uri into s. Blocks; never call it from qtrimd. */
 void domain_snapshot_read(const char *uri, const char *name, struct domain_snapshot *s);
 
+/* In the child: every domain libvirt at uri knows and the files its disks use, for
+ * ListDomainImages. Sets s's status and error; writes one record per file disk to fd at offset
+ * (image, domain name and state, each ending in a NUL; the image canonical when it exists).
+ * Blocks; never call it from qtrimd. */
+void domain_list_read(const char *uri, struct domain_snapshot *s, int fd, off_t offset);
+
 /* Whether an online trim measures disk d of a running domain: a file (or a file volume) QEMU
  * writes to, whose host allocation can fall. */
 bool domain_disk_online(const struct domain_disk *d);
@@ -64,7 +70,8 @@ bool domain_disk_online(const struct domain_disk *d);
  * the guest's fstrim runs on, harmless. */
 int domain_online_trim(const char *uri, const struct domain_snapshot *s, struct qt_reporter *r);
 
-enum domain_verb { DOMAIN_INSPECT, DOMAIN_SHRINK };
+/* DOMAIN_LIST: every domain's file disks (ListDomainImages); the call's name is unused. */
+enum domain_verb { DOMAIN_INSPECT, DOMAIN_SHRINK, DOMAIN_LIST };
 
 struct manager;
 struct domain_call;

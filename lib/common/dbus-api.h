@@ -63,6 +63,9 @@
 #define QTRIM_DOMAIN_DISK_ARRAY_SIGNATURE   "a" QTRIM_DOMAIN_DISK_SIGNATURE
 #define QTRIM_DOMAIN_SHRUNK_SIGNATURE       "(ssoss)"
 #define QTRIM_DOMAIN_SHRUNK_ARRAY_SIGNATURE "a" QTRIM_DOMAIN_SHRUNK_SIGNATURE
+/* ListDomainImages: image (canonical path), domain name, domain state. */
+#define QTRIM_DOMAIN_IMAGE_SIGNATURE       "(sss)"
+#define QTRIM_DOMAIN_IMAGE_ARRAY_SIGNATURE "a" QTRIM_DOMAIN_IMAGE_SIGNATURE
 
 /* Job.State values. */
 #define QTRIM_STATE_QUEUED   "queued"

@@ -29,8 +29,9 @@ qt_step "libvirt: work dir $QT_WORK"
 qt_bus_start
 # The sockets' place is known before libvirtd starts: qtrimd is started once, before it.
 QT_DAEMON_CONFIG=$QT_WORK/qtrimd.conf
-printf '[Daemon]\nIdleExitSec=0\nLibvirtURI=qemu+unix:///system?socket=%s\n' \
-        "$QT_WORK/libvirt/sock/libvirt-sock-ro" >"$QT_DAEMON_CONFIG"
+# The sweep's directory holds the running domain's image and one no domain uses.
+printf '[Daemon]\nIdleExitSec=0\nLibvirtURI=qemu+unix:///system?socket=%s\nImageDirectories=%s\n' \
+        "$QT_WORK/libvirt/sock/libvirt-sock-ro" "$QT_IMAGES/sweep" >"$QT_DAEMON_CONFIG"
 qt_daemon_start
 
 # Runs qtrimctl expecting exit status WANT; its output is left in $QT_WORK/out and err.
@@ -129,7 +130,8 @@ diff -u "$QT_WORK/off-before.xml" "$QT_WORK/off-after.xml" || qt_fail "the domai
 qt_ok "the domain's XML is unchanged"
 
 qt_step "(b) a running domain: shrink --domain refused by name, the image untouched"
-run_img=$QT_IMAGES/run.qcow2
+mkdir -p -- "$QT_IMAGES/sweep"
+run_img=$QT_IMAGES/sweep/run.qcow2
 qemu-img create -q -f qcow2 "$run_img" 64M
 qt_domain_xml qtrim-test-run "$(qt_domain_disk vda virtio "$run_img" qcow2 ignore)" >"$QT_WORK/run.xml"
 qt_domain_define qtrim-test-run "$QT_WORK/run.xml"
@@ -147,6 +149,25 @@ err=$(gdbus call --system --dest org.qtrim1 --object-path /org/qtrim1 \
         --method org.qtrim1.Manager.ShrinkDomain qtrim-test-run '@a{sv} {}' 2>&1 || true)
 [[ $err == *org.qtrim1.Error.DomainRunning* ]] || qt_fail "ShrinkDomain's error is not DomainRunning: $err"
 qt_ok "ShrinkDomain answers org.qtrim1.Error.DomainRunning"
+
+qt_step "(b2) which domain uses an image: inspect names it, the sweep skips it by name"
+qtrimctl_status 0 inspect "$run_img"
+grep -qF "Used by:         domain qtrim-test-run (running)" "$QT_WORK/out" ||
+        qt_fail "inspect does not name the running domain that uses the image"
+# The shut-off domain's raw disk is a volume: found through its pool.
+qtrimctl_status 0 inspect "$raw" --json
+jq -e '.used_by == [{"domain": "qtrim-test-off", "state": "shut off"}]' "$QT_WORK/out" >/dev/null ||
+        qt_fail "inspect --json does not name the shut-off domain whose volume the image is"
+orphan=$QT_IMAGES/sweep/orphan.qcow2
+qemu-img create -q -f qcow2 "$orphan" 64M
+qtrimctl_status 0 inspect "$orphan"
+grep -qF "Used by:         no libvirt domain" "$QT_WORK/out" || qt_fail "inspect does not say no domain uses the image"
+qt_ok "inspect names the domain using an image (running, or shut off through a volume), or none"
+qtrimctl_status 0 shrink --all
+grep -qF "$run_img: skipped: in use by domain qtrim-test-run (running)" "$QT_WORK/out" ||
+        qt_fail "the sweep does not name the running domain that holds the image"
+[[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the sweep changed the running domain's image"
+qt_ok "the sweep skips the image in use by the running domain, by its name"
 qt_virsh suspend qtrim-test-run >/dev/null
 qtrimctl_status 1 shrink --domain qtrim-test-run
 grep -qF "qtrimctl: qtrim-test-run: the domain is paused; shut it down first" "$QT_WORK/err" ||

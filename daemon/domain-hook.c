@@ -93,26 +93,14 @@ static void hold_free(struct hold *o)
         free(o);
 }
 
-static void holds_prune(void)
+/* Drops the holds that have run out, and all of domain's (a domain that stopped is not
+ * starting any more; NULL: none). */
+static void holds_drop(const char *domain)
 {
         uint64_t now = now_usec();
         for (struct hold **p = &holds; *p;) {
                 struct hold *o = *p;
-                if (o->until > now) {
-                        p = &o->next;
-                        continue;
-                }
-                *p = o->next;
-                hold_free(o);
-        }
-}
-
-/* A domain that stopped has no start in progress: its holds go. */
-static void holds_drop_domain(const char *domain)
-{
-        for (struct hold **p = &holds; *p;) {
-                struct hold *o = *p;
-                if (strcmp(o->domain, domain) != 0) {
+                if (o->until > now && !(domain && strcmp(o->domain, domain) == 0)) {
                         p = &o->next;
                         continue;
                 }
@@ -123,14 +111,14 @@ static void holds_drop_domain(const char *domain)
 
 const char *domain_hook_starting_with(dev_t dev, ino_t ino)
 {
-        holds_prune();
+        holds_drop(NULL);
         for (struct hold *o = holds; o; o = o->next)
                 if (o->dev == dev && o->ino == ino)
                         return o->domain;
         return NULL;
 }
 
-/* Holds the file for the domain until deadline, a hold it had already included. */
+/* Holds the file for the domain until then; a hold it has already is extended. */
 static void hold_file(const char *domain, const struct hook_file *f, uint64_t until)
 {
         for (struct hold *o = holds; o; o = o->next)
@@ -171,8 +159,16 @@ static unsigned starting_pending(struct hook_call *h)
         return n;
 }
 
-/* The jobs have ended (or the wait is over): the start may go on. The hold starts now, so QEMU
- * gets the whole of it to open the images. */
+/* Holds the domain's files from now on: while DomainStarting waits, and from its answer on. */
+static void hold_files(struct hook_call *h)
+{
+        uint64_t until = now_usec() + HOOK_START_HOLD_USEC;
+        for (unsigned i = 0; i < h->n_files; i++)
+                hold_file(h->name, &h->files[i], until);
+}
+
+/* The jobs have ended (or the wait is over): the start may go on. The hold starts again, so
+ * QEMU gets the whole of it to open the images. */
 static void answer_starting(struct hook_call *h, unsigned still)
 {
         if (still > 0)
@@ -180,9 +176,7 @@ static void answer_starting(struct hook_call *h, unsigned still)
                         "qtrimd: domain %s is starting: %u job(s) or request(s) on its disks did "
                         "not end within %llu s; its start may fail\n",
                         h->name, still, (unsigned long long)(HOOK_START_WAIT_USEC / 1000000));
-        uint64_t until = now_usec() + HOOK_START_HOLD_USEC;
-        for (unsigned i = 0; i < h->n_files; i++)
-                hold_file(h->name, &h->files[i], until);
+        hold_files(h);
 
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r = sd_bus_message_new_method_return(h->call, &reply);
@@ -257,6 +251,8 @@ static void start_starting(struct hook_call *h)
         if (r < 0)
                 return reply_error(h, qt_error_dbus_name(QT_ERR_LIBVIRT),
                                    "cannot read the domain's disks from its XML");
+        /* No new work on them from here on. */
+        hold_files(h);
         for (unsigned i = 0; i < h->n_files; i++) {
                 struct job *j = job_find_by_file(m, h->files[i].dev, h->files[i].ino);
                 if (!j)
@@ -296,7 +292,7 @@ static bool managed_save_exists(const char *domain)
 static void start_stopped(struct hook_call *h)
 {
         struct manager *m = h->manager;
-        holds_drop_domain(h->name);
+        holds_drop(h->name);
         bool wanted = qt_config_shrinks_on_shutdown(&m->config, h->name);
         if (wanted && managed_save_exists(h->name)) {
                 fprintf(stderr,

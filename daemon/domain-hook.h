@@ -12,9 +12,9 @@
  *   ShrinkDomain with if-changed queues them (domain_call_set_xml()).
  * - DomainStarting ("prepare begin"): every job and pending request on a file the domain's disks
  *   name is canceled at once, and the answer waits until they have ended (worker torn down,
- *   qemu's lock released) or for HOOK_START_WAIT_USEC. For HOOK_START_HOLD_USEC after that, a
- *   request on those files is refused with ImageInUse, which covers the time between the hook's
- *   return and QEMU's open.
+ *   qemu's lock released) or for HOOK_START_WAIT_USEC. From the call until HOOK_START_HOLD_USEC
+ *   after the answer, a request on those files is refused with ImageInUse, which covers the time
+ *   between the hook's return and QEMU's open.
  *
  * Both are root's alone (the hook runs as root): nobody else may claim that a domain stopped or
  * starts. Volume disks are not matched (resolving one would be a call to libvirt), nor backing

@@ -79,10 +79,15 @@ timed_virsh() {
         took=$(qt_since "$t")
 }
 
+# timed_start DOMAIN: virsh start, and the domain must run; the seconds in $took.
+timed_start() {
+        timed_virsh start "$1"
+        [[ $(qt_virsh domstate "$1") == running ]] || qt_fail "$1 does not run"
+}
+
 qt_step "(b) a domain ShrinkOnShutdown= does not name: started and stopped, no job"
-timed_virsh start qtrim-test-busy
+timed_start qtrim-test-busy
 start_plain=$took
-[[ $(qt_virsh domstate qtrim-test-busy) == running ]] || qt_fail "qtrim-test-busy does not run"
 qt_ok "started in $start_plain s (qtrimd asked, nothing to cancel)"
 timed_virsh destroy qtrim-test-busy
 stop_plain=$took
@@ -95,9 +100,8 @@ qt_expect_files
 inode=$(stat -c %i -- "$busy_img")
 hx_start_paused trim-mounted "$QT_WORK/busy.json" "$busy_img"
 [[ -n $HX_JOB ]] || qt_fail "no job for $busy_img"
-timed_virsh start qtrim-test-busy
+timed_start qtrim-test-busy
 start_busy=$took
-[[ $(qt_virsh domstate qtrim-test-busy) == running ]] || qt_fail "qtrim-test-busy does not run"
 qt_ok "started in $start_busy s while a job held its disk (without a job: $start_plain s)"
 result=$(qt_job_removed_result "$HX_JOB" 10 "$busy_img") || qt_fail "no JobRemoved for $HX_JOB"
 [[ $result == canceled ]] || qt_fail "the job ended $result, not canceled"
@@ -161,9 +165,8 @@ no_jobs || qt_fail "a job exists after the refused calls"
 
 qt_step "(e) qtrimd not running: a start is not held up"
 qt_daemon_stop
-timed_virsh start qtrim-test-busy
+timed_start qtrim-test-busy
 start_nodaemon=$took
-[[ $(qt_virsh domstate qtrim-test-busy) == running ]] || qt_fail "qtrim-test-busy does not run"
 qt_ok "started in $start_nodaemon s without qtrimd (with it and no job: $start_plain s)"
 # No bus activation on the test's bus: DomainStopped finds nobody, which the hook only logs.
 timed_virsh destroy qtrim-test-busy

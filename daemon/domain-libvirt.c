@@ -401,14 +401,17 @@ static void report_disks(const struct domain_snapshot *s, const uint64_t *before
                         continue;
                 }
                 fs.trimmed = before[i] > after[i] ? before[i] - after[i] : 0;
-                bool reach = strncmp(d->verdict, "they do not", 11) != 0;
-                snprintf(fs.state, sizeof(fs.state), "%s", fs.trimmed ? "trimmed" : "skipped");
-                if (fs.trimmed == 0) {
-                        snprintf(fs.message, sizeof(fs.message), "nothing came back: %s",
-                                 reach ? "the guest freed nothing on it, or its discards did "
-                                         "not reach the image"
-                                       : d->verdict);
-                }
+                snprintf(fs.state, sizeof(fs.state), "%s", fs.trimmed ? "trimmed" : "unchanged");
+                /* The verdict says "they do not: why (fix)" of discards that cannot reach it. */
+                static const char refused[] = "they do not";
+                if (fs.trimmed == 0 && strncmp(d->verdict, refused, strlen(refused)) == 0)
+                        snprintf(fs.message, sizeof(fs.message),
+                                 "discards do not reach this image%s",
+                                 d->verdict + strlen(refused));
+                else if (fs.trimmed == 0)
+                        snprintf(fs.message, sizeof(fs.message),
+                                 "nothing came back: the guest freed nothing on it, or its "
+                                 "discards did not reach the image");
                 qt_emit_fs(r, &fs);
         }
 }

@@ -34,16 +34,6 @@ printf '[Daemon]\nIdleExitSec=0\nLibvirtURI=qemu+unix:///system?socket=%s\nImage
         "$QT_WORK/libvirt/sock/libvirt-sock-ro" "$QT_IMAGES/sweep" >"$QT_DAEMON_CONFIG"
 qt_daemon_start
 
-# Runs qtrimctl expecting exit status WANT; its output is left in $QT_WORK/out and err.
-qtrimctl_status() { # WANT ARGS...
-        local want=$1 rc=0
-        shift
-        qt_info "\$ qtrimctl $*"
-        qt_qtrimctl "$@" >"$QT_WORK/out" 2>"$QT_WORK/err" || rc=$?
-        sed 's/^/    | /' "$QT_WORK/out" "$QT_WORK/err"
-        ((rc == want)) || qt_fail "qtrimctl $* exited with $rc, not $want"
-}
-
 qt_step "a libvirt that never answers: qtrimd's loop goes on, the call fails after 30 s"
 # A socket where libvirtd's will be, which accepts connections and never says anything.
 mkdir -p -- "$QT_WORK/libvirt/sock"
@@ -86,7 +76,7 @@ qt_undo qt_kill_wait "$mute_pid" 5
 rm -f -- "$QT_WORK/libvirt/sock/libvirt-sock-ro"
 
 qt_step "no libvirtd: a clear error"
-qtrimctl_status 1 inspect --domain qtrim-test-off
+qt_qtrimctl_status 1 inspect --domain qtrim-test-off
 grep -q 'cannot connect to libvirt at qemu+unix:///system' "$QT_WORK/err" ||
         qt_fail "no 'cannot connect to libvirt' in: $(cat "$QT_WORK/err")"
 qt_ok "libvirt not running: said so"
@@ -115,7 +105,7 @@ qt_domain_xml qtrim-test-off \
 qt_domain_define qtrim-test-off "$QT_WORK/off.xml"
 qt_virsh dumpxml --inactive qtrim-test-off >"$QT_WORK/off-before.xml"
 t=$(qt_now)
-qtrimctl_status 0 shrink --domain qtrim-test-off --json
+qt_qtrimctl_status 0 shrink --domain qtrim-test-off --json
 qt_info "shrink --domain took $(qt_since "$t") s"
 grep -qF "qtrimctl: qtrim-test-off sdb ($iso): skipped: a CD-ROM" "$QT_WORK/err" ||
         qt_fail "the CD-ROM's skip is not reported"
@@ -138,7 +128,7 @@ qt_domain_define qtrim-test-run "$QT_WORK/run.xml"
 qt_virsh start qtrim-test-run >/dev/null || qt_fail "virsh start failed: $(tail -n 5 /var/log/libvirt/qemu/qtrim-test-run.log)"
 [[ $(qt_virsh domstate qtrim-test-run) == running ]] || qt_fail "the domain does not run"
 run_print=$(qt_file_fingerprint "$run_img")
-qtrimctl_status 1 shrink --domain qtrim-test-run
+qt_qtrimctl_status 1 shrink --domain qtrim-test-run
 grep -qF "qtrimctl: qtrim-test-run: the domain is running; shut it down first" "$QT_WORK/err" ||
         qt_fail "the refusal does not name the running domain"
 [[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the running domain's image changed"
@@ -151,25 +141,25 @@ err=$(gdbus call --system --dest org.qtrim1 --object-path /org/qtrim1 \
 qt_ok "ShrinkDomain answers org.qtrim1.Error.DomainRunning"
 
 qt_step "(b2) which domain uses an image: inspect names it, the sweep skips it by name"
-qtrimctl_status 0 inspect "$run_img"
+qt_qtrimctl_status 0 inspect "$run_img"
 grep -qF "Used by:         domain qtrim-test-run (running)" "$QT_WORK/out" ||
         qt_fail "inspect does not name the running domain that uses the image"
 # The shut-off domain's raw disk is a volume: found through its pool.
-qtrimctl_status 0 inspect "$raw" --json
+qt_qtrimctl_status 0 inspect "$raw" --json
 jq -e '.used_by == [{"domain": "qtrim-test-off", "state": "shut off"}]' "$QT_WORK/out" >/dev/null ||
         qt_fail "inspect --json does not name the shut-off domain whose volume the image is"
 orphan=$QT_IMAGES/sweep/orphan.qcow2
 qemu-img create -q -f qcow2 "$orphan" 64M
-qtrimctl_status 0 inspect "$orphan"
+qt_qtrimctl_status 0 inspect "$orphan"
 grep -qF "Used by:         no libvirt domain" "$QT_WORK/out" || qt_fail "inspect does not say no domain uses the image"
 qt_ok "inspect names the domain using an image (running, or shut off through a volume), or none"
-qtrimctl_status 0 shrink --all
+qt_qtrimctl_status 0 shrink --all
 grep -qF "$run_img: skipped: in use by domain qtrim-test-run (running)" "$QT_WORK/out" ||
         qt_fail "the sweep does not name the running domain that holds the image"
 [[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the sweep changed the running domain's image"
 qt_ok "the sweep skips the image in use by the running domain, by its name"
 qt_virsh suspend qtrim-test-run >/dev/null
-qtrimctl_status 1 shrink --domain qtrim-test-run
+qt_qtrimctl_status 1 shrink --domain qtrim-test-run
 grep -qF "qtrimctl: qtrim-test-run: the domain is paused; shut it down first" "$QT_WORK/err" ||
         qt_fail "a paused domain is not refused as such"
 qt_virsh resume qtrim-test-run >/dev/null
@@ -177,7 +167,7 @@ qt_virsh resume qtrim-test-run >/dev/null
 # The definition gets discard='unmap'; the running QEMU keeps what it started with.
 qt_virsh dumpxml --inactive qtrim-test-run | sed "s/discard='ignore'/discard='unmap'/" >"$QT_WORK/run2.xml"
 qt_virsh define "$QT_WORK/run2.xml" >/dev/null
-qtrimctl_status 0 inspect --domain qtrim-test-run --json
+qt_qtrimctl_status 0 inspect --domain qtrim-test-run --json
 jq -e '.state == "running" and .active and (.disks[0].discard == "ignore")' "$QT_WORK/out" >/dev/null ||
         qt_fail "inspect of the running domain does not show its live XML"
 jq -e '.disks[0].verdict | startswith("they do not until qtrim-test-run restarts")' "$QT_WORK/out" >/dev/null ||
@@ -186,7 +176,7 @@ qt_ok "live XML read; the definition's discard='unmap' waits for a restart"
 # Shut off with its memory saved: its filesystems are as the saved guest left them.
 qt_virsh managedsave qtrim-test-run >/dev/null || qt_fail "virsh managedsave failed"
 [[ $(qt_virsh domstate qtrim-test-run) == "shut off" ]] || qt_fail "the saved domain is not shut off"
-qtrimctl_status 1 shrink --domain qtrim-test-run
+qt_qtrimctl_status 1 shrink --domain qtrim-test-run
 grep -qF "the domain's memory is saved (virsh managedsave)" "$QT_WORK/err" ||
         qt_fail "a domain with a saved state is not refused"
 [[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the saved domain's image changed"
@@ -204,7 +194,7 @@ qt_domain_xml qtrim-test-buses \
         "$(qt_domain_disk sdd sata "$d/f.qcow2" qcow2)" \
         "$(qt_domain_disk sde sata "$d/g.iso" raw '' cdrom)" >"$QT_WORK/buses.xml"
 qt_domain_define qtrim-test-buses "$QT_WORK/buses.xml"
-qtrimctl_status 0 inspect --domain qtrim-test-buses --json
+qt_qtrimctl_status 0 inspect --domain qtrim-test-buses --json
 verdict() { jq -r --arg t "$1" '.disks[] | select(.target == $t) | .verdict' "$QT_WORK/out"; }
 expect_verdict() { # TARGET START
         local v
@@ -223,7 +213,7 @@ jq -e '.state == "shut off" and (.disks[] | select(.target == "sde") | .skip == 
         "$QT_WORK/out" >/dev/null || qt_fail "the CD-ROM is not shown as skipped"
 jq -e '[.disks[] | select(.target != "sde") | .skip] | all(. == null)' "$QT_WORK/out" >/dev/null ||
         qt_fail "a disk a shrink takes has a skip reason"
-qtrimctl_status 0 inspect --domain qtrim-test-buses
+qt_qtrimctl_status 0 inspect --domain qtrim-test-buses
 grep -q '^vdb  *virtio  *qcow2  *-  ' "$QT_WORK/out" || qt_fail "the table has no vdb row"
 
 qt_step "(d) what a shrink skips, and why"
@@ -237,7 +227,7 @@ qt_domain_xml qtrim-test-skips \
         "    <disk type='file' device='floppy'><driver name='qemu' type='raw'/><source file='$d/boot.img'/><target dev='fda' bus='fdc'/></disk>" \
         >"$QT_WORK/skips.xml"
 qt_domain_define qtrim-test-skips "$QT_WORK/skips.xml"
-qtrimctl_status 0 inspect --domain qtrim-test-skips --json
+qt_qtrimctl_status 0 inspect --domain qtrim-test-skips --json
 expect_skip() { # TARGET REASON
         local got
         got=$(jq -r --arg t "$1" '.disks[] | select(.target == $t) | .skip' "$QT_WORK/out")
@@ -254,7 +244,7 @@ qt_ok "vdd: no driver type in the definition: raw, as libvirt says"
 expect_skip vde "a block device, not an image file"
 expect_skip vdf "a network disk: its storage is not a file here"
 expect_skip fda "a floppy"
-qtrimctl_status 1 shrink --domain qtrim-test-skips
+qt_qtrimctl_status 1 shrink --domain qtrim-test-skips
 [[ $(grep -c ': skipped: ' "$QT_WORK/out") == 6 ]] || qt_fail "shrink --domain did not say why each disk is skipped"
 grep -qF "qtrimctl: qtrim-test-skips vdd ($d/unsaid.img): no such file" "$QT_WORK/err" ||
         qt_fail "vdd's refusal is not said"
@@ -271,7 +261,7 @@ fi
 qt_ok "refused: $(cat "$QT_WORK/out")"
 
 qt_step "an unknown domain"
-qtrimctl_status 1 inspect --domain qtrim-test-none
+qt_qtrimctl_status 1 inspect --domain qtrim-test-none
 grep -qF 'qtrimctl: qtrim-test-none: no such domain at ' "$QT_WORK/err" || qt_fail "an unknown domain is not said so"
 qt_ok "an unknown domain is said so"
 

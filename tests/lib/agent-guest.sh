@@ -20,21 +20,16 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/libvirt.sh"
 QT_AGENT_TIMEOUT=${QT_AGENT_TIMEOUT:-120}
 QT_AGENT_SHUTDOWN_TIMEOUT=${QT_AGENT_SHUTDOWN_TIMEOUT:-60}
 
-# Sets QT_AGENT_KERNEL and QT_AGENT_INITRD. run-guest.sh builds (or finds current) the kernel
-# and initramfs only as part of a run, so a guest that does nothing is booted for them (~5 s).
+# Sets QT_AGENT_KERNEL and QT_AGENT_INITRD: the VM suite's, which run-guest.sh builds (or finds
+# current) in the build dir.
 qt_agent_boot_files() {
-        local log=$QT_WORK/boot-files.log payload=$QT_BUILD_DIR/vm/noop-payload.sh
+        local log=$QT_WORK/boot-files.log files
         qt_need qemu-system-x86_64 busybox qemu-ga
-        # Not in the work dir: the guest's /var/tmp is a tmpfs of its own.
-        mkdir -p -- "$QT_BUILD_DIR/vm"
-        printf 'exit 0\n' >"$payload"
-        if ! BUILD_DIR=$QT_BUILD_DIR SOURCE_DIR=$QT_SOURCE_DIR QT_VM_MEM=256M QT_VM_CPUS=1 QT_VM_TIMEOUT=120 \
-                "$QT_SOURCE_DIR/tests/vm/run-guest.sh" script "$payload" "$QT_WORK/boot-files-guest" >"$log" 2>&1; then
-                qt_fail "tests/vm/run-guest.sh could not build and boot the guest's kernel and initramfs: $(tail -n 20 -- "$log")"
+        if ! files=$(BUILD_DIR=$QT_BUILD_DIR SOURCE_DIR=$QT_SOURCE_DIR \
+                "$QT_SOURCE_DIR/tests/vm/run-guest.sh" boot-files 2>"$log"); then
+                qt_fail "tests/vm/run-guest.sh could not build the guest's kernel and initramfs: $(tail -n 20 -- "$log")"
         fi
-        QT_AGENT_KERNEL=$QT_BUILD_DIR/vm/vmlinux
-        QT_AGENT_INITRD=$QT_BUILD_DIR/vm/initramfs.cpio
-        rm -rf -- "$QT_WORK/boot-files-guest"
+        { read -r QT_AGENT_KERNEL && read -r QT_AGENT_INITRD; } <<<"$files"
 }
 
 # A virtio-blk disk the guest mounts at /mnt/NAME (its serial): qt_agent_disk TARGET FILE FORMAT

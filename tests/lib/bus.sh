@@ -185,6 +185,17 @@ qt_on_failure() {
 
 qt_qtrimctl() { "$QT_QTRIMCTL" "$@"; }
 
+# Runs qtrimctl expecting exit status WANT, shows its output; the output is left in
+# $QT_WORK/out and $QT_WORK/err.
+qt_qtrimctl_status() { # WANT ARGS...
+        local want=$1 rc=0
+        shift
+        qt_info "\$ qtrimctl $*"
+        qt_qtrimctl "$@" >"$QT_WORK/out" 2>"$QT_WORK/err" || rc=$?
+        sed 's/^/    | /' "$QT_WORK/out" "$QT_WORK/err"
+        ((rc == want)) || qt_fail "qtrimctl $* exited with $rc, not $want"
+}
+
 # One property of a job object, as plain text (strings unquoted, numbers as digits).
 qt_job_prop() { # JOB PROPERTY
         busctl --system --json=short get-property org.qtrim1 "$1" org.qtrim1.Job "$2" | jq -r '.data'

@@ -49,7 +49,7 @@ skip() {
         exit 77
 }
 
-usage() { die "usage: run-guest.sh script|systemd PAYLOAD RESULTS_DIR"; }
+usage() { die "usage: run-guest.sh script|systemd PAYLOAD RESULTS_DIR, or run-guest.sh boot-files"; }
 
 # The newest installed kernel that has its modules (the nbd driver among them).
 pick_kernel() {
@@ -193,6 +193,13 @@ EOF
 }
 
 main() {
+        # For guests booted by others (libvirt's, tests/lib/agent-guest.sh): the kernel and
+        # initramfs, built or found current, their paths on standard output.
+        if [[ ${1:-} == boot-files && $# == 1 ]]; then
+                prepare_boot_files >&2
+                printf '%s\n' "$vm_dir/vmlinux" "$vm_dir/initramfs.cpio"
+                exit 0
+        fi
         (($# == 3)) || usage
         local mode=$1 payload=$2 results=$3 p
         [[ $mode == script || $mode == systemd ]] || usage

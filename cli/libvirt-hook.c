@@ -11,14 +11,18 @@
  * Anything else ends at once. It always exits 0: libvirt takes a failing "prepare" hook as a
  * reason not to start the domain, and a start must never wait on qtrim. It never talks to
  * libvirt (libvirtd waits for the hook: a call back would deadlock). What goes wrong is one line
- * on stderr, which libvirt logs.
+ * in the journal and on stderr (libvirt keeps a hook's stderr in its debug log only, unless the
+ * hook fails, which this one never does).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 #include <systemd/sd-bus.h>
+#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include "dbus-api.h"
@@ -29,6 +33,22 @@
 /* A domain's XML is some KiB; libvirt's own limit on a domain definition is 10 MiB. */
 #define XML_MAX (10u << 20)
 
+static void say(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* One line for the administrator: the journal (where libvirtd's own messages go), and stderr. */
+static void say(int priority, const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        sd_journal_printv(priority, fmt, ap);
+        va_end(ap);
+        va_start(ap, fmt);
+        fputs("qtrim: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+}
+
 /* The domain's XML from stdin, NUL-terminated; NULL (said why) if it cannot be read whole. */
 static char *read_xml(const char *domain)
 {
@@ -38,7 +58,7 @@ static char *read_xml(const char *domain)
                 if (len + 1 == size) {
                         char *bigger = size <= XML_MAX ? realloc(buf, size * 2) : NULL;
                         if (!bigger) {
-                                fprintf(stderr, "qtrim: %s: the domain XML is too big\n", domain);
+                                say(LOG_WARNING, "%s: the domain XML is too big", domain);
                                 break;
                         }
                         buf = bigger;
@@ -50,8 +70,8 @@ static char *read_xml(const char *domain)
                         return buf;
                 }
                 if (n < 0 && errno != EINTR) {
-                        fprintf(stderr, "qtrim: %s: cannot read the domain XML: %s\n", domain,
-                                strerror(errno));
+                        say(LOG_WARNING, "%s: cannot read the domain XML: %s", domain,
+                            strerror(errno));
                         break;
                 }
                 if (n > 0)
@@ -68,7 +88,8 @@ static bool daemon_absent(const sd_bus_error *e)
                                       SD_BUS_ERROR_NAME_HAS_NO_OWNER);
 }
 
-/* What the reply says that libvirt's log should keep. */
+/* What the reply says that is worth a line: the jobs a start canceled (on stderr alone: qtrimd's
+ * journal has them), the disks that could not be queued. */
 static void log_reply(const char *domain, bool starting, sd_bus_message *reply)
 {
         int r;
@@ -87,8 +108,8 @@ static void log_reply(const char *domain, bool starting, sd_bus_message *reply)
                                                   &source, &job, &error, &message)) > 0)
                 /* Unchanged is the usual answer for a domain that wrote nothing. */
                 if (error[0] && strcmp(error, "org.qtrim1.Error.Unchanged") != 0)
-                        fprintf(stderr, "qtrim: %s %s (%s): not shrunk: %s\n", domain, target,
-                                source, message);
+                        say(LOG_NOTICE, "%s %s (%s): not shrunk: %s", domain, target, source,
+                            message);
 }
 
 int main(int argc, char **argv)
@@ -113,10 +134,13 @@ int main(int argc, char **argv)
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL, *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         int r = sd_bus_open_system(&bus);
-        if (r >= 0)
-                r = sd_bus_message_new_method_call(bus, &call, QTRIM_BUS_NAME, QTRIM_MANAGER_PATH,
-                                                   QTRIM_MANAGER_IFACE,
-                                                   starting ? "DomainStarting" : "DomainStopped");
+        if (r < 0) {
+                say(LOG_WARNING, "%s: cannot connect to the system bus: %s", domain, strerror(-r));
+                return EXIT_SUCCESS;
+        }
+        r = sd_bus_message_new_method_call(bus, &call, QTRIM_BUS_NAME, QTRIM_MANAGER_PATH,
+                                           QTRIM_MANAGER_IFACE,
+                                           starting ? "DomainStarting" : "DomainStopped");
         if (r >= 0)
                 r = sd_bus_message_append(call, "ss", domain, xml);
         /* A qtrimd started now would have no job to cancel. */
@@ -127,8 +151,7 @@ int main(int argc, char **argv)
         if (r >= 0)
                 log_reply(domain, starting, reply);
         else if (!(starting && daemon_absent(&error)))
-                fprintf(stderr, "qtrim: %s: %s failed: %s\n", domain,
-                        starting ? "DomainStarting" : "DomainStopped",
-                        error.message ?: strerror(-r));
+                say(LOG_WARNING, "%s: %s failed: %s", domain,
+                    starting ? "DomainStarting" : "DomainStopped", error.message ?: strerror(-r));
         return EXIT_SUCCESS;
 }

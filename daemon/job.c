@@ -283,11 +283,11 @@ int job_new_online(struct manager *m, const struct domain_snapshot *s, uid_t uid
 
 static int run_online_trim(const void *arg, struct qt_reporter *r)
 {
-        const struct job *j = arg;
 #if QTRIM_LIBVIRT
+        const struct job *j = arg;
         return domain_online_trim(j->manager->config.libvirt_uri, j->online, r);
 #else
-        return -EOPNOTSUPP;
+        return -EOPNOTSUPP; /* never queued: ShrinkDomain answers Unsupported */
 #endif
 }
 

@@ -340,26 +340,42 @@ static int on_sender_uid(sd_bus_message *reply, void *userdata, sd_bus_error *re
 /* Shrink and Inspect: who asks, for what, then (once authorized) the image itself. The reply
  * comes when the worker is done, or sooner with an error. Nothing here waits on the bus: the
  * caller's uid is asked of the bus driver, like polkit's answer, without blocking the loop. */
+/* A probe request for call on image (a path, or a domain's name for domain, which it takes), in
+ * the manager's list. NULL with -EBUSY at the limit (checked first: under a flood, refusing must
+ * cost no round trip to the bus) or -ENOMEM, domain dropped. */
+static struct request *request_add(struct manager *m, sd_bus_message *call, const char *image,
+                                   struct domain_call *domain, int *ret_error)
+{
+        struct request *q = m->n_requests < MAX_REQUESTS ? calloc(1, sizeof(*q)) : NULL;
+        if (!q || !(q->image = strdup(image))) {
+                *ret_error = m->n_requests < MAX_REQUESTS ? -ENOMEM : -EBUSY;
+                free(q);
+                domain_call_unref(domain);
+                return NULL;
+        }
+        q->manager = m;
+        q->call = sd_bus_message_ref(call);
+        q->kind = QT_JOB_PROBE;
+        q->domain = domain;
+        q->next = m->requests;
+        m->requests = q;
+        m->n_requests++;
+        manager_update_idle(m);
+        return q;
+}
+
 static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_kind kind,
                          const char *image, const struct shrink_options *o,
                          struct domain_call *domain, sd_bus_error *error)
 {
-        /* The limit first: under a flood, refusing must cost no round trip to the bus. */
-        if (m->n_requests >= MAX_REQUESTS) {
-                domain_call_unref(domain);
+        int r = 0;
+        struct request *q = request_add(m, call, image, domain, &r);
+        if (r == -EBUSY)
                 return sd_bus_error_setf(error, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                          "too many requests in progress (%u); try again later",
                                          MAX_REQUESTS);
-        }
-        struct request *q = calloc(1, sizeof(*q));
-        if (!q || !(q->image = strdup(image))) {
-                free(q);
-                domain_call_unref(domain);
-                return -ENOMEM;
-        }
-        q->domain = domain;
-        q->manager = m;
-        q->call = sd_bus_message_ref(call);
+        if (!q)
+                return r;
         q->kind = kind;
         q->options.convert = o->convert;
         q->options.keep_gaps = !o->trim_gaps;
@@ -367,12 +383,8 @@ static int start_request(struct manager *m, sd_bus_message *call, enum qt_job_ki
         q->estimate = o->estimate;
         q->options.sweep = o->if_changed;
         snprintf(q->options.format.declared, sizeof(q->options.format.declared), "%s", o->format);
-        q->next = m->requests;
-        m->requests = q;
-        m->n_requests++;
-        manager_update_idle(m);
 
-        int r = bus_ask_sender_uid(call, on_sender_uid, q, &q->pending);
+        r = bus_ask_sender_uid(call, on_sender_uid, q, &q->pending);
         if (r < 0) {
                 request_free(q);
                 return r;
@@ -557,46 +569,27 @@ void manager_shrink_disk(struct manager *m, sd_bus_message *call, uid_t uid, con
                          const struct job_options *options, bool if_changed, struct domain_call *c,
                          unsigned index)
 {
-        struct request *q = m->n_requests < MAX_REQUESTS ? calloc(1, sizeof(*q)) : NULL;
-        if (!q || !(q->image = strdup(image))) {
-                free(q);
+        int r;
+        struct request *q = request_add(m, call, image, NULL, &r);
+        if (!q)
                 return domain_call_disk_done(c, index, NULL, qt_error_dbus_name(QT_ERR_TOO_MANY),
                                              "too many requests in progress; try again later");
-        }
-        q->manager = m;
-        q->call = sd_bus_message_ref(call);
-        q->kind = QT_JOB_PROBE;
         q->uid = uid;
         q->options = *options;
         q->if_changed = if_changed;
         q->disk_of = domain_call_ref(c);
         q->disk_index = index;
-        q->next = m->requests;
-        m->requests = q;
-        m->n_requests++;
-        manager_update_idle(m);
         request_continue(q);
 }
 
 int manager_start_domain_call(struct manager *m, sd_bus_message *call, const char *name,
                               struct domain_call *c)
 {
-        struct request *q = m->n_requests < MAX_REQUESTS ? calloc(1, sizeof(*q)) : NULL;
-        if (!q || !(q->image = strdup(name))) {
-                int r = q ? -ENOMEM : -EBUSY;
-                free(q);
-                domain_call_unref(c);
+        int r;
+        struct request *q = request_add(m, call, name, c, &r);
+        if (!q)
                 return r;
-        }
-        q->manager = m;
-        q->call = sd_bus_message_ref(call);
-        q->kind = QT_JOB_PROBE;
         q->uid = 0;
-        q->domain = c;
-        q->next = m->requests;
-        m->requests = q;
-        m->n_requests++;
-        manager_update_idle(m);
         request_continue(q);
         return 0;
 }

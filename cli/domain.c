@@ -220,7 +220,7 @@ int shrink_domain(sd_bus *bus, const char *name, const struct shrink_options *op
                 for (size_t i = 0; i < n_paths; i++)
                         puts(paths[i]);
         else if (n_paths > 0)
-                status = wait_jobs(bus, paths, n_paths, opts->json);
+                status = follow_job_paths(bus, paths, n_paths, opts);
         else if (opts->json) {
                 /* None to follow: still JSON. */
                 _cleanup_(json_object_putp) struct json_object *none = json_object_new_array();

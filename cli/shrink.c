@@ -106,6 +106,7 @@ struct shrink_run {
         sd_event_source *tick;
         struct shrink_totals *totals;        /* sweep */
         const struct domain_images *domains; /* sweep, or NULL */
+        bool online; /* the jobs are online trims (counted as such in totals) */
         sd_bus_slot *properties_changed_match;
         sd_bus_slot *job_removed_match;
         sd_bus_slot *name_owner_changed_match;
@@ -1138,6 +1139,9 @@ static void add_totals(const struct shrink_run *run, struct shrink_totals *t)
                 const struct job *job = &run->jobs[i];
                 if (job->result == JOB_DONE && job->props.nothing_to_trim) {
                         t->skipped++;
+                } else if (job->result == JOB_DONE && run->online) {
+                        t->online++;
+                        t->reclaimed += job_bytes_reclaimed(&job->props);
                 } else if (job->result == JOB_DONE) {
                         t->shrunk++;
                         t->reclaimed += job_bytes_reclaimed(&job->props);
@@ -1239,13 +1243,15 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
         return follow_jobs(&run);
 }
 
-int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json)
+int follow_job_paths(sd_bus *bus, char **paths, size_t n_paths, const struct shrink_options *opts)
 {
         _cleanup_(shrink_run_done) struct shrink_run run = {
             .bus = bus,
-            .json = json,
+            .json = opts->json,
             .adopted = true,
             .tty = isatty(STDERR_FILENO),
+            .totals = opts->totals,
+            .online = opts->online,
         };
 
         run.jobs = calloc(n_paths, sizeof(*run.jobs));
@@ -1263,4 +1269,9 @@ int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json)
                         return log_errno(-ENOMEM, "failed to allocate the jobs");
         }
         return follow_jobs(&run);
+}
+
+int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json)
+{
+        return follow_job_paths(bus, paths, n_paths, &(const struct shrink_options){.json = json});
 }

@@ -16,6 +16,7 @@ struct domain_images;
 
 struct shrink_totals {
         unsigned shrunk, skipped, failed, canceled;
+        unsigned online;          /* domains whose guests trimmed online (SweepOnline=) */
         int64_t reclaimed;        /* host bytes, over the images that were shrunk */
         struct json_object *json; /* --json: an array each image's object is added to */
 };
@@ -46,6 +47,10 @@ int shrink_images(sd_bus *bus, char **images, size_t n_images, const struct shri
  * as shrink does, with the same exit statuses; a job that does not exist is a failure. An
  * interrupt stops the waiting and leaves the jobs alone. */
 int wait_jobs(sd_bus *bus, char **paths, size_t n_paths, bool json);
+/* The same for jobs a command queued: opts->json, and opts->totals (a sweep: the outcomes are
+ * added there rather than printed as JSON; opts->online: the jobs are online trims, each a
+ * domain). */
+int follow_job_paths(sd_bus *bus, char **paths, size_t n_paths, const struct shrink_options *opts);
 
 /* qtrimctl shrink --all: every image in qtrimd's ImageDirectories whose name matches its
  * SweepPatterns, one line each and a summary. EXIT_FAILURE if any failed. */

@@ -102,6 +102,79 @@ static int collect(const char *dir, char **patterns, bool json, struct image_lis
         return r;
 }
 
+/* Whether image is a disk of domain, by ListDomainImages. */
+static bool used_by(const struct domain_images *domains, const char *domain, const char *image)
+{
+        const struct domain_image *d;
+        size_t at = 0;
+        while ((d = domain_images_next(domains, image, &at)))
+                if (strcmp(d->domain, domain) == 0)
+                        return true;
+        return false;
+}
+
+static bool uses_any(const struct domain_images *domains, const char *domain,
+                     const struct image_list *images)
+{
+        for (size_t i = 0; i < images->n; i++)
+                if (used_by(domains, domain, images->paths[i]))
+                        return true;
+        return false;
+}
+
+/* Takes the images domain uses out of the list: its online trim covered them. */
+static void drop_images_of(const struct domain_images *domains, const char *domain,
+                           struct image_list *images)
+{
+        size_t kept = 0;
+        for (size_t i = 0; i < images->n; i++) {
+                if (used_by(domains, domain, images->paths[i]))
+                        free(images->paths[i]);
+                else
+                        images->paths[kept++] = images->paths[i];
+        }
+        images->n = kept;
+}
+
+/* SweepOnline=: each running domain it names whose disks are among the images has its guest
+ * trim online (as shrink --domain --online), and once that is done its images leave the list
+ * rather than being skipped as in use. A domain that cannot be trimmed is a failure of the
+ * sweep, not its end, and its images are skipped as in use. */
+static int sweep_online(sd_bus *bus, const struct shrink_options *batch,
+                        const struct domain_images *domains, struct image_list *images)
+{
+        char **patterns = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        /* A qtrimd without the property has no such setting. */
+        if (sd_bus_get_property_strv(bus, QTRIM_BUS_NAME, QTRIM_MANAGER_PATH, QTRIM_MANAGER_IFACE,
+                                     "SweepOnline", &error, &patterns) < 0 ||
+            !patterns)
+                return 0;
+        struct shrink_options online = *batch;
+        online.online = true;
+        int r = 0;
+        for (size_t i = 0; r >= 0 && patterns[0] && i < domains->n; i++) {
+                const char *name = domains->items[i].domain;
+                /* One record per disk: a domain is tried once. */
+                bool seen = false;
+                for (size_t k = 0; k < i && !seen; k++)
+                        seen = strcmp(domains->items[k].domain, name) == 0;
+                if (seen || strcmp(domains->items[i].state, "running") != 0 ||
+                    !matches_any(patterns, name) || !uses_any(domains, name, images))
+                        continue;
+                r = shrink_domain(bus, name, &online);
+                if (r == EXIT_SUCCESS)
+                        drop_images_of(domains, name, images);
+                /* A job that failed is counted by its outcome; a call refused, here. */
+                if (r < 0 && r != -ENOMEM)
+                        batch->totals->failed++;
+                if (r != -ENOMEM)
+                        r = 0;
+        }
+        strv_free(patterns);
+        return r;
+}
+
 static int compare_paths(const void *a, const void *b)
 {
         return strcmp(*(char *const *)a, *(char *const *)b);
@@ -144,6 +217,10 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
         if (r < 0)
                 goto out;
         batch.domains = &domains;
+        size_t n_found = images.n;
+        r = sweep_online(bus, &batch, &domains, &images);
+        if (r < 0)
+                goto out;
         if (opts->json && !(totals.json = json_object_new_array())) {
                 r = log_errno(-ENOMEM, "failed to sweep");
                 goto out;
@@ -164,6 +241,9 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
                 json_object_object_add(o, "skipped", json_object_new_int64(totals.skipped));
                 json_object_object_add(o, "failed", json_object_new_int64(totals.failed));
                 json_object_object_add(o, "canceled", json_object_new_int64(totals.canceled));
+                json_object_object_add(o, "online_domains", json_object_new_int64(totals.online));
+                json_object_object_add(o, "trimmed_online",
+                                       json_object_new_int64((int64_t)(n_found - images.n)));
                 json_object_object_add(o, "bytes_reclaimed",
                                        json_object_new_int64(totals.reclaimed));
                 json_object_object_add(o, "seconds", json_seconds(took_usec));
@@ -175,12 +255,17 @@ int sweep_image_directories(sd_bus *bus, const struct shrink_options *opts)
                 char amount[FORMAT_BYTES_MAX], took[FORMAT_DURATION_MAX];
                 bool grew = totals.reclaimed < 0;
                 uint64_t amount_bytes = (uint64_t)(grew ? -totals.reclaimed : totals.reclaimed);
-                printf("sweep: %zu image(s): %u shrunk, %u skipped, %u failed; %s%s%s in %s%s%s\n",
-                       images.n, totals.shrunk, totals.skipped, totals.failed,
-                       grew ? "grew by " : "", format_bytes(amount, amount_bytes),
-                       grew ? "" : " reclaimed", format_duration(took, took_usec),
-                       totals.canceled ? "; canceled" : "",
-                       unreadable ? "; some image directories could not be read" : "");
+                char online[64] = "";
+                if (n_found > images.n)
+                        snprintf(online, sizeof(online), ", %zu trimmed online (%u domain(s))",
+                                 n_found - images.n, totals.online);
+                printf(
+                    "sweep: %zu image(s): %u shrunk, %u skipped%s, %u failed; %s%s%s in %s%s%s\n",
+                    n_found, totals.shrunk, totals.skipped, online, totals.failed,
+                    grew ? "grew by " : "", format_bytes(amount, amount_bytes),
+                    grew ? "" : " reclaimed", format_duration(took, took_usec),
+                    totals.canceled ? "; canceled" : "",
+                    unreadable ? "; some image directories could not be read" : "");
         }
         r = totals.failed || unreadable ? EXIT_FAILURE
             : totals.canceled           ? EXIT_CANCELED

@@ -49,6 +49,7 @@ void qt_config_free(struct qt_config *c)
         free_list(c->sweep_patterns, &c->n_sweep_patterns);
         free_list(c->formats.rules, &c->formats.n);
         free_list(c->shutdown_domains, &c->n_shutdown_domains);
+        free_list(c->sweep_online_domains, &c->n_sweep_online_domains);
         free(c->metrics_file);
         c->metrics_file = NULL;
 }
@@ -255,6 +256,11 @@ int qt_config_set(struct qt_config *c, const char *key, const char *value, const
                 *why = "takes domain name patterns, separated by spaces, or nothing for none";
                 return set_list(c->shutdown_domains, &c->n_shutdown_domains, QT_CONFIG_MAX_PATTERNS,
                                 value);
+        }
+        if (strcmp(key, "SweepOnline") == 0) {
+                *why = "takes domain name patterns, separated by spaces, or nothing for none";
+                return set_list(c->sweep_online_domains, &c->n_sweep_online_domains,
+                                QT_CONFIG_MAX_PATTERNS, value);
         }
         if (strcmp(key, "IdleExitSec") == 0) {
                 *why = "takes a number of seconds (0: never exit when idle)";

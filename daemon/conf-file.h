@@ -36,6 +36,10 @@ struct qt_config {
          * shrunk when they stop; none: off */
         char *shutdown_domains[QT_CONFIG_MAX_PATTERNS];
         size_t n_shutdown_domains;
+        /* SweepOnline=: fnmatch(3) patterns of domain names whose guests the sweep trims online
+         * when they run, rather than skipping their images; none: off */
+        char *sweep_online_domains[QT_CONFIG_MAX_PATTERNS];
+        size_t n_sweep_online_domains;
 };
 
 /* Called for each line that is ignored but worth telling the administrator about. */

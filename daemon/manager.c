@@ -652,6 +652,14 @@ static int get_sweep_patterns(sd_bus *bus, const char *path, const char *interfa
         return append_strv(reply, m->config.sweep_patterns, m->config.n_sweep_patterns);
 }
 
+static int get_sweep_online(sd_bus *bus, const char *path, const char *interface,
+                            const char *property, sd_bus_message *reply, void *userdata,
+                            sd_bus_error *error)
+{
+        const struct manager *m = userdata;
+        return append_strv(reply, m->config.sweep_online_domains, m->config.n_sweep_online_domains);
+}
+
 static int get_attach_backend(sd_bus *bus, const char *path, const char *interface,
                               const char *property, sd_bus_message *reply, void *userdata,
                               sd_bus_error *error)
@@ -669,6 +677,7 @@ static const sd_bus_vtable manager_vtable[] = {
     SD_BUS_PROPERTY("ImageDirectories", "as", get_image_directories, 0,
                     SD_BUS_VTABLE_PROPERTY_CONST),
     SD_BUS_PROPERTY("SweepPatterns", "as", get_sweep_patterns, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("SweepOnline", "as", get_sweep_online, 0, SD_BUS_VTABLE_PROPERTY_CONST),
     SD_BUS_PROPERTY("AttachBackend", "s", get_attach_backend, 0, SD_BUS_VTABLE_PROPERTY_CONST),
     SD_BUS_METHOD_WITH_ARGS("Shrink", SD_BUS_ARGS("s", image, "a{sv}", options),
                             SD_BUS_RESULT("o", job), method_shrink, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -26,8 +26,9 @@ qt_step "libvirt-online: work dir $QT_WORK"
 qt_bus_start
 # An online trim asks the guest agent, through libvirt's read-write socket.
 QT_DAEMON_CONFIG=$QT_WORK/qtrimd.conf
-printf '[Daemon]\nIdleExitSec=0\nLibvirtURI=qemu+unix:///system?socket=%s\n' \
-        "$QT_WORK/libvirt/sock/libvirt-sock" >"$QT_DAEMON_CONFIG"
+# The sweep covers the guest's disks, and trims the guest online (SweepOnline=).
+printf '[Daemon]\nIdleExitSec=0\nLibvirtURI=qemu+unix:///system?socket=%s\nImageDirectories=%s\nSweepOnline=qtrim-test-a*\n' \
+        "$QT_WORK/libvirt/sock/libvirt-sock" "$QT_IMAGES" >"$QT_DAEMON_CONFIG"
 qt_daemon_start
 qt_libvirt_start
 
@@ -131,6 +132,19 @@ grep -q "^  vdb (raw, .*: discards do not reach this image: discard is not 'unma
 grep -Eq '^  guest /mnt/unmap: [0-9.]+ MiB trimmed$' "$QT_WORK/out" ||
         qt_fail "the report does not say what the guest trimmed on /mnt/unmap"
 qt_ok "the report names both disks, what vda gave back ($(qt_human $((unmap0 - unmap1))) by stat) and the fix for vdb"
+
+qt_step "(b2) the sweep trims the running guest online (SweepOnline=) rather than skipping its disks"
+# shellcheck disable=SC2016 # $m is the guest shell's
+qt_agent_exec "$dom" 'head -c 32M /dev/urandom >/mnt/unmap/junk; sync; rm /mnt/unmap/junk; sync'
+unmap0=$(allocated_bytes "$unmap")
+qt_qtrimctl_status 0 shrink --all
+unmap1=$(allocated_bytes "$unmap")
+((unmap0 - unmap1 >= 30 * MiB)) || qt_fail "the sweep got back only $(qt_human $((unmap0 - unmap1))) of 32 MiB deleted"
+grep -Eq "^$dom: .* allocated \([0-9.]+ MiB reclaimed\)" "$QT_WORK/out" || qt_fail "the sweep does not report the online trim"
+grep -Eq '^sweep: [0-9]+ image\(s\): .*, 3 trimmed online \(1 domain\(s\)\), 0 failed;' "$QT_WORK/out" ||
+        qt_fail "the sweep's summary does not count the 3 disks trimmed online"
+! grep -q 'in use' "$QT_WORK/out" || qt_fail "the sweep skipped a disk of the domain it trimmed online"
+qt_ok "the sweep trimmed $dom online: $(qt_human $((unmap0 - unmap1))) back on vda by stat"
 
 qt_step "(c) shut the guest down: its images are sound, the kept files intact"
 qt_agent_shutdown "$dom"

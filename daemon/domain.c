@@ -369,9 +369,12 @@ static void queue_online(struct domain_call *c)
 static void queue_disks(struct domain_call *c)
 {
         const struct domain_snapshot *s = c->snapshot;
+        /* A running guest can trim itself through its agent; a paused one cannot. */
         if (s->active)
-                return answer_error(c, qt_error_dbus_name(QT_ERR_DOMAIN_RUNNING),
-                                    "the domain is %s; shut it down first", s->state);
+                return answer_error(
+                    c, qt_error_dbus_name(QT_ERR_DOMAIN_RUNNING),
+                    "the domain is %s; shut it down first%s", s->state,
+                    strcmp(s->state, "running") == 0 ? ", or trim it online (--online)" : "");
         /* Its saved memory holds filesystems as the guest last saw them, which a trim of what
          * the disks say is free could contradict: as with a hibernated guest, hands off. */
         if (s->managed_save)

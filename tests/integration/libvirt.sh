@@ -129,7 +129,7 @@ qt_virsh start qtrim-test-run >/dev/null || qt_fail "virsh start failed: $(tail 
 [[ $(qt_virsh domstate qtrim-test-run) == running ]] || qt_fail "the domain does not run"
 run_print=$(qt_file_fingerprint "$run_img")
 qt_qtrimctl_status 1 shrink --domain qtrim-test-run
-grep -qF "qtrimctl: qtrim-test-run: the domain is running; shut it down first" "$QT_WORK/err" ||
+grep -qF "qtrimctl: qtrim-test-run: the domain is running; shut it down first, or trim it online (--online)" "$QT_WORK/err" ||
         qt_fail "the refusal does not name the running domain"
 [[ $(qt_file_fingerprint "$run_img") == "$run_print" ]] || qt_fail "the running domain's image changed"
 [[ -z $(qt_qtrimctl list --json | jq '.[]') ]] || qt_fail "a job exists after the refusal"
@@ -160,7 +160,7 @@ grep -qF "$run_img: skipped: in use by domain qtrim-test-run (running)" "$QT_WOR
 qt_ok "the sweep skips the image in use by the running domain, by its name"
 qt_virsh suspend qtrim-test-run >/dev/null
 qt_qtrimctl_status 1 shrink --domain qtrim-test-run
-grep -qF "qtrimctl: qtrim-test-run: the domain is paused; shut it down first" "$QT_WORK/err" ||
+grep -qxF "qtrimctl: qtrim-test-run: the domain is paused; shut it down first" "$QT_WORK/err" ||
         qt_fail "a paused domain is not refused as such"
 qt_virsh resume qtrim-test-run >/dev/null
 

@@ -16,6 +16,7 @@
 #include "cancel.h"
 #include "domain.h"
 #include "image.h"
+#include "test-hooks.h"
 #include "util.h"
 
 /* How long the guest agent gets for its fstrim: a guest trims every filesystem it has, which on
@@ -456,7 +457,9 @@ int domain_online_trim(const char *uri, const struct domain_snapshot *s, struct 
         if (rc == 0) {
                 start = now_usec();
                 qt_emit_phase(r, QT_PHASE_ONLINE_TRIM);
-                rc = agent_fstrim(dom, &call);
+                rc = qt_test_pause("online-trim");
+                if (rc == 0)
+                        rc = agent_fstrim(dom, &call);
                 if (rc == -ECANCELED)
                         qt_error_set(&e, QT_ERR_CANCELED, ECANCELED,
                                      "canceled; the guest may go on trimming until its fstrim "

@@ -6,7 +6,8 @@
  * QTRIM_TEST_RESUME names exists, so a test can act at a phase it chose instead of racing it.
  * Points: the phase names ("inspect", "attach", ..., "replace"), each at the start of its phase;
  * "trim-mounted", with the first filesystem mounted; "convert-write", with the temporary copy
- * created and qemu-img about to write it.
+ * created and qemu-img about to write it; "online-trim", an online trim's worker about to ask the
+ * guest agent (daemon/domain-libvirt.c).
  */
 #pragma once
 

@@ -9,6 +9,10 @@
 #   how to fix it (virt-xml ... --disk discard=unmap);
 # - the text report, after more data was written and deleted in the running guest: the disks,
 #   what was freed, the advice;
+# - the sweep (qtrimctl shrink --all) over the disks' directory with SweepOnline= naming the
+#   domain: the guest trims online, the disks are counted as trimmed online, none skipped;
+# - a second online trim of the domain while one runs: refused; the first canceled at its pause
+#   point, then one whose worker is killed: canceled and failed, at once;
 # - after the guest shut down, qemu-img check and the kept files' checksums;
 # - a shut-off domain: refused, it is not running; a running domain without an agent channel:
 #   refused, the guest agent named.
@@ -145,6 +149,37 @@ grep -Eq '^sweep: [0-9]+ image\(s\): .*, 3 trimmed online \(1 domain\(s\)\), 0 f
         qt_fail "the sweep's summary does not count the 3 disks trimmed online"
 ! grep -q 'in use' "$QT_WORK/out" || qt_fail "the sweep skipped a disk of the domain it trimmed online"
 qt_ok "the sweep trimmed $dom online: $(qt_human $((unmap0 - unmap1))) back on vda by stat"
+
+qt_step "(b3) one online trim per domain; a cancel or a killed worker ends it at once"
+qt_watch_job_removed
+qt_daemon_stop >/dev/null
+QTRIM_TEST_PAUSE=online-trim qt_daemon_start >/dev/null
+# Queues the online trim and waits until its worker is about to ask the agent.
+start_paused_online() {
+        local i
+        : >"$QT_DAEMON_LOG"
+        job=$(qt_qtrimctl shrink --domain "$dom" --online --no-block) || qt_fail "shrink --online --no-block failed: $job"
+        for ((i = 0; i < 300; i++)); do
+                grep -q "paused at online-trim" "$QT_DAEMON_LOG" && return 0
+                sleep 0.1
+        done
+        qt_fail "the online trim never paused"
+}
+start_paused_online
+qt_qtrimctl_status 1 shrink --domain "$dom" --online
+grep -qF "qtrimctl: $dom: the domain already has an online trim" "$QT_WORK/err" || qt_fail "a second online trim was not refused"
+qt_qtrimctl cancel "$job"
+[[ $(qt_job_removed_result "$job" 10 "$dom") == canceled ]] || qt_fail "the canceled online trim did not end canceled"
+qt_ok "a second online trim of $dom refused while one runs; the first canceled"
+start_paused_online
+worker=$(pgrep -P "$QT_DAEMON_PID" | head -n 1)
+[[ -n $worker ]] || qt_fail "no worker under qtrimd"
+kill -KILL "$worker"
+[[ $(qt_job_removed_result "$job" 10 "$dom") == failed ]] || qt_fail "the online trim whose worker was killed did not fail"
+qt_qtrimctl list | grep -q "No jobs." || qt_fail "a job is left after the killed worker"
+qt_ok "a killed online-trim worker fails its job, qtrimd goes on"
+qt_daemon_stop >/dev/null
+qt_daemon_start >/dev/null
 
 qt_step "(c) shut the guest down: its images are sound, the kept files intact"
 qt_agent_shutdown "$dom"

@@ -273,6 +273,9 @@ static int agent_fstrim(virDomainPtr dom, struct agent_call *a)
 {
         pthread_t thread;
         a->dom = dom;
+        /* Canceled before the guest was asked: it is not asked. */
+        if (qt_cancel_requested)
+                return -ECANCELED;
         if (pthread_create(&thread, NULL, run_agent_call, a) != 0)
                 return -EAGAIN;
         while (!__atomic_load_n(&a->done, __ATOMIC_ACQUIRE)) {
@@ -481,16 +484,22 @@ int domain_online_trim(const char *uri, const struct domain_snapshot *s, struct 
         /* What the host holds now, also after a failure: the guest may have trimmed some. */
         if (before && after && total_before) {
                 uint64_t previous = UINT64_MAX;
-                for (int i = 0; i < AGENT_SETTLE_TRIES &&
-                                measure(s, after, &total_after, &e) == 0 && total_after != previous;
-                     i++) {
+                int m = 0;
+                for (int i = 0; i < AGENT_SETTLE_TRIES; i++) {
+                        m = measure(s, after, &total_after, &e);
+                        if (m < 0 || total_after == previous)
+                                break;
                         previous = total_after;
                         nanosleep(&(struct timespec){.tv_nsec = AGENT_SETTLE_USEC * 1000}, NULL);
                 }
+                /* A disk gone meanwhile: its figures would be wrong, the job fails. */
+                if (m < 0 && rc == 0)
+                        rc = m;
                 if (rc == 0)
                         report_disks(s, before, after, r);
-                qt_emit_u64(r, "bytes-after", total_after);
-                if (total_after < total_before)
+                if (m == 0)
+                        qt_emit_u64(r, "bytes-after", total_after);
+                if (m == 0 && total_after < total_before)
                         qt_emit_str(r, "image-state", QT_IMAGE_TRIMMED);
         }
         if (rc == 0 || rc == -ECANCELED)

@@ -392,38 +392,38 @@ load_end=$(uptime)
 
 # ---- report ---------------------------------------------------------------------------------
 
-# "median min max n" of column C over the successful runs of PART's CASE ("nan nan nan 0": none).
-stats() { # PART CASE C
-        awk -F'\t' -v p="$1" -v k="$2" -v c="$3" 'NR > 1 && $1 == p && $3 == k && $4 == 0 && $c != "-" { print $c }' "$results" |
+# "median min max n" of FIGURE over the successful runs of PART's CASE ("nan nan nan 0": none).
+# FIGURE is a column of results.tsv (seconds) or the difference of two (before-after).
+stats() { # PART CASE FIGURE
+        awk -F'\t' -v p="$1" -v k="$2" -v fig="$3" '
+                NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; n = split(fig, f, "-"); next }
+                $1 == p && $3 == k && $4 == 0 { print (n == 2) ? $col[f[1]] - $col[f[2]] : $col[f[1]] }' "$results" |
                 sort -g | awk '{ v[NR] = $1 } END {
                         if (NR == 0) { print "nan nan nan 0"; exit }
                         m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
                         print m, v[1], v[NR], NR }'
 }
 med() { stats "$@" | cut -d' ' -f1; }
-runs() { echo "$(stats "$1" "$2" 5 | cut -d' ' -f4)/$(awk -F'\t' -v p="$1" -v k="$2" 'NR > 1 && $1 == p && $3 == k { n++ } END { print n + 0 }' "$results")"; }
+runs() { echo "$(stats "$1" "$2" seconds | cut -d' ' -f4)/$(awk -F'\t' -v p="$1" -v k="$2" 'NR > 1 && $1 == p && $3 == k { n++ } END { print n + 0 }' "$results")"; }
 # Seconds as "median [min-max]".
-secs() { # PART CASE [COLUMN]
-        stats "$1" "$2" "${3:-5}" | awk '{ if ($4 == 0) print "-"; else printf "%.2f [%.2f-%.2f]", $1, $2, $3 }'
+secs() { # PART CASE [FIGURE]
+        stats "$1" "$2" "${3:-seconds}" | awk '{ if ($4 == 0) print "-"; else printf "%.2f [%.2f-%.2f]", $1, $2, $3 }'
 }
 hum() { if [[ $1 == nan || $1 == - ]]; then echo -; else qt_human "${1%.*}"; fi; }
-# Bytes as "median [min-max]" of a column, or of before - after (FREED).
-bytes() { # PART CASE COLUMN|freed
-        local col=$3 m lo hi n
-        if [[ $col == freed ]]; then
-                read -r m lo hi n < <(awk -F'\t' -v p="$1" -v k="$2" 'NR > 1 && $1 == p && $3 == k && $4 == 0 { print $6 - $7 }' "$results" |
-                        sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan nan nan 0"; else print ((NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR], NR }')
-        else
-                read -r m lo hi n < <(stats "$1" "$2" "$col")
-        fi
+# Bytes as "median [min-max]".
+bytes() { # PART CASE FIGURE
+        local m lo hi n
+        read -r m lo hi n < <(stats "$1" "$2" "$3")
         if ((n == 0)); then echo -; else echo "$(hum "$m") [$(hum "$lo")-$(hum "$hi")]"; fi
 }
-freed_med() { awk -F'\t' -v p="$1" -v k="$2" 'NR > 1 && $1 == p && $3 == k && $4 == 0 { print $6 - $7 }' "$results" |
-        sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-# The median of column C of PART's CASE A minus that of CASE B, signed.
-diff_med() { awk -v a="$(med "$1" "$2" "$4")" -v b="$(med "$1" "$3" "$4")" 'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.2f", a - b }'; }
-# Column C of the one online run CASE.
-field() { awk -F'\t' -v k="$1" -v c="$2" 'NR > 1 && $1 == "online" && $3 == k { print $c }' "$results"; }
+# The median of FIGURE over PART's CASE A minus that over CASE B, signed.
+diff_med() { # PART A B FIGURE
+        awk -v a="$(med "$1" "$2" "$4")" -v b="$(med "$1" "$3" "$4")" 'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.2f", a - b }'; }
+# A column of the one online run CASE, whatever its status.
+field() { # CASE COLUMN
+        awk -F'\t' -v k="$1" -v name="$2" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+                $1 == "online" && $3 == k { print $col[name] }' "$results"
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
 echo
@@ -435,52 +435,55 @@ if [[ $parts == *online* ]]; then
         echo "== online: running guest, vda qcow2 discard='unmap', ext4; ${online_mib} MiB written and deleted in the guest before each run"
         printf '%-36s %-22s %-30s %-30s %-30s %s\n' "" "seconds" "host freed (stat)" "qtrim says host freed" "guest says trimmed" runs
         printf '%-36s %-22s %-30s %-30s %-30s %s\n' "qtrimctl shrink --domain --online" "$(secs online qtrim)" \
-                "$(bytes online qtrim freed)" "$(bytes online qtrim 8)" "$(bytes online qtrim 9)" "$(runs online qtrim)"
+                "$(bytes online qtrim before-after)" "$(bytes online qtrim reported)" "$(bytes online qtrim guest)" "$(runs online qtrim)"
         printf '%-36s %-22s %-30s %-30s %-30s %s\n' "virsh domfstrim" "$(secs online virsh)" \
-                "$(bytes online virsh freed)" "(says nothing)" "(says nothing)" "$(runs online virsh)"
+                "$(bytes online virsh before-after)" "(says nothing)" "(says nothing)" "$(runs online virsh)"
         echo "(the guest's figure is more than was deleted: ext4 trims again all the free space of a block group it freed blocks in)"
-        echo "time qtrim / domfstrim: $(ratio "$(med online qtrim 5)" "$(med online virsh 5)");" \
-                "host bytes freed qtrim / domfstrim: $(ratio "$(freed_med online qtrim)" "$(freed_med online virsh)")"
+        echo "time qtrim / domfstrim: $(ratio "$(med online qtrim seconds)" "$(med online virsh seconds)");" \
+                "host bytes freed qtrim / domfstrim: $(ratio "$(med online qtrim before-after)" "$(med online virsh before-after)")"
         echo "vdb raw discard='ignore', ${online_mib} MiB written and deleted before each (1 run each):"
-        printf '  virsh domfstrim: exit %s, %ss, host freed %s, output: "%s"\n' "$(field virsh-ignore 4)" "$(field virsh-ignore 5)" \
-                "$(hum "$(freed_med online virsh-ignore)")" "$(cat "$logs/online-r1-virsh-ignore.out" "$logs/online-r1-virsh-ignore.err" | tr '\n' ' ' | sed 's/ *$//')"
+        printf '  virsh domfstrim: exit %s, %ss, host freed %s, output: "%s"\n' "$(field virsh-ignore status)" "$(field virsh-ignore seconds)" \
+                "$(hum "$(med online virsh-ignore before-after)")" "$(cat "$logs/online-r1-virsh-ignore.out" "$logs/online-r1-virsh-ignore.err" | tr '\n' ' ' | sed 's/ *$//')"
         printf '  qtrimctl --online: exit %s, %ss, host freed %s; qtrim says the guest trimmed %s on /mnt/ignore, and vdb %s\n' \
-                "$(field qtrim-ignore 4)" "$(field qtrim-ignore 5)" "$(hum "$(freed_med online qtrim-ignore)")" \
-                "$(hum "$(field qtrim-ignore 9)")" "$(cat "$logs/online-ignore-says.txt")"
+                "$(field qtrim-ignore status)" "$(field qtrim-ignore seconds)" "$(hum "$(med online qtrim-ignore before-after)")" \
+                "$(hum "$(field qtrim-ignore guest)")" "$(cat "$logs/online-ignore-says.txt")"
 fi
 if [[ $parts == *shutdown* ]]; then
         echo
         echo "== shutdown: virsh destroy of a no-OS domain, 1 GiB qcow2 GPT ext4+xfs disk; until its JobRemoved (trim + convert)"
-        printf '%-44s %-22s %-22s %-30s %s\n' "" "destroy -> shrunk (s)" "of it virsh destroy (s)" "allocated after" runs
-        printf '%-44s %-22s %-22s %-30s %s\n' "ShrinkOnShutdown= (the hook queues it)" "$(secs shutdown hook)" "$(secs shutdown hook 10)" \
-                "$(bytes shutdown hook 7)" "$(runs shutdown hook)"
-        printf '%-44s %-22s %-22s %-30s %s\n' "by hand (destroy, then qtrimctl shrink IMG)" "$(secs shutdown hand)" "$(secs shutdown hand 10)" \
-                "$(bytes shutdown hand 7)" "$(runs shutdown hand)"
-        echo "before: $(bytes shutdown hook 6); hook / by hand: $(ratio "$(med shutdown hook 5)" "$(med shutdown hand 5)");" \
-                "the hook's cost (median difference): $(diff_med shutdown hook hand 5) s, of it in virsh destroy $(diff_med shutdown hook hand 10) s"
+        printf '%-44s %-22s %-22s %-24s %-30s %s\n' "" "destroy -> shrunk (s)" "of it virsh destroy" "then until shrunk" "allocated after" runs
+        for tool in hook hand; do
+                printf '%-44s %-22s %-22s %-24s %-30s %s\n' \
+                        "$([[ $tool == hook ]] && echo "ShrinkOnShutdown= (the hook queues it)" || echo "by hand (destroy, then qtrimctl shrink IMG)")" \
+                        "$(secs shutdown $tool)" "$(secs shutdown $tool aux)" "$(secs shutdown $tool seconds-aux)" \
+                        "$(bytes shutdown $tool after)" "$(runs shutdown $tool)"
+        done
+        echo "before: $(bytes shutdown hook before); hook / by hand: $(ratio "$(med shutdown hook seconds)" "$(med shutdown hand seconds)");" \
+                "the hook's cost (difference of the medians): $(diff_med shutdown hook hand seconds) s;" \
+                "in virsh destroy $(diff_med shutdown hook hand aux) s, after it $(diff_med shutdown hook hand seconds-aux) s"
 fi
 if [[ $parts == *start* ]]; then
         echo
         echo "== start: virsh start of a no-OS domain (256 MiB qcow2 disk); qtrimd asked by the hook either way"
         printf '%-52s %-22s %-26s %s\n' "" "virsh start (s)" "start -> JobRemoved (s)" runs
         printf '%-52s %-22s %-26s %s\n' "no qtrim job" "$(secs start no-job)" - "$(runs start no-job)"
-        printf '%-52s %-22s %-26s %s\n' "a job paused in its trim (canceled, waited for)" "$(secs start job)" "$(secs start job 10)" "$(runs start job)"
-        echo "with a job / without: $(ratio "$(med start job 5)" "$(med start no-job 5)")"
+        printf '%-52s %-22s %-26s %s\n' "a job paused in its trim (canceled, waited for)" "$(secs start job)" "$(secs start job aux)" "$(runs start job)"
+        echo "with a job / without: $(ratio "$(med start job seconds)" "$(med start no-job seconds)")"
 fi
 if [[ $parts == *offline* ]]; then
         echo
         echo "== offline: shut-off domain, 2 disks (1 GiB qcow2 GPT ext4+xfs + 256 MiB qcow2 ext4), fresh copies each run"
         printf '%-40s %-22s %-30s %s\n' "" "seconds" "allocated after (2 disks)" runs
-        printf '%-40s %-22s %-30s\n' "before" "" "$(bytes offline qtrim 6)"
+        printf '%-40s %-22s %-30s\n' "before" "" "$(bytes offline qtrim before)"
         for c in qtrim qtrim-no-convert virt-sparsify; do
                 printf '%-40s %-22s %-30s %s\n' \
                         "$(case $c in qtrim) echo "qtrimctl shrink --domain" ;; qtrim-no-convert) echo "qtrimctl shrink --domain --no-convert" ;; *) echo "virt-sparsify --in-place (each disk)" ;; esac)" \
-                        "$(secs offline "$c")" "$(bytes offline "$c" 7)" "$(runs offline "$c")"
+                        "$(secs offline "$c")" "$(bytes offline "$c" after)" "$(runs offline "$c")"
         done
-        echo "time virt-sparsify / qtrim: $(ratio "$(med offline virt-sparsify 5)" "$(med offline qtrim 5)") (converted)," \
-                "$(ratio "$(med offline virt-sparsify 5)" "$(med offline qtrim-no-convert 5)") (--no-convert, both in place);" \
-                "allocated qtrim / virt-sparsify: $(ratio "$(med offline qtrim 7)" "$(med offline virt-sparsify 7)")," \
-                "$(ratio "$(med offline qtrim-no-convert 7)" "$(med offline virt-sparsify 7)") (in place)"
+        echo "time virt-sparsify / qtrim: $(ratio "$(med offline virt-sparsify seconds)" "$(med offline qtrim seconds)") (converted)," \
+                "$(ratio "$(med offline virt-sparsify seconds)" "$(med offline qtrim-no-convert seconds)") (--no-convert, both in place);" \
+                "allocated qtrim / virt-sparsify: $(ratio "$(med offline qtrim after)" "$(med offline virt-sparsify after)")," \
+                "$(ratio "$(med offline qtrim-no-convert after)" "$(med offline virt-sparsify after)") (in place)"
 fi
 echo
 if [[ $(tail -n +2 "$checks" | wc -l) -gt 0 ]]; then

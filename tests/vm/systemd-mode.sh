@@ -13,15 +13,23 @@
 #      granting org.qtrim1.shrink, the user may inspect inside ImageDirectories= but not outside
 #   e  qtrimd exits by itself IdleExitSec= (3 s) after its last request, with status 0, and the
 #      next call activates it again
+#   g  libvirt under the unit's filters and namespaces: the machine's libvirtd as Debian runs it
+#      (socket-activated), LibvirtURI=qemu:///system, a shut-off domain with the dirty image:
+#      inspect --domain --json (state, disk), inspect IMAGE names the domain (ListDomainImages),
+#      shrink --domain shrinks the disk; started (TCG, SeaBIOS, no agent), shrink --domain
+#      --online fails with "has no guest agent channel" (the worker's read-write connection and
+#      agent call); no refused system call in qtrimd's journal; domain undefined and libvirtd,
+#      virtlogd stopped at the end, pass or fail
 #   p  the Debian package, built on the host from a copy of the tree (build-deb.sh), lintian clean
 #   f  the package in place of the build: apt-get install ./qtrim_*.deb, the timer enabled and
 #      listed by systemctl list-timers, nothing started by the install; an administrator's edit
 #      of the conffile (Attach=fuse: a-e ran the kernel path under the same hardened unit);
-#      qtrimctl shrink activates qtrimd and the image shrinks; systemd-analyze security of both
-#      units printed and bounded; apt-get purge leaves nothing of qtrim (no file of dpkg -L, no
-#      unit, no /etc/qtrim, no state directory, no timer stamp)
-# Parts a-e run the build under test (the sanitizer build in CI), part f what users install: one
-# guest boot for both, the package replacing the build once a-e are done.
+#      qtrimctl shrink activates qtrimd and the image shrinks; inspect asks libvirt which domain
+#      uses it (libvirt under the package's unit, no sanitizer drop-in); systemd-analyze
+#      security of both units printed and bounded; apt-get purge leaves nothing of qtrim (no
+#      file of dpkg -L, no unit, no /etc/qtrim, no state directory, no timer stamp)
+# Parts a-e and g run the build under test (the sanitizer build in CI), part f what users install:
+# one guest boot for both, the package replacing the build once a-e and g are done.
 # Host side: as meson runs it (BUILD_DIR, SOURCE_DIR); results in $BUILD_DIR/vm/results/systemd-mode.
 set -euo pipefail
 
@@ -150,6 +158,17 @@ make_small_dirty_qcow2() { # IMG
         qemu-img convert -S 0 -f raw -O qcow2 -- "$raw" "$img"
         rm -f -- "$raw"
         _qt_write_manifest "$img" qcow2 none "$frag"
+}
+
+# Runs, last first, the cleanups registered (qt_defer) after the registry's first N lines, and
+# forgets them: for a part whose daemons must be gone before the next part starts, pass or fail.
+run_cleanups_after() { # N
+        local f=$QT_WORK/.cleanup line
+        tail -n +"$(($1 + 1))" -- "$f" | tac | while IFS= read -r line; do
+                eval "$line" >/dev/null 2>&1 || printf '    cleanup: "%s" failed\n' "$line" >&2
+        done
+        head -n "$1" -- "$f" >"$f.new"
+        mv -f -- "$f.new" "$f"
 }
 
 # ---- the parts ----------------------------------------------------------------------------
@@ -297,6 +316,85 @@ part_e() {
         qt_ok "the next call activated qtrimd again"
 }
 
+# libvirt's client in qtrimd's children and a job's worker thread, under the unit's system call
+# filters and namespaces: the machine's libvirtd as Debian's libvirt-daemon-system runs it
+# (socket-activated by systemd, its sockets in /run/libvirt), qemu:///system in LibvirtURI=
+# (as root: the read-write socket, or the read-only one for read-only connections), and one
+# domain with the dirty image as its disk. The domain helpers are tests/lib/libvirt.sh's; its
+# daemons of the test's own are not needed under systemd.
+part_g() {
+        local dom=qtrim-test-sysmode img=$QT_IMAGES/dom.qcow2 conf=/etc/qtrim/qtrimd.conf
+        local before t0 since registered journal=$QT_WORK/libvirt-journal.txt left u
+        since=@$(date +%s)
+        registered=$(wc -l <"$QT_WORK/.cleanup")
+        # Everything the part starts or defines goes when it ends, even by qt_fail; a failure
+        # shows what qtrimd, libvirtd and the kernel said.
+        # shellcheck disable=SC2064 # the registry's length and the start, now
+        trap "((\$? == 0)) || libvirt_logs $since; run_cleanups_after $registered" EXIT
+        # shellcheck source=tests/lib/libvirt.sh
+        source "$SOURCE_DIR/tests/lib/libvirt.sh"
+        QT_LIBVIRT_URI=qemu:///system
+        QT_QTRIMCTL=$qtrimctl
+        qt_defer systemctl stop libvirtd.service virtlogd.service virtlockd.service
+        t0=$(qt_now)
+        qt_virsh version >/dev/null || qt_fail "libvirtd does not answer at $QT_LIBVIRT_URI"
+        qt_info "libvirtd answers at $QT_LIBVIRT_URI after $(qt_since "$t0")s"
+        cp -- "$conf" "$QT_WORK/qtrimd.conf.before-g"
+        qt_defer systemctl stop qtrimd.service
+        qt_defer cp -- "$QT_WORK/qtrimd.conf.before-g" "$conf"
+        printf 'LibvirtURI=%s\n' "$QT_LIBVIRT_URI" >>"$conf"
+        # The next call starts qtrimd with the new configuration.
+        systemctl stop qtrimd.service
+        qt_domain_xml "$dom" "$(qt_domain_disk vda virtio "$img" qcow2 unmap)" >"$QT_WORK/$dom.xml"
+        qt_domain_define "$dom" "$QT_WORK/$dom.xml"
+
+        qt_qtrimctl_status 0 inspect --domain "$dom" --json
+        jq -e --arg img "$img" '.state == "shut off" and (.disks | length) == 1 and .disks[0].target == "vda"
+                and .disks[0].source == $img' "$QT_WORK/out" >/dev/null ||
+                qt_fail "inspect --domain does not show the shut-off domain and its disk"
+        qt_ok "inspect --domain: shut off, its qcow2 disk"
+        qt_qtrimctl_status 0 inspect "$img"
+        grep -qF "Used by:         domain $dom (shut off)" "$QT_WORK/out" ||
+                qt_fail "inspect IMAGE does not name the domain using it (ListDomainImages)"
+        qt_ok "inspect IMAGE: used by domain $dom (shut off)"
+        before=$(allocated_bytes "$img")
+        qt_qtrimctl_status 0 shrink --domain "$dom"
+        qt_check_shrunk "$img" "$before" qcow2
+
+        # A running domain (SeaBIOS holds it, no OS) without an agent channel: the online trim's
+        # worker connects read-write and asks for the agent from its thread.
+        t0=$(qt_now)
+        qt_virsh start "$dom" >/dev/null || qt_fail "virsh start failed: $(tail -n 5 "/var/log/libvirt/qemu/$dom.log")"
+        qt_info "domain started in $(qt_since "$t0")s"
+        qt_since "$t0" >"$QTRIM_VM_RESULTS/libvirt-domain-start-seconds"
+        qt_qtrimctl_status 1 shrink --domain "$dom" --online
+        grep -qF "has no guest agent channel" "$QT_WORK/err" ||
+                qt_fail "the online trim of a domain without an agent is not refused for that"
+        qt_ok "shrink --online: refused, no guest agent channel"
+
+        journalctl -b -u qtrimd.service --since "$since" -o cat --no-pager >"$journal"
+        ! grep -iE 'Operation not permitted|EPERM|SIGSYS|seccomp|Bad system call' "$journal" ||
+                qt_fail "qtrimd's journal shows a refused system call"
+        qt_ok "qtrimd's journal: no refused system call ($(wc -l <"$journal") lines)"
+
+        run_cleanups_after "$registered"
+        for u in libvirtd.service virtlogd.service qtrimd.service; do
+                [[ $(systemctl is-active "$u") != active ]] || qt_fail "$u still runs after the cleanup"
+        done
+        left=$(find /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt -name "*$dom*" 2>/dev/null || true)
+        [[ -z $left ]] || qt_fail "left of $dom after its undefine: $(tr '\n' ' ' <<<"$left")"
+        qt_ok "domain undefined, libvirtd, virtlogd and qtrimd stopped, nothing of $dom left"
+}
+
+# What qtrimd and libvirtd logged since SINCE, and the kernel's seccomp or audit lines.
+libvirt_logs() { # SINCE
+        qt_info "qtrimd.service's journal:"
+        journalctl -b -u qtrimd.service --since "$1" -o short-monotonic --no-pager | indent
+        qt_info "libvirtd.service's journal (the end):"
+        journalctl -b -u libvirtd.service --since "$1" -o cat --no-pager | tail -n 20 | indent
+        dmesg | grep -iE 'audit|seccomp' | tail -n 20 | indent
+}
+
 part_p() {
         indent <"$BUILD_DIR/vm/build-deb.out"
         ((QT_VM_DEB_RC == 0)) || qt_fail "build-deb.sh exited $QT_VM_DEB_RC (log: $QT_VM_DEB_DIR/build.log)"
@@ -390,6 +488,16 @@ part_f() {
         [[ $e == 's "fuse"' ]] || qt_fail "AttachBackend is $e, not fuse"
         qt_ok "qtrimd.service of the package activated, FUSE path"
         qt_check_shrunk "$img" "$before" qcow2
+        # libvirt's client under the package's unit as it is (part g ran the sanitizer build,
+        # whose units also allow @debug): ListDomainImages at the default LibvirtURI=, through
+        # the socket-activated libvirtd.
+        rc=0
+        out=$(/usr/bin/qtrimctl inspect "$img" 2>&1) || rc=$?
+        systemctl stop libvirtd.service 2>/dev/null || true
+        ((rc == 0)) || qt_fail "qtrimctl inspect exited $rc: $out"
+        grep -F "Used by:" <<<"$out" | indent
+        grep -qF "Used by:         no libvirt domain" <<<"$out" || qt_fail "inspect did not ask libvirt which domain uses the image"
+        qt_ok "inspect: libvirt asked, no domain uses the image"
 
         : >"$QTRIM_VM_RESULTS/security.txt"
         for u in qtrimd.service qtrim-sweep.service; do
@@ -426,7 +534,10 @@ part_f() {
         for f in /etc/qtrim /var/lib/qtrim /run/qtrim /var/lib/systemd/timers/stamp-qtrim-sweep.timer; do
                 [[ ! -e $f ]] || qt_fail "left after the purge: $f"
         done
-        out=$(diff <(printf '%s\n' "$names_before") <(qtrim_names) | sed -n 's/^> //p')
+        # New names only: a name that went is not the package's doing (systemd and libvirtd drop
+        # the run state of part g's domain when they get to it; diff's status 1 then ended the
+        # part without a word under pipefail).
+        out=$(comm -13 <(printf '%s\n' "$names_before") <(qtrim_names))
         [[ -z $out ]] || qt_fail "new names with qtrim after install and purge: $(tr '\n' ' ' <<<"$out")"
         qt_ok "purged: none of ${#files[@]} files, no unit, timer, /etc/qtrim, state or stamp left"
 }
@@ -453,12 +564,14 @@ for n in a b busy; do
         qt_clone_image "$QT_IMAGES/solo.qcow2" "$sweep_dir/$n.qcow2"
 done
 qt_clone_image "$QT_IMAGES/solo.qcow2" "$QT_IMAGES/pkg.qcow2"
+qt_clone_image "$QT_IMAGES/solo.qcow2" "$QT_IMAGES/dom.qcow2"
 qt_info "images built in $(qt_since "$t0")s"
 
 part b "qtrimctl shrink starts qtrimd by D-Bus activation" part_b
 part c "qtrim-sweep.service over three images, one in use" part_c
 part d "authorization: non-root denied without polkit, root allowed" part_d
 part e "qtrimd exits after IdleExitSec" part_e
+part g "libvirt domains under the unit's filters: inspect, used by, shrink, online refusal" part_g
 
 qt_step "stop qtrimd, look for leftovers"
 systemctl stop qtrimd.service || true

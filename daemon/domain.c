@@ -169,13 +169,13 @@ _Noreturn static void run_reader(enum domain_verb verb, const char *uri, const c
         struct domain_snapshot *s = calloc(1, sizeof(*s));
         if (!s)
                 _exit(1);
-                /* The snapshot first, at offset 0: a list's records follow it. */
 #if QTRIM_LIBVIRT
         if (verb == DOMAIN_LIST)
                 domain_list_read(uri, s, SNAPSHOT_FD, sizeof(*s));
         else
                 domain_snapshot_read(uri, name, s);
 #endif
+        /* At offset 0, before the records a list wrote behind it. */
         _exit(pwrite(SNAPSHOT_FD, s, sizeof(*s), 0) == (ssize_t)sizeof(*s) ? 0 : 1);
 }
 

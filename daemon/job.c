@@ -243,11 +243,13 @@ static void on_worker_change(struct worker *w, const char *property, void *userd
 static void on_worker_exit(struct worker *w, void *userdata)
 {
         struct job *j = userdata;
-        /* A worker that was killed could not delete its copy; only a name it could have made. */
-        if (j->report.temp_file[0] && qt_convert_is_temp_of(j->image, j->report.temp_file) &&
-            unlink(j->report.temp_file) == 0)
-                fprintf(stderr, "%s: removed %s left by the dead worker\n", j->image,
-                        j->report.temp_file);
+        /* A worker that was killed could not delete its copy, nor always say its name first:
+         * every copy of the image goes (the job owns the image, and its processes are gone). */
+        char removed[PATH_MAX];
+        int n = j->online ? 0 : qt_convert_remove_temps(j->image, removed);
+        if (n > 0)
+                fprintf(stderr, "%s: removed %s%s left by the dead worker\n", j->image, removed,
+                        n > 1 ? " and more copies" : "");
         j->report.temp_file[0] = '\0';
         record_temp_file(j);
         /* The worker's word decides: a cancel that came after the rename changed nothing. */

@@ -141,8 +141,9 @@ unsigned state_jobs_recover(const char *state_dir)
                 }
                 if (read_job(dirfd(d), de->d_name, image, temp) == 0) {
                         n++;
-                        bool removed =
-                            temp[0] && qt_convert_is_temp_of(image, temp) && unlink(temp) == 0;
+                        /* Also a copy the record does not name: qtrimd and its worker killed
+                         * together, after the worker made it and before qtrimd recorded it. */
+                        bool removed = qt_convert_remove_temps(image, temp) > 0;
                         journal_job_interrupted(image, de->d_name, removed ? temp : NULL);
                 }
                 unlinkat(dirfd(d), de->d_name, 0);

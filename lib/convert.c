@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 #include "convert.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -10,6 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "cancel.h"
 #include "command.h"
@@ -128,6 +130,30 @@ bool qt_convert_is_temp_of(const char *image, const char *path)
         /* The prefix, then mkostemp's six characters and nothing else (no "/.." tricks). */
         return n > 0 && (size_t)n < sizeof(expected) && strncmp(path, expected, (size_t)n) == 0 &&
                strlen(path + n) == 6 && !strchr(path + n, '/');
+}
+
+int qt_convert_remove_temps(const char *image, char ret_first[PATH_MAX])
+{
+        _cleanup_free_ char *dir_copy = strdup(image);
+        if (!dir_copy)
+                return -ENOMEM;
+        const char *dir = dirname(dir_copy);
+        DIR *d = opendir(dir);
+        if (!d)
+                return -errno;
+        int n = 0;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                char path[PATH_MAX];
+                int len = snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+                if (len <= 0 || (size_t)len >= sizeof(path) ||
+                    !qt_convert_is_temp_of(image, path) || unlinkat(dirfd(d), de->d_name, 0) < 0)
+                        continue;
+                if (n++ == 0 && ret_first)
+                        memcpy(ret_first, path, (size_t)len + 1);
+        }
+        closedir(d);
+        return n;
 }
 
 int qt_convert_image(const struct qt_image_file *f, const struct qt_image_info *info,

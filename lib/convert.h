@@ -34,6 +34,10 @@ int qt_convert_create_temp(const char *image, char ret_tmp[PATH_MAX], struct qt_
 /* Whether path is a name qt_convert_create_temp() gives for image: what qtrimd may delete when
  * a worker died holding it. */
 bool qt_convert_is_temp_of(const char *image, const char *path);
+/* Deletes every temporary copy of image beside it: what a worker killed before it could say the
+ * copy's name leaves. Only for an image no job works on. Returns how many (the first one's path
+ * in ret_first, if not NULL), or a negative errno. */
+int qt_convert_remove_temps(const char *image, char ret_first[PATH_MAX]);
 
 /* Converts the image (read through the file inspected, not its path) into tmp (from
  * qt_convert_create_temp) with the image's format, creation options, backing file and bitmaps.

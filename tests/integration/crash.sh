@@ -170,14 +170,9 @@ for victim in worker server; do
         slowest=0
         for ((k = 1; k <= spread; k++)); do
                 img=$QT_IMAGES/crash.qcow2
-                qt_clone_image "$master" "$img"
-                qt_expect_files
                 : >"$QT_DAEMON_LOG"
-                at=$(qt_spread_moment "$k" "$spread" "$duration")
-                t0=$(qt_now)
-                job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
-                pid=$(victim_pid "$victim")
-                qt_sleep_until "$t0" "$at"
+                qt_spread_shrink "$master" "$img" "$k" "$spread" "$duration" victim_pid "$victim"
+                pid=$QT_SPREAD_PID
                 killed_at=$(qt_now)
                 if [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null; then
                         qt_wait_pid_gone "$pid" 10 || qt_fail "the $victim ($pid) outlived its SIGKILL by 10 s"
@@ -210,13 +205,8 @@ for victim in qtrimd both; do
         for ((k = 1; k <= daemon_spread; k++)); do
                 # A name of its own: job ids start again with each qtrimd.
                 img=$QT_IMAGES/crash-$victim-$k.qcow2
-                qt_clone_image "$master" "$img"
-                qt_expect_files
-                at=$(qt_spread_moment "$k" "$daemon_spread" "$duration")
-                t0=$(qt_now)
-                job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
-                pid=$(victim_pid worker)
-                qt_sleep_until "$t0" "$at"
+                qt_spread_shrink "$master" "$img" "$k" "$daemon_spread" "$duration" victim_pid worker
+                pid=$QT_SPREAD_PID
                 qt_kill_daemon "$victim" "$pid"
                 if [[ -n $QT_WORKER_GONE_AFTER ]] &&
                         awk -v a="$QT_WORKER_GONE_AFTER" -v b="$slowest" 'BEGIN { exit !(a > b) }'; then

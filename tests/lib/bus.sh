@@ -129,6 +129,23 @@ qt_daemon_kill9() {
         QT_DAEMON_PID=
 }
 
+# One kill of a spread (tests/integration/crash.sh, tests/vm/payload-kernel-crash.sh): MASTER
+# cloned as IMG and shrunk with --no-block, the victim's pid found by VICTIM_CMD (which may read
+# $job), then a sleep until moment K of N spread over DURATION s from the shrink's start. Sets
+# job, at, and QT_SPREAD_PID (what VICTIM_CMD printed: "" if the job ended first).
+# shellcheck disable=SC2034 # at and QT_SPREAD_PID are the caller's
+qt_spread_shrink() { # MASTER IMG K N DURATION VICTIM_CMD...
+        local master=$1 img=$2 k=$3 n=$4 duration=$5 t0
+        shift 5
+        qt_clone_image "$master" "$img"
+        qt_expect_files
+        at=$(qt_spread_moment "$k" "$n" "$duration")
+        t0=$(qt_now)
+        job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
+        QT_SPREAD_PID=$("$@")
+        qt_sleep_until "$t0" "$at"
+}
+
 # qt_kill_daemon VICTIM WORKER: SIGKILL qtrimd ("qtrimd"), or WORKER and qtrimd at once ("both");
 # WORKER ("" if none) must be gone within 10 s (its parent-death chain). Sets
 # QT_WORKER_GONE_AFTER: seconds from the kill until it was ("" without a worker).

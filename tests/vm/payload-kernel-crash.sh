@@ -50,6 +50,16 @@ nbd_partitions() {
 
 # Nothing of any job may be left on the nbd side: no device connected and no partition node
 # (but on the devices the test itself holds, in $occupied), no qemu-nbd of a job.
+# The jobs' qemu-nbd processes: they name the image by their worker's /proc/PID/fd path (or by
+# its own, in the images dir); not the test's own (occupied devices).
+job_qemu_nbds() {
+        local d
+        for d in $(pgrep -x qemu-nbd || true); do
+                tr '\0' ' ' <"/proc/$d/cmdline" 2>/dev/null | grep -qE -- "/proc/[0-9]+/fd/|$QT_IMAGES" && printf '%s\n' "$d"
+        done
+        return 0
+}
+
 assert_nbd_free() { # WHAT
         local d held
         for d in $(nbd_connected) $(nbd_partitions); do
@@ -59,10 +69,8 @@ assert_nbd_free() { # WHAT
                 done
                 ((held)) || qt_fail "$1: $d is still there (connected: $(nbd_connected | xargs); partitions: $(nbd_partitions | xargs))"
         done
-        for d in $(pgrep -x qemu-nbd || true); do
-                if tr '\0' ' ' <"/proc/$d/cmdline" 2>/dev/null | grep -qF -- "$QT_IMAGES"; then
-                        qt_fail "$1: qemu-nbd $d still runs: $(tr '\0' ' ' <"/proc/$d/cmdline")"
-                fi
+        for d in $(job_qemu_nbds); do
+                qt_fail "$1: qemu-nbd $d still runs: $(tr '\0' ' ' <"/proc/$d/cmdline")"
         done
         return 0
 }
@@ -218,13 +226,8 @@ qt_step "SIGKILL the worker at $spread moments spread over a ${duration}s shrink
 declare -A outcomes=()
 for ((k = 1; k <= spread; k++)); do
         img=$QT_IMAGES/crash.qcow2
-        qt_clone_image "$master" "$img"
-        qt_expect_files
-        at=$(qt_spread_moment "$k" "$spread" "$duration")
-        t0=$(qt_now)
-        job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
-        worker=$(first_worker)
-        qt_sleep_until "$t0" "$at"
+        qt_spread_shrink "$master" "$img" "$k" "$spread" "$duration" first_worker
+        worker=$QT_SPREAD_PID
         if [[ -n $worker ]] && kill -KILL "$worker" 2>/dev/null; then
                 result=$(job_result "$job")
         else
@@ -283,24 +286,19 @@ for victim in qtrimd both; do
         for ((k = 1; k <= daemon_spread; k++)); do
                 # A name of its own: job ids start again with each qtrimd.
                 img=$QT_IMAGES/crash-$victim-$k.qcow2
-                qt_clone_image "$master" "$img"
-                qt_expect_files
-                at=$(qt_spread_moment "$k" "$daemon_spread" "$duration")
-                t0=$(qt_now)
-                job=$(qt_qtrimctl shrink --no-block "$img") || qt_fail "qtrimctl shrink --no-block failed: $job"
-                worker=$(first_worker)
-                qt_sleep_until "$t0" "$at"
+                qt_spread_shrink "$master" "$img" "$k" "$daemon_spread" "$duration" first_worker
+                worker=$QT_SPREAD_PID
                 qt_kill_daemon "$victim" "$worker"
                 # Within 10 s qemu-nbd is gone and the device free (its parent-death signal). The
                 # partition nodes of the connection go with them when the worker lives to drop
                 # them (qtrimd alone); with both dead, the next qtrimd drops them at its start.
                 for ((i = 0; i < 100; i++)); do
-                        [[ -z $(nbd_connected) && ($victim == both || -z $(nbd_partitions)) ]] && break
+                        [[ -z $(nbd_connected) && -z $(job_qemu_nbds) && ($victim == both || -z $(nbd_partitions)) ]] && break
                         sleep 0.1
                 done
                 if [[ $victim == qtrimd ]]; then
                         assert_nbd_free "10 s after SIGKILL of qtrimd at ${at}s"
-                elif [[ -n $(nbd_connected) ]] || pgrep -f -- "qemu-nbd.*$QT_IMAGES" >/dev/null; then
+                elif [[ -n $(nbd_connected) || -n $(job_qemu_nbds) ]]; then
                         qt_fail "10 s after SIGKILL of both at ${at}s: connected: $(nbd_connected | xargs); qemu-nbd: $(pgrep -a qemu-nbd || true)"
                 fi
                 qt_daemon_restart_report "$job" "$img" --attach=kernel
